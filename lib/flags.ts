@@ -1,0 +1,136 @@
+/**
+ * `--key=value` command-line flags, as the PyTorch original's `args.py` takes
+ * them: every key has a default, and a value must have the default's type.
+ *
+ * Parsing goes through `node:util` `parseArgs` (the design named
+ * `jsr:@std/cli`, which our machines cannot reach).
+ *
+ * @module
+ */
+import { parseArgs } from "node:util";
+import { UsageError } from "./errors.ts";
+
+/** How a flag's text becomes a value. */
+export type FlagType = "int" | "float" | "bool" | "string";
+
+/** One flag: its type, its default and one line of help. */
+export interface FlagSpec {
+  type: FlagType;
+  default: number | boolean | string;
+  help: string;
+  /** The only values allowed, for string flags. */
+  choices?: readonly string[];
+  /** Smallest allowed value (inclusive) for numbers. */
+  min?: number;
+  /** Values must be strictly greater than `min`. */
+  exclusiveMin?: boolean;
+  /** Largest allowed value for numbers; `exclusiveMax` makes it strict. */
+  max?: number;
+  exclusiveMax?: boolean;
+}
+
+/** A script's flags by name. */
+export type FlagSpecs = Record<string, FlagSpec>;
+
+/** The parsed values, typed loosely: scripts read them through their own interfaces. */
+export type FlagValues = Record<string, number | boolean | string>;
+
+function convert(
+  key: string,
+  text: string,
+  spec: FlagSpec,
+): number | boolean | string {
+  switch (spec.type) {
+    case "bool": {
+      const lower = text.toLowerCase();
+      if (lower === "true" || lower === "1") return true;
+      if (lower === "false" || lower === "0") return false;
+      throw new UsageError(`--${key}=${text}: expected true or false`);
+    }
+    case "int":
+    case "float": {
+      const value = text.trim() === "" ? NaN : Number(text);
+      if (
+        !Number.isFinite(value) ||
+        (spec.type === "int" && !Number.isInteger(value))
+      ) {
+        throw new UsageError(
+          `--${key}=${text}: expected ${spec.type === "int" ? "an integer" : "a number"}`,
+        );
+      }
+      checkRange(key, value, spec);
+      return value;
+    }
+    case "string":
+      if (spec.choices && !spec.choices.includes(text)) {
+        throw new UsageError(
+          `--${key}=${text}: expected one of ${spec.choices.join(", ")}`,
+        );
+      }
+      return text;
+  }
+}
+
+function checkRange(key: string, value: number, spec: FlagSpec): void {
+  const low = spec.min !== undefined &&
+    (spec.exclusiveMin ? value <= spec.min : value < spec.min);
+  const high = spec.max !== undefined &&
+    (spec.exclusiveMax ? value >= spec.max : value > spec.max);
+  if (low || high) {
+    const lower = spec.min === undefined ? "" : `${spec.exclusiveMin ? ">" : ">="} ${spec.min}`;
+    const upper = spec.max === undefined ? "" : `${spec.exclusiveMax ? "<" : "<="} ${spec.max}`;
+    throw new UsageError(
+      `--${key}=${value}: must be ${[lower, upper].filter(Boolean).join(" and ")}`,
+    );
+  }
+}
+
+/**
+ * Parses `--key=value` arguments against `specs`.
+ *
+ * Returns every key (defaults filled in) and, separately, the keys the user
+ * set, so presets can yield to explicit flags. Positional arguments are
+ * returned when `allowPositionals` is set, otherwise they are an error.
+ */
+export function parseFlags(
+  args: string[],
+  specs: FlagSpecs,
+  options: { allowPositionals?: boolean } = {},
+): { values: FlagValues; given: Set<string>; positionals: string[] } {
+  const valid = `valid flags: ${Object.keys(specs).map((k) => `--${k}`).join(" ")}`;
+  for (const arg of args) {
+    if (arg === "--help" || arg === "-h") throw new UsageError(valid);
+    if (arg.startsWith("-") && !/^--[A-Za-z_][A-Za-z0-9_]*=/.test(arg)) {
+      throw new UsageError(`'${arg}' is not of the form --key=value; ${valid}`);
+    }
+  }
+  let parsed;
+  try {
+    parsed = parseArgs({
+      args,
+      options: Object.fromEntries(
+        Object.keys(specs).map((k) => [k, { type: "string" as const }]),
+      ),
+      strict: true,
+      allowPositionals: options.allowPositionals ?? false,
+    });
+  } catch (e) {
+    const unknown = /'(--[^']+)'/.exec((e as Error).message)?.[1];
+    if (unknown) throw new UsageError(`unknown flag '${unknown}'; ${valid}`);
+    throw new UsageError(
+      `unexpected argument: ${(e as Error).message.split("\n")[0]}`,
+    );
+  }
+  const values: FlagValues = {};
+  const given = new Set<string>();
+  for (const [key, spec] of Object.entries(specs)) {
+    const text = (parsed.values as Record<string, string | undefined>)[key];
+    if (text === undefined) {
+      values[key] = spec.default;
+    } else {
+      values[key] = convert(key, text, spec);
+      given.add(key);
+    }
+  }
+  return { values, given, positionals: parsed.positionals };
+}

@@ -1,0 +1,119 @@
+/**
+ * The layers the three models are built from, each a function of plain
+ * tensors. Where tfjs's automatic gradient would take a slow or missing
+ * kernel, the layer spells out its backward pass beside its forward pass.
+ *
+ * Weights of linear layers are stored `[in, out]` (tfjs's natural layout);
+ * the checkpoint code transposes them to PyTorch's `[out, in]`.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { Rng } from "./rng.ts";
+
+/**
+ * `x @ w` whose gradients are plain 2-D products of explicitly transposed
+ * operands. tfjs's own gradient asks for `matMul(.., transposeB=true)`,
+ * which the WASM backend runs ~10× slower than the untransposed product.
+ */
+const matMul2d = tf.customGrad((x, w, save) => {
+  const [xt, wt] = [x as tf.Tensor2D, w as tf.Tensor2D];
+  (save as tf.GradSaveFunc)([xt, wt]);
+  return {
+    value: tf.matMul(xt, wt), // (N, in) @ (in, out) -> (N, out)
+    gradFunc: (dy, saved) => {
+      const [xs, ws] = saved as [tf.Tensor2D, tf.Tensor2D];
+      return [
+        tf.matMul(dy as tf.Tensor2D, ws.transpose()), // dx = dy @ wᵀ: (N, out) @ (out, in)
+        tf.matMul(xs.transpose(), dy as tf.Tensor2D), // dw = xᵀ @ dy: (in, N) @ (N, out)
+      ];
+    },
+  };
+});
+
+/** PyTorch `nn.Linear` on the last axis: `x @ w + b`. x (..., in), w (in, out), b (out). */
+export function linear(x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor): tf.Tensor {
+  const [inFeatures, outFeatures] = w.shape as [number, number];
+  const flat = x.reshape([-1, inFeatures]); // (N, in)
+  let y = matMul2d(flat, w); // (N, out)
+  if (b) y = y.add(b);
+  return y.reshape([...x.shape.slice(0, -1) as number[], outFeatures]); // (..., out)
+}
+
+/**
+ * PyTorch `nn.Embedding`: rows of `table` (V, C) picked by `ids` (int32).
+ * The gradient scatters back through a one-hot product, because the WASM
+ * backend lacks `UnsortedSegmentSum`, the kernel behind `gather`'s gradient.
+ */
+export function embedding(table: tf.Tensor, ids: tf.Tensor): tf.Tensor {
+  const op = tf.customGrad((t, i, save) => {
+    const [tt, it] = [t as tf.Tensor2D, i as tf.Tensor];
+    (save as tf.GradSaveFunc)([it]);
+    return {
+      value: tf.gather(tt, it), // (..., C)
+      gradFunc: (dy, saved) => {
+        const flatIds = (saved[0] as tf.Tensor).reshape([-1]); // (N)
+        const oneHotT = tf.oneHot(flatIds, tt.shape[0]).transpose(); // (V, N)
+        const dyFlat = (dy as tf.Tensor).reshape([-1, tt.shape[1]]); // (N, C)
+        return [tf.matMul(oneHotT.toFloat(), dyFlat), tf.zerosLike(it)]; // (V, C)
+      },
+    };
+  });
+  return op(table, ids);
+}
+
+/**
+ * Inverted dropout (PyTorch `nn.Dropout` in training mode): zero each element
+ * with probability `p` and scale the rest by 1/(1-p). The mask is drawn from
+ * the run's own stream so a seed fixes it on every backend.
+ */
+export function dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor {
+  if (p === 0) return x;
+  const keep = 1 / (1 - p);
+  const mask = new Float32Array(x.size);
+  for (let i = 0; i < mask.length; i++) mask[i] = rng.random() < p ? 0 : keep;
+  return x.mul(tf.tensor(mask, x.shape));
+}
+
+/** PyTorch `nn.LayerNorm` over the last axis (biased variance). x (..., C). */
+export function layerNorm(
+  x: tf.Tensor,
+  weight: tf.Tensor,
+  bias: tf.Tensor,
+  eps = 1e-5,
+): tf.Tensor {
+  const mean = x.mean(-1, true); // (..., 1)
+  const centered = x.sub(mean); // (..., C)
+  const variance = centered.square().mean(-1, true); // (..., 1)
+  return centered.mul(variance.add(eps).rsqrt()).mul(weight).add(bias);
+}
+
+/**
+ * PyTorch `F.cross_entropy(logits, targets)` with mean reduction.
+ * logits (N, V), targets (N) int32 → scalar.
+ */
+export function crossEntropy(
+  logits: tf.Tensor2D,
+  targets: tf.Tensor1D,
+): tf.Scalar {
+  const logProbs = tf.logSoftmax(logits); // (N, V)
+  const picked = logProbs.mul(tf.oneHot(targets, logits.shape[1])).sum(1); // (N)
+  return picked.mean().neg() as tf.Scalar;
+}
+
+/** Weights drawn from the run's stream: N(0, std²). */
+export function normalInit(shape: number[], std: number, rng: Rng): tf.Tensor {
+  return tf.tensor(rng.normals(shape.reduce((a, b) => a * b, 1), std), shape);
+}
+
+/** Weights drawn from the run's stream: U(-bound, bound). */
+export function uniformInit(
+  shape: number[],
+  bound: number,
+  rng: Rng,
+): tf.Tensor {
+  return tf.tensor(
+    rng.uniforms(shape.reduce((a, b) => a * b, 1), bound),
+    shape,
+  );
+}

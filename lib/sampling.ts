@@ -1,0 +1,90 @@
+/**
+ * Sampling the next token from a model's logits: the original's plain
+ * `torch.multinomial(softmax(logits))`, plus temperature, top-k and top-p.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { LanguageModel } from "../models/model.ts";
+import type { Rng } from "./rng.ts";
+
+/** How to turn logits into a choice. The defaults reproduce the original. */
+export interface SamplingOptions {
+  /** Divides the logits; < 1 sharpens, > 1 flattens. Default 1. */
+  temperature?: number;
+  /** Keep only the k most likely tokens (0: all). */
+  topK?: number;
+  /** Keep the smallest set of tokens whose probability reaches p (1: all). */
+  topP?: number;
+}
+
+/** Draws one token id from `logits` (V). */
+export function sampleFromLogits(
+  logits: Float32Array,
+  options: SamplingOptions,
+  rng: Rng,
+): number {
+  const temperature = options.temperature ?? 1;
+  const V = logits.length;
+  const order = Array.from({ length: V }, (_, i) => i);
+  let max = -Infinity;
+  for (let i = 0; i < V; i++) max = Math.max(max, logits[i] / temperature);
+  const probs = new Float64Array(V);
+  let total = 0;
+  for (let i = 0; i < V; i++) {
+    total += probs[i] = Math.exp(logits[i] / temperature - max);
+  }
+  for (let i = 0; i < V; i++) probs[i] /= total;
+
+  const topK = options.topK ?? 0;
+  const topP = options.topP ?? 1;
+  let kept = V;
+  if (topK > 0 || topP < 1) {
+    order.sort((a, b) => probs[b] - probs[a]);
+    if (topK > 0) kept = Math.min(kept, topK);
+    if (topP < 1) {
+      let mass = 0;
+      for (let r = 0; r < kept; r++) {
+        mass += probs[order[r]];
+        if (mass >= topP) {
+          kept = r + 1;
+          break;
+        }
+      }
+    }
+  }
+  let keptMass = 0;
+  for (let r = 0; r < kept; r++) keptMass += probs[order[r]];
+  let u = rng.random() * keptMass;
+  for (let r = 0; r < kept; r++) {
+    u -= probs[order[r]];
+    if (u < 0) return order[r];
+  }
+  return order[kept - 1];
+}
+
+/**
+ * Samples `count` tokens after `context`, calling `onToken` with each as it
+ * comes (so text can stream). Returns the new ids.
+ */
+export async function generateTokens(
+  model: LanguageModel,
+  context: number[],
+  count: number,
+  options: SamplingOptions,
+  rng: Rng,
+  onToken?: (id: number) => void,
+): Promise<number[]> {
+  const ids = [...context];
+  const out: number[] = [];
+  for (let i = 0; i < count; i++) {
+    const logits = tf.tidy(() => model.nextTokenLogits(ids));
+    const values = await logits.data() as Float32Array;
+    logits.dispose();
+    const next = sampleFromLogits(values, options, rng);
+    ids.push(next);
+    out.push(next);
+    onToken?.(next);
+  }
+  return out;
+}

@@ -1,0 +1,65 @@
+/**
+ * bigramLM: each token reads the logits of the next one from a table row,
+ * `nn.Embedding(vocab_size, vocab_size)` — P(t_i | t_{i-1}).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { crossEntropy, embedding, normalInit } from "../lib/nn.ts";
+import type { Rng } from "../lib/rng.ts";
+import type { Batch, Buffer, LanguageModel, ModelConfig, Param } from "./model.ts";
+
+/** Builds a bigram model; the table starts N(0, 1) like `nn.Embedding`. */
+export function createBigramLM(config: ModelConfig, rng: Rng): LanguageModel {
+  const V = config.vocab_size;
+  const table = tf.variable(normalInit([V, V], 1, rng));
+  const params: Param[] = [{
+    name: "logits.weight",
+    variable: table,
+    transposed: false,
+  }];
+  const buffers: Buffer[] = [];
+
+  const forward = (x: tf.Tensor) => embedding(table, x); // (B, T) -> (B, T, V)
+
+  return {
+    name: "bigramLM",
+    config,
+    params,
+    buffers,
+    makeBatch(windows: Int32Array, batchSize: number): Batch {
+      return splitWindows(windows, batchSize, config.block_size);
+    },
+    forward,
+    loss(x, y) {
+      const logits = forward(x); // (B, T, V)
+      return crossEntropy(
+        logits.reshape([-1, V]) as tf.Tensor2D,
+        y.reshape([-1]) as tf.Tensor1D,
+      );
+    },
+    nextTokenLogits(context) {
+      // Only the last token matters to a bigram model.
+      const last = tf.tensor1d([context[context.length - 1]], "int32");
+      return tf.gather(table, last).reshape([V]) as tf.Tensor1D;
+    },
+  };
+}
+
+/**
+ * Windows of T+1 ids → inputs `data[i:i+T]` and targets `data[i+1:i+T+1]`,
+ * both (B, T) int32: the batches of bigramLM and gptLM.
+ */
+export function splitWindows(
+  windows: Int32Array,
+  batchSize: number,
+  blockSize: number,
+): Batch {
+  return tf.tidy(() => {
+    const w = tf.tensor2d(windows, [batchSize, blockSize + 1], "int32"); // (B, T+1)
+    return {
+      x: w.slice([0, 0], [batchSize, blockSize]), // (B, T)
+      y: w.slice([0, 1], [batchSize, blockSize]), // (B, T)
+    };
+  });
+}

@@ -1,0 +1,87 @@
+/**
+ * The small interface every model in `models/` shares, and the settings
+ * they are built from.
+ *
+ * @module
+ */
+import type * as tf from "@tensorflow/tfjs";
+import type { Rng } from "../lib/rng.ts";
+
+/** The model names `--model_name` takes. */
+export const MODEL_NAMES = ["bigramLM", "mlpLM", "gptLM"] as const;
+/** One of {@link MODEL_NAMES}. */
+export type ModelName = typeof MODEL_NAMES[number];
+
+/** Everything a model's shape and behaviour depend on (the original's names). */
+export interface ModelConfig {
+  vocab_size: number;
+  block_size: number;
+  dropout: number;
+  // mlpLM
+  char_encoding_len: number;
+  use_batch_norm: boolean;
+  max_hidden_nodes: number;
+  active_fn: string;
+  // gptLM
+  n_embd: number;
+  n_head: number;
+  n_layer: number;
+}
+
+/**
+ * A trainable tensor under its PyTorch `state_dict` name. Linear weights are
+ * kept `[in, out]` here and `[out, in]` in PyTorch: `transposed` says so.
+ */
+export interface Param {
+  name: string;
+  variable: tf.Variable;
+  transposed: boolean;
+}
+
+/** Saved, non-trained state (BatchNorm running statistics, attention masks). */
+export interface Buffer {
+  name: string;
+  tensor: tf.Tensor;
+  dtype: "F32" | "I64";
+}
+
+/** Training mode draws dropout from `rng`; evaluation mode has none. */
+export type Mode = { training: true; rng: Rng } | { training: false };
+
+/** Model inputs and next-token targets for one batch. */
+export interface Batch {
+  x: tf.Tensor;
+  y: tf.Tensor;
+}
+
+/** What `train.ts`, `generate.ts` and `eval.ts` need from a model. */
+export interface LanguageModel {
+  readonly name: ModelName;
+  readonly config: ModelConfig;
+  /** Trainable parameters in PyTorch's `parameters()` order. */
+  readonly params: Param[];
+  /** Non-trainable state, in PyTorch's `state_dict` order. */
+  readonly buffers: Buffer[];
+  /**
+   * Inputs and targets from `batchSize` windows of `block_size + 1` ids
+   * (row-major). `rng` drives any input noise the original adds.
+   */
+  makeBatch(windows: Int32Array, batchSize: number, rng: Rng): Batch;
+  /** Logits for a batch's inputs: (B, T, V), or (B, V) for one target per row. */
+  forward(x: tf.Tensor, mode: Mode): tf.Tensor;
+  /** Mean cross-entropy of a batch. Training mode may update running statistics. */
+  loss(x: tf.Tensor, y: tf.Tensor, mode: Mode): tf.Scalar;
+  /** Next-token logits (V) after `context` ids, in evaluation mode. */
+  nextTokenLogits(context: number[]): tf.Tensor1D;
+}
+
+/** Total number of trainable values, as the original prints it. */
+export function countParams(model: LanguageModel): number {
+  return model.params.reduce((n, p) => n + p.variable.size, 0);
+}
+
+/** Frees a model's tensors. */
+export function disposeModel(model: LanguageModel): void {
+  for (const p of model.params) p.variable.dispose();
+  for (const b of model.buffers) b.tensor.dispose();
+}

@@ -1,0 +1,23 @@
+/**
+ * Builds a model by name.
+ *
+ * @module
+ */
+import type { Rng } from "../lib/rng.ts";
+import { createBigramLM } from "./bigramLM.ts";
+import type { LanguageModel, ModelConfig, ModelName } from "./model.ts";
+
+/** A new model with weights drawn from `rng`. */
+export function createModel(
+  name: ModelName,
+  config: ModelConfig,
+  rng: Rng,
+): LanguageModel {
+  switch (name) {
+    case "bigramLM":
+      return createBigramLM(config, rng);
+    case "mlpLM":
+    case "gptLM":
+      throw new Error(`${name} is not implemented yet`);
+  }
+}

@@ -1,0 +1,97 @@
+/**
+ * Prepares a character-level dataset, as the original's
+ * `datasets/shakespeare_char/prepare.py`: text → sorted character
+ * vocabulary → ids, first 90% train, last 10% val, written as
+ * `datas/<dataset>/{train.bin,val.bin,meta.json}`.
+ *
+ *   deno task prepare
+ *   deno task prepare --input=mybook.txt --dataset=mybook_char
+ *
+ * @module
+ */
+import { datasetDir, decodeText, metaJson, tokenize, uint16Bytes } from "./lib/data.ts";
+import { runMain, UserError } from "./lib/errors.ts";
+import { parseFlags } from "./lib/flags.ts";
+import { writeFileAtomic } from "./lib/safetensors.ts";
+
+/** Where the original downloads tinyshakespeare from when the file is missing. */
+const DATA_URL =
+  "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt";
+const DEFAULT_INPUT = "datas/tinyshakespeare.txt";
+
+const FLAGS = {
+  input: { type: "string", default: DEFAULT_INPUT, help: "UTF-8 text file" },
+  dataset: {
+    type: "string",
+    default: "shakespeare_char",
+    help: "output folder under datas/",
+  },
+} as const;
+
+async function readInput(path: string): Promise<Uint8Array> {
+  try {
+    const info = await Deno.stat(path);
+    if (info.isDirectory) {
+      throw new UserError(`--input=${path} is a directory: give a text file`);
+    }
+    return await Deno.readFile(path);
+  } catch (e) {
+    if (!(e instanceof Deno.errors.NotFound)) {
+      if (e instanceof UserError) throw e;
+      throw new UserError(`cannot read ${path}: ${(e as Error).message}`);
+    }
+  }
+  if (path !== DEFAULT_INPUT) {
+    throw new UserError(`input file ${path} not found`);
+  }
+  console.log(`${path} not found: downloading ${DATA_URL}`);
+  try {
+    const response = await fetch(DATA_URL, {
+      signal: AbortSignal.timeout(30_000),
+    });
+    if (!response.ok) throw new Error(`HTTP ${response.status}`);
+    const bytes = new Uint8Array(await response.arrayBuffer());
+    await writeFileAtomic(path, bytes);
+    return bytes;
+  } catch (e) {
+    throw new UserError(
+      `${path} is missing and the download failed (${
+        (e as Error).message
+      }): copy tinyshakespeare's input.txt to ${path}`,
+    );
+  }
+}
+
+async function main() {
+  const { values } = parseFlags(Deno.args, FLAGS);
+  const input = values.input as string;
+  const dir = datasetDir(values.dataset as string);
+
+  const text = decodeText(await readInput(input), input);
+  if (text.length === 0) {
+    throw new UserError(`${input} is empty: give a text with some characters`);
+  }
+  const data = tokenize(text);
+  console.log(
+    `length of dataset in characters: ${data.length.toLocaleString("en-US")}`,
+  );
+  console.log(`all the unique characters: ${data.vocab.join("")}`);
+  console.log(`vocab size: ${data.vocab.length.toLocaleString("en-US")}`);
+  console.log(`train has ${data.train.length.toLocaleString("en-US")} tokens`);
+  console.log(`val has ${data.val.length.toLocaleString("en-US")} tokens`);
+
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch (e) {
+    throw new UserError(`cannot create ${dir}: ${(e as Error).message}`);
+  }
+  await writeFileAtomic(`${dir}/train.bin`, uint16Bytes(data.train));
+  await writeFileAtomic(`${dir}/val.bin`, uint16Bytes(data.val));
+  await writeFileAtomic(
+    `${dir}/meta.json`,
+    new TextEncoder().encode(metaJson(data.vocab)),
+  );
+  console.log(`wrote ${dir}/train.bin, ${dir}/val.bin and ${dir}/meta.json`);
+}
+
+if (import.meta.main) await runMain(main);

@@ -1,0 +1,286 @@
+import assert from "node:assert/strict";
+import { fileURLToPath } from "node:url";
+import { UserError } from "../lib/errors.ts";
+import {
+  estimateTextWidth,
+  installTextMetrics,
+  parseLossFile,
+  renderSvg,
+  type Run,
+  textMetrics,
+} from "../plot.ts";
+
+const PLOT = fileURLToPath(new URL("../plot.ts", import.meta.url));
+const CONFIG = fileURLToPath(new URL("../deno.json", import.meta.url));
+
+const LONG_A = "loss_gptLM_BA-64_BL-256_PAR-10.79_V-65_LR-0.0003_DR-0.2_shakespeare_char.txt";
+const LONG_B = "loss_gptLM_BA-32_BL-128_PAR-2.5_V-65_LR-0.001_DR-0.1_shakespeare_char.txt";
+
+function lossText(n: number, offset = 0): string {
+  const lines = [];
+  for (let i = 0; i < n; i++) {
+    const t = 4 - i * 0.3 + offset;
+    lines.push(`${i * 500} ${t.toFixed(4)} ${(t + 0.1).toFixed(4)}`);
+  }
+  return lines.join("\n") + "\n";
+}
+
+function run(name: string, n = 5, offset = 0): Run {
+  return { name, rows: parseLossFile(lossText(n, offset), name) };
+}
+
+// --- parsing ---------------------------------------------------------------
+
+Deno.test("parseLossFile reads rows, skipping blank lines", () => {
+  const text = "\n0 4.1 4.2\r\n\n  500\t2.4512   2.4987  \n\n1000 1e0 .5\n";
+  assert.deepEqual(parseLossFile(text, "loss_a.txt"), [
+    { iter: 0, train: 4.1, val: 4.2 },
+    { iter: 500, train: 2.4512, val: 2.4987 },
+    { iter: 1000, train: 1, val: 0.5 },
+  ]);
+});
+
+Deno.test("parseLossFile accepts a single line, with or without newline", () => {
+  const want = [{ iter: 500, train: 2.4512, val: 2.4987 }];
+  assert.deepEqual(parseLossFile("500 2.4512 2.4987", "a"), want);
+  assert.deepEqual(parseLossFile("500 2.4512 2.4987\n", "a"), want);
+  assert.deepEqual(parseLossFile("\n\n", "a"), []);
+});
+
+Deno.test("parseLossFile names file and line of a malformed line", () => {
+  for (
+    const bad of ["500 2.4 2.5 9", "500 2.4", "500 abc 2.5", "500 2.4 0x10"]
+  ) {
+    assert.throws(
+      () => parseLossFile(`0 4 4\n\n${bad}\n`, "loss_x.txt"),
+      (e: unknown) =>
+        e instanceof UserError && e.message.startsWith("loss_x.txt:3:") &&
+        e.message.includes(bad),
+    );
+  }
+});
+
+// --- rendering -------------------------------------------------------------
+
+Deno.test("renderSvg of one run has title and both series", async () => {
+  const svg = await renderSvg([run(LONG_A)]);
+  assert.match(svg, /^<svg[^>]*width="\d+"/);
+  assert.ok(svg.includes(`Training and Validation Loss - ${LONG_A}`));
+  assert.ok(svg.includes(">Training Loss<"));
+  assert.ok(svg.includes(">Validation Loss<"));
+  assert.ok(svg.includes(">Iteration<") && svg.includes(">Loss<"));
+});
+
+Deno.test("renderSvg of one single-line run works", async () => {
+  const svg = await renderSvg([run("loss_one.txt", 1)]);
+  assert.ok(svg.includes("Training and Validation Loss - loss_one.txt"));
+  assert.ok(svg.includes(">Validation Loss<"));
+});
+
+Deno.test("renderSvg of several runs compares validation curves", async () => {
+  const svg = await renderSvg([run(LONG_A), run(LONG_B, 5, 0.2), run("c", 1)]);
+  assert.ok(svg.includes("Validation Loss Comparison"));
+  for (const name of [LONG_A, LONG_B, "c"]) {
+    assert.ok(svg.includes(`>Validation Loss - ${name}<`), name);
+  }
+  assert.ok(!svg.includes("Training Loss"));
+});
+
+// --- text width --------------------------------------------------------------
+
+// Widths measured with canvas measureText in Chromium, Arial (Liberation Sans).
+const REFERENCE: [string, number, boolean, number][] = [
+  ["Validation Loss Comparison", 14, true, 188.25],
+  [`Validation Loss - ${LONG_A}`, 12, false, 561.9],
+  [`Training and Validation Loss - ${LONG_A}`, 14, true, 771.6],
+  ["Iteration 0123456789", 11, false, 103.98],
+];
+
+Deno.test("estimateTextWidth is close to real Arial widths", () => {
+  for (const [text, size, bold, real] of REFERENCE) {
+    const ratio = estimateTextWidth(text, size, bold) / real;
+    assert.ok(ratio > 0.97 && ratio < 1.03, `${text}: ratio ${ratio}`);
+  }
+  assert.equal(estimateTextWidth("日本", 10), 20);
+  assert.equal(estimateTextWidth("", 10), 0);
+});
+
+Deno.test("Vega measures text with the estimator, not its default", async () => {
+  await renderSvg([run("a")]);
+  for (const [text, size, bold, real] of REFERENCE) {
+    const item = { fontSize: size, fontWeight: bold ? "bold" : undefined };
+    const ours = textMetrics.width(item, text) / real;
+    const vegas = textMetrics.estimateWidth(item, text) / real;
+    assert.ok(ours > 0.97 && ours < 1.03, `${text}: ratio ${ours}`);
+    assert.ok(vegas > 1.3, `default estimate would be ok?! ${vegas}`);
+  }
+  // Truncation (item.limit) still works and stays within the limit.
+  assert.equal(
+    textMetrics.width({ fontSize: 10, limit: 50 }, "x".repeat(99)),
+    50,
+  );
+  installTextMetrics(); // idempotent
+  assert.ok(textMetrics.width({ fontSize: 10 }, "  ") === 0);
+});
+
+Deno.test("long legend labels do not widen or get truncated", async () => {
+  const svg = await renderSvg([run(LONG_A), run(LONG_B, 5, 0.2)]);
+  const width = Number(/^<svg[^>]*width="(\d+)"/.exec(svg)![1]);
+  // Plot is 600 wide; the legend (~570px of real text) fits under it. With
+  // Vega's default estimate (0.8 em/char) the legend would be ~900px wide.
+  assert.ok(width < 720, `svg width ${width}`);
+  assert.ok(!svg.includes("\u2026"), "a label was truncated");
+});
+
+// --- command line ----------------------------------------------------------
+
+interface Result {
+  code: number;
+  stdout: string;
+  stderr: string;
+}
+
+async function plot(
+  args: string[],
+  opts: { cwd: string; stdin?: string },
+): Promise<Result> {
+  const cmd = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "--allow-read",
+      "--allow-write",
+      "--config",
+      CONFIG,
+      PLOT,
+      ...args,
+    ],
+    cwd: opts.cwd,
+    stdin: opts.stdin === undefined ? "null" : "piped",
+    stdout: "piped",
+    stderr: "piped",
+  });
+  const child = cmd.spawn();
+  if (opts.stdin !== undefined) {
+    const w = child.stdin.getWriter();
+    await w.write(new TextEncoder().encode(opts.stdin));
+    await w.close();
+  }
+  const { code, stdout, stderr } = await child.output();
+  const dec = new TextDecoder();
+  return { code, stdout: dec.decode(stdout), stderr: dec.decode(stderr) };
+}
+
+async function withLossFiles(
+  fn: (dir: string) => Promise<void>,
+): Promise<void> {
+  const dir = await Deno.makeTempDir({ prefix: "plot_test_" });
+  try {
+    await Deno.writeTextFile(`${dir}/${LONG_A}`, lossText(6));
+    await Deno.writeTextFile(`${dir}/${LONG_B}`, lossText(6, 0.2));
+    await Deno.writeTextFile(`${dir}/loss_single.log`, "500 2.4512 2.4987\n");
+    await fn(dir);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
+}
+
+Deno.test("cli: file names on stdin", async () => {
+  await withLossFiles(async (dir) => {
+    const r = await plot(["--out=out.svg"], {
+      cwd: dir,
+      stdin: `${LONG_A}\n${LONG_B}\nloss_single.log\n`,
+    });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "wrote out.svg (3 runs)\n");
+    assert.equal(r.stderr, "");
+    const svg = await Deno.readTextFile(`${dir}/out.svg`);
+    assert.ok(svg.startsWith("<svg") && svg.trimEnd().endsWith("</svg>"));
+    assert.ok(svg.includes("Validation Loss Comparison"));
+    assert.ok(svg.includes("loss_single.log"));
+  });
+});
+
+Deno.test("cli: one file as argument, default output loss.svg", async () => {
+  await withLossFiles(async (dir) => {
+    const r = await plot(["loss_single.log"], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(r.stdout, "wrote loss.svg (1 run)\n");
+    const svg = await Deno.readTextFile(`${dir}/loss.svg`);
+    assert.ok(svg.includes("Training and Validation Loss - loss_single.log"));
+  });
+});
+
+Deno.test("cli: a missing file among several is skipped", async () => {
+  await withLossFiles(async (dir) => {
+    const r = await plot(
+      [LONG_A, "loss_missing.txt", `--out=${dir}/cmp.svg`],
+      { cwd: dir },
+    );
+    assert.equal(r.code, 0, r.stderr);
+    assert.equal(
+      r.stderr,
+      "warning: loss_missing.txt not found or cannot be read, skipped\n",
+    );
+    assert.match(r.stdout, /^wrote .*cmp\.svg \(1 run\)\n$/);
+    assert.ok((await Deno.stat(`${dir}/cmp.svg`)).isFile);
+  });
+});
+
+Deno.test("cli: no readable file at all fails", async () => {
+  await withLossFiles(async (dir) => {
+    const r = await plot(["nope1.txt", "nope2.txt"], { cwd: dir });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /warning: nope1\.txt not found/);
+    assert.match(
+      r.stderr,
+      /\nerror: none of the 2 loss files could be read\n$/,
+    );
+  });
+});
+
+Deno.test("cli: no file names is a usage error", async () => {
+  await withLossFiles(async (dir) => {
+    const r = await plot([], { cwd: dir, stdin: "  \n" });
+    assert.equal(r.code, 2);
+    assert.match(r.stderr, /^error: no loss files given; usage: .*plot/);
+    assert.equal(r.stderr.trimEnd().split("\n").length, 1);
+    assert.equal(r.stdout, "");
+  });
+});
+
+Deno.test("cli: unknown or malformed option is a usage error", async () => {
+  await withLossFiles(async (dir) => {
+    for (const bad of ["--output=x.svg", "--out", "-o"]) {
+      const r = await plot([bad, LONG_A], { cwd: dir });
+      assert.equal(r.code, 2, bad);
+      assert.match(r.stderr, /^error: .*valid options: --out=PATH/, bad);
+      assert.equal(r.stderr.trimEnd().split("\n").length, 1, bad);
+    }
+  });
+});
+
+Deno.test("cli: unwritable output path fails in one line", async () => {
+  await withLossFiles(async (dir) => {
+    const out = `${dir}/no/such/dir/loss.svg`;
+    const r = await plot([LONG_A, `--out=${out}`], { cwd: dir });
+    assert.equal(r.code, 1);
+    assert.equal(
+      r.stderr,
+      `error: cannot write ${out}: directory does not exist\n`,
+    );
+    assert.equal(r.stdout, "");
+    assert.deepEqual(
+      [...Deno.readDirSync(dir)].map((e) => e.name).sort(),
+      [LONG_B, LONG_A, "loss_single.log"].sort(),
+    );
+  });
+});
+
+Deno.test("cli: malformed line names file and line", async () => {
+  await withLossFiles(async (dir) => {
+    await Deno.writeTextFile(`${dir}/loss_bad.txt`, "0 4 4\n500 2.4 oops\n");
+    const r = await plot(["loss_bad.txt", LONG_A], { cwd: dir });
+    assert.equal(r.code, 1);
+    assert.match(r.stderr, /^error: loss_bad\.txt:2: .*"500 2\.4 oops"\n$/);
+  });
+});
