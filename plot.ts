@@ -14,11 +14,12 @@
  * @module
  */
 
-import { parseArgs } from "node:util";
 import * as vega from "vega";
 import * as vl from "vega-lite";
 import type { TopLevelSpec } from "vega-lite";
 import { runMain, UsageError, UserError } from "./lib/errors.ts";
+import { writeFileAtomic } from "./lib/files.ts";
+import { type FlagSpecs, parseFlags } from "./lib/flags.ts";
 
 /** One evaluation: iteration number, training loss and validation loss. */
 export interface LossRow {
@@ -463,35 +464,10 @@ export async function renderSvg(runs: Run[]): Promise<string> {
 
 const USAGE = "usage: ls loss_*.txt | deno task plot [--out=PATH]" +
   "  or  deno task plot [--out=PATH] FILE...";
-const OPTIONS = ["--out=PATH (default loss.svg)"];
 
-/** Parses the command line into output path and file names (may be empty). */
-function parseCommandLine(args: string[]): { out: string; files: string[] } {
-  for (const a of args) {
-    if (a === "--") break;
-    if (a.startsWith("--") && !a.includes("=")) {
-      throw new UsageError(
-        `option ${a} must be written --key=value; valid options: ${OPTIONS.join(", ")}`,
-      );
-    }
-  }
-  let parsed;
-  try {
-    parsed = parseArgs({
-      args,
-      options: { out: { type: "string" } },
-      allowPositionals: true,
-      strict: true,
-    });
-  } catch (e) {
-    const m = /'([^']+)'/.exec((e as Error).message);
-    const what = m ? `unknown option ${m[1]}` : "invalid arguments";
-    throw new UsageError(`${what}; valid options: ${OPTIONS.join(", ")}`);
-  }
-  const out = parsed.values.out ?? "loss.svg";
-  if (out === "") throw new UsageError("--out= needs a path");
-  return { out, files: parsed.positionals };
-}
+const FLAGS: FlagSpecs = {
+  out: { type: "string", default: "loss.svg", help: "the SVG to write" },
+};
 
 function basename(path: string): string {
   return path.replace(/[\\/]+$/, "").split(/[\\/]/).pop() || path;
@@ -536,27 +512,14 @@ async function loadRuns(files: string[]): Promise<Run[]> {
   }));
 }
 
-/** Writes via a temporary file in the same directory, then renames it. */
-async function writeAtomically(path: string, text: string): Promise<void> {
-  const tmp = `${path}.tmp-${Deno.pid}`;
-  try {
-    await Deno.writeTextFile(tmp, text);
-    await Deno.rename(tmp, path);
-  } catch (e) {
-    await Deno.remove(tmp).catch(() => {});
-    const reason = e instanceof Deno.errors.NotFound
-      ? "directory does not exist"
-      : e instanceof Deno.errors.PermissionDenied
-      ? "permission denied"
-      : e instanceof Deno.errors.IsADirectory
-      ? "is a directory"
-      : (e as Error).message;
-    throw new UserError(`cannot write ${path}: ${reason}`);
-  }
-}
-
-async function main(): Promise<void> {
-  const { out, files: fromArgs } = parseCommandLine(Deno.args);
+/**
+ * Plots the loss files named in `args` (or, with none, on standard input)
+ * into one SVG. Returns the path written.
+ */
+export async function main(args: string[]): Promise<string> {
+  const { values, positionals: fromArgs } = parseFlags(args, FLAGS, { allowPositionals: true });
+  const out = values.out as string;
+  if (out === "") throw new UsageError("--out= needs a path");
   let files = fromArgs;
   if (files.length === 0 && !Deno.stdin.isTerminal()) {
     const text = await new Response(Deno.stdin.readable).text();
@@ -567,12 +530,11 @@ async function main(): Promise<void> {
   }
   const runs = await loadRuns(files);
   const svg = await renderSvg(runs);
-  await writeAtomically(out, svg);
+  await writeFileAtomic(out, new TextEncoder().encode(svg));
   console.log(
     `wrote ${out} (${runs.length} ${runs.length === 1 ? "run" : "runs"})`,
   );
+  return out;
 }
 
-if (import.meta.main) {
-  await runMain(main);
-}
+if (import.meta.main) await runMain(() => main(Deno.args));

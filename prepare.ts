@@ -12,7 +12,7 @@
 import { datasetDir, decodeText, metaJson, tokenize, uint16Bytes } from "./lib/data.ts";
 import { runMain, UserError } from "./lib/errors.ts";
 import { parseFlags } from "./lib/flags.ts";
-import { writeFileAtomic } from "./lib/safetensors.ts";
+import { writeFileAtomic } from "./lib/files.ts";
 
 /** Where the original downloads tinyshakespeare from when the file is missing. */
 const DATA_URL =
@@ -62,8 +62,8 @@ async function readInput(path: string): Promise<Uint8Array> {
   }
 }
 
-async function main() {
-  const { values } = parseFlags(Deno.args, FLAGS);
+export async function main(args: string[]) {
+  const { values } = parseFlags(args, FLAGS);
   const input = values.input as string;
   const dir = datasetDir(values.dataset as string);
 
@@ -94,4 +94,4 @@ async function main() {
   console.log(`wrote ${dir}/train.bin, ${dir}/val.bin and ${dir}/meta.json`);
 }
 
-if (import.meta.main) await runMain(main);
+if (import.meta.main) await runMain(() => main(Deno.args));

@@ -23,10 +23,10 @@ import {
 import { decode, loadDataset } from "./lib/data.ts";
 import { runMain, UsageError, UserError } from "./lib/errors.ts";
 import { Rng } from "./lib/rng.ts";
-import { generateTokens } from "./lib/sampling.ts";
+import { generateTokens, startContext } from "./lib/sampling.ts";
 import { parseTrainConfig, runId, type TrainConfig } from "./lib/train_config.ts";
 import { estimateLoss, getBatch, trainStep } from "./lib/training.ts";
-import { countParams } from "./models/model.ts";
+import { countParams, disposeModel } from "./models/model.ts";
 import { createModel } from "./models/registry.ts";
 import { Progress } from "./lib/progress.ts";
 
@@ -63,8 +63,12 @@ async function freshRunId(id: string, outDir: string): Promise<string> {
   }
 }
 
-async function main() {
-  let { config, given } = parseTrainConfig(Deno.args);
+/**
+ * Trains as `args` say and returns where the loss log and the best
+ * checkpoint were written.
+ */
+export async function main(args: string[]): Promise<{ logFile: string; checkpointPath: string }> {
+  let { config, given } = parseTrainConfig(args);
   const ckpt = config.resume ? await loadCheckpoint(requireCkptFile(config)) : null;
   if (ckpt) {
     config = resumedConfig(
@@ -144,13 +148,13 @@ async function main() {
   console.log(`logging to ${state.logFile}`);
 
   let stopSignal: Deno.Signal | null = null;
-  for (const signal of ["SIGINT", "SIGTERM"] as const) {
-    Deno.addSignalListener(signal, () => {
-      if (stopSignal) Deno.exit(130); // a second Ctrl-C: stop now
-      stopSignal = signal;
-      console.error(`\n${signal}: finishing this step, then saving…`);
-    });
-  }
+  const signals = ["SIGINT", "SIGTERM"] as const;
+  const onSignal = signals.map((signal) => () => {
+    if (stopSignal) Deno.exit(130); // a second Ctrl-C: stop now
+    stopSignal = signal;
+    console.error(`\n${signal}: finishing this step, then saving…`);
+  });
+  signals.forEach((signal, i) => Deno.addSignalListener(signal, onSignal[i]));
 
   const tokensPerStep = config.batch_size *
     (config.model_name === "mlpLM" ? 1 : config.block_size);
@@ -193,7 +197,7 @@ async function main() {
         );
       }
       if (bestSoFar) {
-        const sample = await generateTokens(model, [0], 200, {}, rng);
+        const sample = await generateTokens(model, startContext(model), 200, {}, rng);
         console.log(decode(sample, data.vocab).trim());
         state = { ...state, iter, evalDone: true };
         await saveCheckpoint(checkpointPath, model, saveInfo(), optimizer);
@@ -230,12 +234,14 @@ async function main() {
     }
   }
   progress.clear();
-  console.log(
-    `done: loss log ${state.logFile}, best checkpoint ${checkpointPath}`,
-  );
+  signals.forEach((signal, i) => Deno.removeSignalListener(signal, onSignal[i]));
+  optimizer.dispose();
+  disposeModel(model);
+  console.log(`done: loss log ${state.logFile}, best checkpoint ${checkpointPath}`);
   console.log(
     `next: deno task generate --ckpt=${checkpointPath}   |   ls loss_*.txt | deno task plot`,
   );
+  return { logFile: state.logFile, checkpointPath };
 }
 
 function requireCkptFile(config: TrainConfig): string {
@@ -295,4 +301,4 @@ async function ensureDir(dir: string): Promise<void> {
   }
 }
 
-if (import.meta.main) await runMain(main);
+if (import.meta.main) await runMain(() => main(Deno.args));

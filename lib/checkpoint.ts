@@ -23,8 +23,8 @@ import {
   readSafetensorsFile,
   type SafetensorsContents,
   type TensorEntry,
-  writeFileAtomic,
 } from "./safetensors.ts";
+import { writeFileAtomic } from "./files.ts";
 import type { LanguageModel, ModelName } from "../models/model.ts";
 import { MODEL_NAMES } from "../models/model.ts";
 import type { Vocab } from "./data.ts";

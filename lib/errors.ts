@@ -20,7 +20,7 @@ export class UserError extends Error {
  * {@link UserError}) print `error: <message>` on one line and exit 2 or 1;
  * anything else is a bug and keeps its stack trace.
  */
-export async function runMain(main: () => Promise<void> | void): Promise<void> {
+export async function runMain(main: () => Promise<unknown> | unknown): Promise<void> {
   try {
     await main();
   } catch (e) {

@@ -64,6 +64,14 @@ export function sampleFromLogits(
 }
 
 /**
+ * The original's start of generation: token 0 (`"\n"` for tinyshakespeare)
+ * for bigramLM and gptLM, an all-zero input (no token) for mlpLM.
+ */
+export function startContext(model: LanguageModel): number[] {
+  return model.name === "mlpLM" ? [] : [0];
+}
+
+/**
  * Samples `count` tokens after `context`, calling `onToken` with each as it
  * comes (so text can stream). Returns the new ids.
  */

@@ -253,7 +253,7 @@ Deno.test("cli: unknown or malformed option is a usage error", async () => {
     for (const bad of ["--output=x.svg", "--out", "-o"]) {
       const r = await plot([bad, LONG_A], { cwd: dir });
       assert.equal(r.code, 2, bad);
-      assert.match(r.stderr, /^error: .*valid options: --out=PATH/, bad);
+      assert.match(r.stderr, /^error: .*valid flags: --out/, bad);
       assert.equal(r.stderr.trimEnd().split("\n").length, 1, bad);
     }
   });
@@ -266,7 +266,7 @@ Deno.test("cli: unwritable output path fails in one line", async () => {
     assert.equal(r.code, 1);
     assert.equal(
       r.stderr,
-      `error: cannot write ${out}: directory does not exist\n`,
+      `error: cannot write ${out}: No such file or directory (os error 2)\n`,
     );
     assert.equal(r.stdout, "");
     assert.deepEqual(

@@ -11,8 +11,8 @@ import {
   i64Entry,
   readSafetensorsFile,
   type TensorEntry,
-  writeFileAtomic,
 } from "../lib/safetensors.ts";
+import { writeFileAtomic } from "../lib/files.ts";
 import { makeVariant } from "./fixtures/atomic_writer.ts";
 
 const enc = new TextEncoder();

@@ -1,0 +1,206 @@
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs";
+import { AdamW } from "../lib/adamw.ts";
+import { initBackend } from "../lib/backend.ts";
+import { Rng } from "../lib/rng.ts";
+import { parseTrainConfig, pyFloat, runId } from "../lib/train_config.ts";
+import { estimateLoss, getBatch, trainStep } from "../lib/training.ts";
+import { disposeModel, type ModelConfig } from "../models/model.ts";
+import { createModel } from "../models/registry.ts";
+import { preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
+
+Deno.test("AdamW matches PyTorch's update formula, step by step", async () => {
+  await initBackend("cpu");
+  const p = tf.variable(tf.tensor1d([1.0, -2.0, 0.5]));
+  const opt = new AdamW([p], { lr: 0.1, weightDecay: 0.01 });
+  const grads = [[0.5, 0.1, -3.0], [-0.2, 0.4, 1.0]];
+  // PyTorch torch.optim.AdamW (single-tensor path), in float64:
+  const expected = [1.0, -2.0, 0.5];
+  const m = [0, 0, 0], v = [0, 0, 0];
+  for (let t = 1; t <= grads.length; t++) {
+    opt.applyGradients({ [p.name]: tf.tensor1d(grads[t - 1]) });
+    for (let i = 0; i < 3; i++) {
+      const g = grads[t - 1][i];
+      expected[i] *= 1 - 0.1 * 0.01;
+      m[i] = 0.9 * m[i] + 0.1 * g;
+      v[i] = 0.999 * v[i] + 0.001 * g * g;
+      const stepSize = 0.1 / (1 - 0.9 ** t);
+      const denom = Math.sqrt(v[i]) / Math.sqrt(1 - 0.999 ** t) + 1e-8;
+      expected[i] -= stepSize * m[i] / denom;
+    }
+    const got = await p.data();
+    for (let i = 0; i < 3; i++) {
+      assert.ok(
+        Math.abs(got[i] - expected[i]) < 1e-6,
+        `step ${t}[${i}]: ${got[i]} vs ${expected[i]}`,
+      );
+    }
+  }
+  // Step 1 by hand: 1·(1−0.001) − 0.1·0.5/(0.5+1e-8) = 0.899
+  assert.equal(opt.step, 2);
+  opt.dispose();
+  p.dispose();
+});
+
+Deno.test("run ids follow the original's, with '-' for ':'", () => {
+  assert.equal(pyFloat(3e-4), "0.0003");
+  assert.equal(pyFloat(1e-5), "1e-05");
+  assert.equal(pyFloat(0), "0.0");
+  assert.equal(pyFloat(0.2), "0.2");
+  const { config } = parseTrainConfig(["--model_name=gptLM"]);
+  assert.equal(
+    runId(config, 65, 10788929),
+    "gptLM_BA-64_BL-256_PAR-10.79_V-65_LR-0.0003_DR-0.2_shakespeare_char",
+  );
+  const mlp = parseTrainConfig(["--model_name=mlpLM"]).config;
+  assert.equal(
+    runId(mlp, 65, 10008641),
+    "mlpLM_BA-64_BL-256_PAR-10.01_E-12_V-65_AF-relu_BN-True_LR-0.0003_DR-0.2_shakespeare_char",
+  );
+});
+
+Deno.test("--config=cpu is nanoGPT's CPU setting; explicit flags win", () => {
+  const { config } = parseTrainConfig(["--config=cpu", "--n_layer=2"]);
+  assert.deepEqual(
+    [
+      config.n_layer,
+      config.n_head,
+      config.n_embd,
+      config.block_size,
+      config.batch_size,
+      config.dropout,
+    ],
+    [2, 4, 128, 64, 12, 0],
+  );
+  assert.equal(config.learning_rate, 3e-4);
+});
+
+function bigramConfig(): ModelConfig {
+  const { config } = parseTrainConfig(["--model_name=bigramLM"]);
+  return { ...config, vocab_size: 65 };
+}
+
+for (const backend of ["cpu", "wasm", "webgpu"]) {
+  Deno.test(`bigramLM loss falls on ${backend}`, async () => {
+    const info = await initBackend(backend);
+    assert.equal(info.name, backend);
+    assert.equal(tf.getBackend(), backend);
+    const data = await shakespeareData();
+    const rng = new Rng(1337);
+    const model = createModel("bigramLM", bigramConfig(), rng);
+    const opt = new AdamW(model.params.map((p) => p.variable), { lr: 1e-1, weightDecay: 0.01 });
+    const before = await estimateLoss(model, data, 16, 4, new Rng(1));
+    const tensorsBefore = tf.memory().numTensors;
+    for (let i = 0; i < 30; i++) {
+      const batch = getBatch(model, data.train, 16, rng);
+      const loss = trainStep(model, opt, batch, rng);
+      tf.dispose([batch.x, batch.y, loss]);
+    }
+    assert.equal(tf.memory().numTensors, tensorsBefore, "training leaks tensors");
+    const after = await estimateLoss(model, data, 16, 4, new Rng(1));
+    assert.ok(before.val > 4.4, `initial loss ${before.val}`);
+    assert.ok(after.val < before.val - 0.5, `${before.val} -> ${after.val}`);
+    opt.dispose();
+    disposeModel(model);
+  });
+}
+
+Deno.test("train: loss log, checkpoint, no overwrite, then generate with a seed", async () => {
+  const dir = await preparedWorkdir();
+  const args = [
+    "--model_name=bigramLM",
+    "--max_iters=21",
+    "--eval_interval=10",
+    "--eval_iters=2",
+    "--batch_size=8",
+    "--block_size=16",
+    "--learning_rate=0.05",
+    "--backend=cpu",
+  ];
+  const first = await runScript("train.ts", args, { cwd: dir });
+  assert.equal(first.code, 0, first.stderr);
+  assert.equal(first.stderr, "");
+  assert.match(
+    first.stdout,
+    />>> step 0: train loss \d\.\d{4}, val loss \d\.\d{4}, min loss \d\.\d{4}, \d+\.\d\d ms per step/,
+  );
+  const id = "bigramLM_BA-8_BL-16_PAR-0.00_V-65_LR-0.05_DR-0.2_shakespeare_char";
+  const log = await Deno.readTextFile(`${dir}/loss_${id}.txt`);
+  const lines = log.trim().split("\n");
+  assert.deepEqual(lines.map((l) => l.split(" ")[0]), ["10", "20"]);
+  for (const line of lines) assert.match(line, /^\d+ \d+\.\d{4} \d+\.\d{4}$/);
+  const checkpoint = `${dir}/out/${id}.safetensors`;
+  const saved = await Deno.readFile(checkpoint);
+
+  const second = await runScript("train.ts", args, { cwd: dir });
+  assert.equal(second.code, 0, second.stderr);
+  assert.match(second.stdout, new RegExp(`this one is ${id}_2`));
+  assert.equal(
+    await Deno.readTextFile(`${dir}/loss_${id}.txt`),
+    log,
+    "first run's log overwritten",
+  );
+  assert.deepEqual(await Deno.readFile(checkpoint), saved, "first run's checkpoint overwritten");
+
+  const sample = (seed: string) =>
+    runScript("generate.ts", [
+      `--ckpt=${checkpoint}`,
+      "--max_new_tokens=40",
+      `--seed=${seed}`,
+      "--backend=cpu",
+    ], {
+      cwd: dir,
+    });
+  const [a, b, c] = [await sample("7"), await sample("7"), await sample("8")];
+  assert.equal(a.code, 0, a.stderr);
+  assert.equal(a.stdout, b.stdout);
+  assert.notEqual(a.stdout, c.stdout);
+  assert.equal([...a.stdout.trimEnd()].length > 20, true);
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("train and generate refuse bad flags with one line and exit 2", async () => {
+  const dir = await preparedWorkdir();
+  const cases: [string, string[], RegExp][] = [
+    ["train.ts", ["--batch_size=abc"], /--batch_size=abc: expected an integer/],
+    ["train.ts", ["--use_batch_norm=maybe"], /expected true or false/],
+    ["train.ts", ["--bogus=1"], /unknown flag '--bogus'.*valid flags: --batch_size/],
+    ["train.ts", ["--batch_size", "3"], /not of the form --key=value/],
+    ["train.ts", ["--dropout=1"], /--dropout=1: must be >= 0 and < 1/],
+    ["train.ts", ["--learning_rate=0"], /must be > 0/],
+    ["train.ts", ["--model_name=rnnLM"], /expected one of bigramLM, mlpLM, gptLM/],
+    ["train.ts", ["--backend=tpu"], /expected one of auto, webgpu, wasm, cpu/],
+    [
+      "train.ts",
+      ["--n_embd=100", "--n_head=3"],
+      /n_embd \(100\) must be divisible by n_head \(3\)/,
+    ],
+    [
+      "train.ts",
+      ["--model_name=bigramLM", "--block_size=200000", "--backend=cpu"],
+      /block_size 200000 does not fit/,
+    ],
+    ["generate.ts", ["--temperature=0"], /--temperature=0: must be > 0/],
+    ["generate.ts", ["--top_p=1.5"], /--top_p=1.5: must be > 0 and <= 1/],
+    ["generate.ts", ["--max_new_tokens=0"], /must be >= 1/],
+  ];
+  for (const [script, args, message] of cases) {
+    const r = await runScript(script, args, { cwd: dir });
+    assert.equal(r.code, 2, `${args.join(" ")}: exit ${r.code}: ${r.stderr}`);
+    assert.match(r.stderr, message);
+    assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+  }
+  const none = await runScript("generate.ts", [], { cwd: dir });
+  assert.equal(none.code, 1);
+  assert.match(none.stderr, /no checkpoint in out\/: train one first/);
+  const noGpu = await runScript("train.ts", ["--backend=webgpu"], {
+    cwd: dir,
+    env: { SIMPLELM_NO_WEBGPU: "1" },
+  });
+  assert.equal(noGpu.code, 1);
+  assert.match(noGpu.stderr, /no WebGPU adapter/);
+  const noData = await runScript("train.ts", ["--dataset=other", "--backend=cpu"], { cwd: dir });
+  assert.equal(noData.code, 1);
+  assert.match(noData.stderr, /run `deno task prepare --dataset=other` first/);
+  await Deno.remove(dir, { recursive: true });
+});
