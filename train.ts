@@ -275,7 +275,8 @@ function resumedConfig(
     }
   }
   const config = { ...flags, ...saved } as TrainConfig;
-  for (const key of RESUMABLE_OVERRIDES) {
+  // Only what is given again: even the backend stays, as backends differ in the last bits.
+  for (const key of RESUMABLE_OVERRIDES.filter((k) => given.has(k))) {
     (config as unknown as Record<string, unknown>)[key] =
       (flags as unknown as Record<string, unknown>)[key];
   }

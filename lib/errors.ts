@@ -17,8 +17,8 @@ export class UserError extends Error {
 
 /**
  * Runs a script's main function. Expected failures ({@link UsageError},
- * {@link UserError}) print `error: <message>` on one line and exit 2 or 1;
- * anything else is a bug and keeps its stack trace.
+ * {@link UserError}, a missing Deno permission) print `error: <message>` on
+ * one line and exit 2 or 1; anything else is a bug and keeps its stack trace.
  */
 export async function runMain(main: () => Promise<unknown> | unknown): Promise<void> {
   try {
@@ -27,6 +27,11 @@ export async function runMain(main: () => Promise<unknown> | unknown): Promise<v
     if (e instanceof UsageError || e instanceof UserError) {
       console.error(`error: ${e.message}`);
       Deno.exit(e instanceof UsageError ? 2 : 1);
+    }
+    if (e instanceof Deno.errors.NotCapable || e instanceof Deno.errors.PermissionDenied) {
+      // Deno's own message names the permission and the flag that grants it.
+      console.error(`error: ${(e as Error).message.split("\n")[0]}`);
+      Deno.exit(1);
     }
     throw e;
   }

@@ -64,9 +64,10 @@ export interface LanguageModel {
   readonly buffers: Buffer[];
   /**
    * Inputs and targets from `batchSize` windows of `block_size + 1` ids
-   * (row-major). `rng` drives any input noise the original adds.
+   * (row-major). With `rng`, adds the input noise the original's batches
+   * have (mlpLM's prompt zeroing); without it, the batch is exact (eval.ts).
    */
-  makeBatch(windows: Int32Array, batchSize: number, rng: Rng): Batch;
+  makeBatch(windows: Int32Array, batchSize: number, rng?: Rng): Batch;
   /** Logits for a batch's inputs: (B, T, V), or (B, V) for one target per row. */
   forward(x: tf.Tensor, mode: Mode): tf.Tensor;
   /** Mean cross-entropy of a batch. Training mode may update running statistics. */

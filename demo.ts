@@ -1,0 +1,102 @@
+/**
+ * The whole pipeline in a few minutes on a laptop CPU: prepare
+ * tinyshakespeare (if needed), train each model with a small config, print
+ * a sample from each, and plot their validation losses to `loss.svg`.
+ *
+ *   deno task demo [--backend=auto|webgpu|wasm|cpu]
+ *
+ * @module
+ */
+import { BACKENDS } from "./lib/backend.ts";
+import { runMain } from "./lib/errors.ts";
+import { type FlagSpecs, parseFlags } from "./lib/flags.ts";
+import { main as generate } from "./generate.ts";
+import { main as plot } from "./plot.ts";
+import { main as prepare } from "./prepare.ts";
+import { main as train } from "./train.ts";
+
+/** Small configs that each train in a minute or two on 2 CPU cores. */
+const DEMO_RUNS: { model: string; args: string[] }[] = [
+  {
+    model: "bigramLM",
+    args: [
+      "--learning_rate=1e-2",
+      "--batch_size=32",
+      "--block_size=64",
+      "--max_iters=1000",
+      "--eval_interval=200",
+    ],
+  },
+  {
+    model: "mlpLM",
+    args: [
+      "--block_size=32",
+      "--max_hidden_nodes=512",
+      "--learning_rate=1e-3",
+      "--max_iters=1000",
+      "--eval_interval=200",
+    ],
+  },
+  {
+    model: "gptLM",
+    args: ["--config=cpu", "--learning_rate=1e-3", "--max_iters=500", "--eval_interval=100"],
+  },
+];
+
+const FLAGS: FlagSpecs = {
+  backend: {
+    type: "string",
+    default: "auto",
+    choices: BACKENDS,
+    help: "auto, webgpu, wasm or cpu",
+  },
+  out_dir: { type: "string", default: "out/demo", help: "where the demo's checkpoints go" },
+};
+
+function banner(text: string): void {
+  console.log(`\n=== ${text} ${"=".repeat(Math.max(0, 70 - text.length))}`);
+}
+
+/** Runs the demo. */
+export async function main(args: string[]): Promise<void> {
+  const { values } = parseFlags(args, FLAGS);
+  const common = [`--backend=${values.backend}`, `--out_dir=${values.out_dir}`, "--eval_iters=20"];
+
+  try {
+    await Deno.stat("datas/shakespeare_char/meta.json");
+  } catch {
+    banner("prepare: tinyshakespeare → datas/shakespeare_char");
+    await prepare([]);
+  }
+
+  const results: { model: string; logFile: string; checkpointPath: string }[] = [];
+  for (const run of DEMO_RUNS) {
+    banner(`train ${run.model}`);
+    const result = await train([`--model_name=${run.model}`, ...run.args, ...common]);
+    results.push({ model: run.model, ...result });
+  }
+
+  for (const { model, checkpointPath } of results) {
+    banner(`sample from ${model}`);
+    await generate([
+      `--ckpt=${checkpointPath}`,
+      "--max_new_tokens=300",
+      "--seed=1337",
+      `--backend=${values.backend}`,
+    ]);
+  }
+
+  banner("plot");
+  const svg = await plot([...results.map((r) => r.logFile), "--out=loss.svg"]);
+
+  banner("done");
+  for (const r of results) {
+    console.log(`${r.model}: loss log ${r.logFile}, checkpoint ${r.checkpointPath}`);
+  }
+  console.log(`validation losses compared: ${svg}`);
+  console.log(
+    "next: deno task train --model_name=gptLM --config=cpu   (see README.md for every flag)",
+  );
+}
+
+if (import.meta.main) await runMain(() => main(Deno.args));

@@ -1,0 +1,233 @@
+import assert from "node:assert/strict";
+import { UserError } from "../lib/errors.ts";
+import { preparedWorkdir, runScript } from "./helpers.ts";
+
+/** Reads a safetensors header by hand: what a PyTorch user's few lines of Python do. */
+function readHeader(
+  bytes: Uint8Array,
+): Record<string, { dtype: string; shape: number[]; data_offsets: number[] }> {
+  const length = Number(new DataView(bytes.buffer, bytes.byteOffset).getBigUint64(0, true));
+  return JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + length)));
+}
+
+const TINY = {
+  bigramLM: [],
+  mlpLM: ["--max_hidden_nodes=32", "--char_encoding_len=8"],
+  gptLM: ["--n_layer=2", "--n_head=2", "--n_embd=16"],
+} as const;
+
+/** Training flags small enough to run in a second or two on the cpu backend. */
+function tinyArgs(model: keyof typeof TINY, extra: string[] = []): string[] {
+  return [
+    `--model_name=${model}`,
+    ...TINY[model],
+    "--batch_size=8",
+    "--block_size=16",
+    "--eval_interval=10",
+    "--eval_iters=2",
+    "--learning_rate=0.01",
+    "--backend=cpu",
+    ...extra,
+  ];
+}
+
+async function lossLog(dir: string): Promise<string> {
+  for await (const entry of Deno.readDir(dir)) {
+    if (entry.name.startsWith("loss_") && entry.name.endsWith(".txt")) {
+      return await Deno.readTextFile(`${dir}/${entry.name}`);
+    }
+  }
+  throw new Error(`no loss log in ${dir}`);
+}
+
+async function onlyCheckpoint(dir: string, suffix = ".safetensors"): Promise<string> {
+  const names = [...Deno.readDirSync(`${dir}/out`)].map((e) => e.name)
+    .filter((n) => n.endsWith(suffix) && !n.includes(".optim.") && !n.includes(".last."));
+  assert.equal(names.length, 1, names.join(", "));
+  return `${dir}/out/${names[0]}`;
+}
+
+const EXPECTED_NAMES: Record<keyof typeof TINY, [string, number[]][]> = {
+  bigramLM: [["logits.weight", [65, 65]]],
+  mlpLM: [
+    ["fc1.weight", [32, 16 * 8]],
+    ["fc1.bias", [32]],
+    ["bn1.running_var", [32]],
+    ["bn1.num_batches_tracked", []],
+    ["fc5.weight", [65, 8]],
+  ],
+  gptLM: [
+    ["token_embedding_table.weight", [65, 16]],
+    ["position_embedding_table.weight", [16, 16]],
+    ["blocks.1.sa.heads.1.key.weight", [8, 16]],
+    ["blocks.0.sa.heads.0.tril", [16, 16]],
+    ["blocks.0.ffwd.net.0.weight", [64, 16]],
+    ["lm_head.weight", [65, 16]],
+  ],
+};
+
+for (const model of Object.keys(TINY) as (keyof typeof TINY)[]) {
+  Deno.test(`${model}: checkpoint has PyTorch names and shapes, generate and eval read it`, async () => {
+    const dir = await preparedWorkdir();
+    const train = await runScript("train.ts", tinyArgs(model, ["--max_iters=11"]), { cwd: dir });
+    assert.equal(train.code, 0, train.stderr);
+    const path = await onlyCheckpoint(dir);
+    const header = readHeader(await Deno.readFile(path));
+    for (const [name, shape] of EXPECTED_NAMES[model]) {
+      assert.ok(header[name], `${name} missing`);
+      assert.deepEqual(header[name].shape, shape, name);
+    }
+    if (model === "mlpLM") assert.equal(header["bn1.num_batches_tracked"].dtype, "I64");
+    const meta = header.__metadata__ as unknown as Record<string, string>;
+    assert.equal(meta.model_name, model);
+    assert.equal(JSON.parse(meta.itos).length, 65);
+
+    const evals = await Promise.all(
+      ["cpu", "wasm"].map((backend) =>
+        runScript("eval.ts", [`--ckpt=${path}`, "--max_windows=40", `--backend=${backend}`], {
+          cwd: dir,
+        })
+      ),
+    );
+    const [cpu, wasm] = evals.map((r) => {
+      assert.equal(r.code, 0, r.stderr);
+      return JSON.parse(r.stdout.trim().split("\n").pop()!);
+    });
+    assert.equal(cpu.model_name, model);
+    assert.equal(cpu.windows, 40);
+    assert.equal(cpu.tokens, model === "mlpLM" ? 40 : 640);
+    assert.ok(cpu.loss > 1 && cpu.loss < 5, `${cpu.loss}`);
+    assert.ok(Math.abs(cpu.loss - wasm.loss) < 1e-4, `cpu ${cpu.loss} vs wasm ${wasm.loss}`);
+
+    const sample = await runScript("generate.ts", [
+      `--ckpt=${path}`,
+      "--max_new_tokens=30",
+      "--seed=1",
+      "--prompt=ROMEO:",
+    ], {
+      cwd: dir,
+    });
+    assert.equal(sample.code, 0, sample.stderr);
+    assert.ok(sample.stdout.startsWith("ROMEO:"));
+    assert.equal([...sample.stdout.trimEnd()].length >= 30, true);
+    await Deno.remove(dir, { recursive: true });
+  });
+
+  Deno.test(`${model}: a resumed run reproduces the uninterrupted one exactly`, async () => {
+    const straight = await preparedWorkdir();
+    const a = await runScript("train.ts", tinyArgs(model, ["--max_iters=21"]), { cwd: straight });
+    assert.equal(a.code, 0, a.stderr);
+
+    const split = await preparedWorkdir();
+    const b1 = await runScript("train.ts", tinyArgs(model, ["--max_iters=11"]), { cwd: split });
+    assert.equal(b1.code, 0, b1.stderr);
+    const ckpt = await onlyCheckpoint(split);
+    const b2 = await runScript("train.ts", [
+      "--resume=true",
+      `--ckpt_file=${ckpt}`,
+      "--max_iters=21",
+    ], { cwd: split });
+    assert.equal(b2.code, 0, b2.stderr);
+    assert.match(b2.stdout, /resuming .* at iteration 10/);
+
+    assert.equal(await lossLog(split), await lossLog(straight));
+    // The last best checkpoints hold the same weights, bit for bit.
+    const [x, y] = [await onlyCheckpoint(straight), await onlyCheckpoint(split)];
+    const [hx, hy] = [readHeader(await Deno.readFile(x)), readHeader(await Deno.readFile(y))];
+    assert.equal(
+      hx.__metadata__ && (hx.__metadata__ as unknown as Record<string, string>).iter,
+      (hy.__metadata__ as unknown as Record<string, string>).iter,
+    );
+    const dataOf = (bytes: Uint8Array) =>
+      bytes.subarray(8 + Number(new DataView(bytes.buffer).getBigUint64(0, true)));
+    assert.deepEqual(dataOf(await Deno.readFile(x)), dataOf(await Deno.readFile(y)));
+    await Deno.remove(straight, { recursive: true });
+    await Deno.remove(split, { recursive: true });
+  });
+}
+
+Deno.test("SIGINT finishes the step, saves, says how to resume; resuming completes the run", async () => {
+  const straight = await preparedWorkdir();
+  const args = tinyArgs("bigramLM", ["--max_iters=600", "--eval_interval=1000"]);
+  const a = await runScript("train.ts", args, { cwd: straight });
+  assert.equal(a.code, 0, a.stderr);
+
+  const dir = await preparedWorkdir();
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "--config",
+      new URL("../deno.json", import.meta.url).pathname,
+      new URL("../train.ts", import.meta.url).pathname,
+      ...args,
+    ],
+    cwd: dir,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  // Wait until training is under way, then interrupt.
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let seen = "";
+  while (!seen.includes("saving model")) seen += (await reader.read()).value ?? "";
+  await new Promise((r) => setTimeout(r, 300));
+  child.kill("SIGINT");
+  while (true) {
+    const { done } = await reader.read();
+    if (done) break;
+  }
+  const status = await child.status;
+  const stderr = await new Response(child.stderr).text();
+  assert.equal(status.code, 130, stderr);
+  const resume = /--resume=true --ckpt_file=(\S+)/.exec(stderr);
+  assert.ok(resume, stderr);
+  const b = await runScript("train.ts", ["--resume=true", `--ckpt_file=${resume[1]}`], {
+    cwd: dir,
+  });
+  assert.equal(b.code, 0, b.stderr);
+  assert.equal(await lossLog(dir), await lossLog(straight));
+  await Deno.remove(straight, { recursive: true });
+  await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("damaged or mismatched checkpoints are refused in one line", async () => {
+  const dir = await preparedWorkdir();
+  const train = await runScript("train.ts", tinyArgs("bigramLM", ["--max_iters=2"]), { cwd: dir });
+  assert.equal(train.code, 0, train.stderr);
+  const good = await Deno.readFile(await onlyCheckpoint(dir));
+  const cases: [string, Uint8Array, RegExp][] = [
+    ["empty", new Uint8Array(0), /empty\.safetensors/],
+    ["truncated", good.subarray(0, good.length - 10), /truncated\.safetensors/],
+    [
+      "absurd",
+      (() => {
+        const b = good.slice();
+        new DataView(b.buffer).setBigUint64(0, 1n << 40n, true);
+        return b;
+      })(),
+      /absurd\.safetensors/,
+    ],
+  ];
+  for (const [name, bytes, message] of cases) {
+    await Deno.writeFile(`${dir}/${name}.safetensors`, bytes);
+    for (const script of ["generate.ts", "eval.ts"]) {
+      const r = await runScript(script, [`--ckpt=${name}.safetensors`, "--backend=cpu"], {
+        cwd: dir,
+      });
+      assert.equal(r.code, 1, `${script} ${name}: ${r.stderr}`);
+      assert.match(r.stderr, message);
+      assert.equal(r.stderr.trim().split("\n").length, 1, r.stderr);
+    }
+  }
+  const missing = await runScript("generate.ts", ["--ckpt=nope.safetensors"], { cwd: dir });
+  assert.match(missing.stderr, /checkpoint nope\.safetensors not found/);
+  const wrongModel = await runScript(
+    "train.ts",
+    ["--resume=true", `--ckpt_file=${await onlyCheckpoint(dir)}`, "--model_name=gptLM"],
+    { cwd: dir },
+  );
+  assert.equal(wrongModel.code, 2);
+  assert.match(wrongModel.stderr, /--model_name=gptLM differs from .*model_name=bigramLM/);
+  assert.ok(UserError);
+  await Deno.remove(dir, { recursive: true });
+});

@@ -1,0 +1,78 @@
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs";
+import { initBackend } from "../lib/backend.ts";
+import { crossEntropy, dropout, embedding, layerNorm, linear } from "../lib/nn.ts";
+import { Rng } from "../lib/rng.ts";
+
+/** Largest absolute difference between two tensors' values. */
+async function maxDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {
+  assert.deepEqual(a.shape, b.shape);
+  const [x, y] = [await a.data(), await b.data()];
+  let worst = 0;
+  for (let i = 0; i < x.length; i++) worst = Math.max(worst, Math.abs(x[i] - y[i]));
+  return worst;
+}
+
+function randomTensor(shape: number[], rng: Rng): tf.Tensor {
+  return tf.tensor(rng.normals(shape.reduce((a, b) => a * b, 1), 1), shape);
+}
+
+for (const backend of ["cpu", "wasm", "webgpu"]) {
+  Deno.test(`${backend}: fast layers equal the plain tfjs composition, values and gradients`, async () => {
+    await initBackend(backend);
+    const rng = new Rng(42);
+    const x = randomTensor([2, 3, 5], rng);
+    const w = randomTensor([5, 4], rng);
+    const b = randomTensor([4], rng);
+    const table = randomTensor([7, 4], rng);
+    const ids = tf.tensor2d([[1, 6, 1], [0, 3, 3]], [2, 3], "int32");
+
+    // linear: custom gradient vs tfjs's own matMul gradient.
+    const fast = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) => linear(xx, ww, bb).square().sum();
+    const plain = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
+      xx.reshape([6, 5]).matMul(ww).add(bb).reshape([2, 3, 4]).square().sum();
+    const gFast = tf.grads(fast)([x, w, b]);
+    const gPlain = tf.grads(plain)([x, w, b]);
+    assert.ok(await maxDiff(fast(x, w, b), plain(x, w, b)) < 1e-4);
+    for (let i = 0; i < 3; i++) {
+      assert.ok(await maxDiff(gFast[i], gPlain[i]) < 1e-4, `linear grad ${i}`);
+    }
+
+    // embedding: vs a one-hot product (differentiable everywhere).
+    const weight = randomTensor([2, 3, 4], rng);
+    const viaEmbedding = (t: tf.Tensor) => embedding(t, ids).mul(weight).sum();
+    const viaOneHot = (t: tf.Tensor) =>
+      tf.oneHot(ids.reshape([-1]), 7).matMul(t).reshape([2, 3, 4]).mul(weight).sum();
+    assert.ok(
+      await maxDiff(
+        embedding(table, ids),
+        tf.oneHot(ids.reshape([-1]), 7).matMul(table).reshape([2, 3, 4]),
+      ) < 1e-6,
+    );
+    assert.ok(await maxDiff(tf.grad(viaEmbedding)(table), tf.grad(viaOneHot)(table)) < 1e-4);
+
+    // cross-entropy: vs tfjs's softmaxCrossEntropy.
+    const logits = randomTensor([6, 7], rng) as tf.Tensor2D;
+    const targets = tf.tensor1d([0, 6, 2, 2, 5, 1], "int32");
+    const ours = (l: tf.Tensor) => crossEntropy(l as tf.Tensor2D, targets);
+    const theirs = (l: tf.Tensor) => tf.losses.softmaxCrossEntropy(tf.oneHot(targets, 7), l);
+    assert.ok(await maxDiff(ours(logits), theirs(logits)) < 1e-5);
+    assert.ok(await maxDiff(tf.grad(ours)(logits), tf.grad(theirs)(logits)) < 1e-5);
+
+    // layer norm: mean 0, biased variance 1 per row before the affine part.
+    const normed = layerNorm(x, tf.ones([5]), tf.zeros([5]));
+    const { mean, variance } = tf.moments(normed, -1);
+    assert.ok((await mean.abs().max().data())[0] < 1e-5);
+    assert.ok((await variance.sub(1).abs().max().data())[0] < 1e-3);
+  });
+}
+
+Deno.test("dropout zeroes about p of the values and scales the rest by 1/(1-p)", async () => {
+  await initBackend("cpu");
+  const out = await dropout(tf.ones([10000]), 0.2, new Rng(3)).data();
+  const zeros = out.filter((v) => v === 0).length;
+  assert.ok(zeros > 1800 && zeros < 2200, `${zeros} zeros`);
+  assert.ok(out.every((v) => v === 0 || Math.abs(v - 1.25) < 1e-6));
+  const again = await dropout(tf.ones([10000]), 0.2, new Rng(3)).data();
+  assert.deepEqual(again, out);
+});
