@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
-import { fileURLToPath } from "node:url";
 import { UserError } from "../lib/errors.ts";
+import { runScript, type ScriptResult } from "./helpers.ts";
 import {
   estimateTextWidth,
   installTextMetrics,
@@ -10,8 +10,6 @@ import {
   textMetrics,
 } from "../plot.ts";
 
-const PLOT = fileURLToPath(new URL("../plot.ts", import.meta.url));
-const CONFIG = fileURLToPath(new URL("../deno.json", import.meta.url));
 
 const LONG_A = "loss_gptLM_BA-64_BL-256_PAR-10.79_V-65_LR-0.0003_DR-0.2_shakespeare_char.txt";
 const LONG_B = "loss_gptLM_BA-32_BL-128_PAR-2.5_V-65_LR-0.001_DR-0.1_shakespeare_char.txt";
@@ -134,40 +132,9 @@ Deno.test("long legend labels do not widen or get truncated", async () => {
 
 // --- command line ----------------------------------------------------------
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function plot(
-  args: string[],
-  opts: { cwd: string; stdin?: string },
-): Promise<Result> {
-  const cmd = new Deno.Command(Deno.execPath(), {
-    args: [
-      "run",
-      "--allow-read",
-      "--allow-write",
-      "--config",
-      CONFIG,
-      PLOT,
-      ...args,
-    ],
-    cwd: opts.cwd,
-    stdin: opts.stdin === undefined ? "null" : "piped",
-    stdout: "piped",
-    stderr: "piped",
-  });
-  const child = cmd.spawn();
-  if (opts.stdin !== undefined) {
-    const w = child.stdin.getWriter();
-    await w.write(new TextEncoder().encode(opts.stdin));
-    await w.close();
-  }
-  const { code, stdout, stderr } = await child.output();
-  const dec = new TextDecoder();
-  return { code, stdout: dec.decode(stdout), stderr: dec.decode(stderr) };
+/** Runs plot.ts as the plot task does: read and write permissions only. */
+function plot(args: string[], opts: { cwd: string; stdin?: string }): Promise<ScriptResult> {
+  return runScript("plot.ts", args, { ...opts, permissions: ["--allow-read", "--allow-write"] });
 }
 
 async function withLossFiles(

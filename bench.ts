@@ -1,0 +1,139 @@
+/**
+ * Training speed: builds the model, batches and optimizer exactly as
+ * `train.ts` does and times whole training steps (batch → forward →
+ * backward → AdamW) after a warm-up.
+ *
+ *   deno task bench                                   # the suite, every backend
+ *   deno task bench --model_name=gptLM --config=cpu --backend=wasm --steps=30
+ *   deno task bench --json                            # one JSON object per line
+ *
+ * A benchmark, not a test: it asserts nothing about speed.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { AdamW } from "./lib/adamw.ts";
+import { initBackend } from "./lib/backend.ts";
+import { tokenize } from "./lib/data.ts";
+import { runMain, UsageError } from "./lib/errors.ts";
+import { parseFlags } from "./lib/flags.ts";
+import { Rng } from "./lib/rng.ts";
+import { parseTrainConfig, type TrainConfig } from "./lib/train_config.ts";
+import { getBatch, trainStep } from "./lib/training.ts";
+import { disposeModel } from "./models/model.ts";
+import { createModel } from "./models/registry.ts";
+
+const BENCH_FLAGS = {
+  steps: { type: "int", default: 10, min: 1, help: "timed steps per model" },
+  warmup: { type: "int", default: 3, min: 0, help: "untimed steps first" },
+  json: { type: "bool", default: false, help: "one JSON object per line" },
+} as const;
+
+/** The suite run when no model is named: each model at its reference config. */
+const SUITE: string[][] = [
+  ["--model_name=bigramLM"],
+  ["--model_name=mlpLM"],
+  ["--model_name=gptLM", "--config=cpu"],
+];
+
+/** One benchmark's figures (the `--json` line). */
+export interface BenchResult {
+  model_name: string;
+  backend: string;
+  adapter: string;
+  ms_per_step_median: number;
+  ms_per_step_min: number;
+  tokens_per_s: number;
+  peak_rss_mb: number;
+  steps: number;
+  tensors_before: number;
+  tensors_after: number;
+}
+
+async function benchOne(config: TrainConfig, steps: number, warmup: number): Promise<BenchResult> {
+  const backend = await initBackend(config.backend);
+  const data = tokenize(await Deno.readTextFile("datas/tinyshakespeare.txt"));
+  const rng = new Rng(config.seed);
+  const model = createModel(config.model_name, { ...config, vocab_size: data.vocab.length }, rng);
+  const optimizer = new AdamW(model.params.map((p) => p.variable), {
+    lr: config.learning_rate,
+    weightDecay: config.weight_decay,
+  });
+  let peakRss = Deno.memoryUsage().rss;
+  const step = async () => {
+    const batch = getBatch(model, data.train, config.batch_size, rng);
+    const loss = trainStep(model, optimizer, batch, rng);
+    await loss.data(); // the step is done when its loss can be read
+    tf.dispose([batch.x, batch.y, loss]);
+    peakRss = Math.max(peakRss, Deno.memoryUsage().rss);
+  };
+  for (let i = 0; i < warmup; i++) await step();
+  const tensorsBefore = tf.memory().numTensors;
+  const times: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const start = performance.now();
+    await step();
+    times.push(performance.now() - start);
+  }
+  const tensorsAfter = tf.memory().numTensors;
+  optimizer.dispose();
+  disposeModel(model);
+  times.sort((a, b) => a - b);
+  const median = times[Math.floor(times.length / 2)];
+  const tokensPerStep = config.batch_size * (config.model_name === "mlpLM" ? 1 : config.block_size);
+  return {
+    model_name: config.model_name,
+    backend: backend.name,
+    adapter: backend.adapter,
+    ms_per_step_median: +median.toFixed(2),
+    ms_per_step_min: +times[0].toFixed(2),
+    tokens_per_s: Math.round((tokensPerStep * 1000) / median),
+    peak_rss_mb: Math.round(peakRss / 2 ** 20),
+    steps,
+    tensors_before: tensorsBefore,
+    tensors_after: tensorsAfter,
+  };
+}
+
+/** Runs the benchmarks `args` ask for and prints their figures. */
+export async function main(args: string[]): Promise<BenchResult[]> {
+  // Bench flags and train flags share one command line.
+  const benchKeys = Object.keys(BENCH_FLAGS).map((k) => `--${k}=`);
+  const isBench = (a: string) => benchKeys.some((k) => a.startsWith(k));
+  const { values } = parseFlags(args.filter(isBench), BENCH_FLAGS);
+  const trainArgs = args.filter((a) => !isBench(a));
+  const named = trainArgs.some((a) => a.startsWith("--model_name="));
+  const backendGiven = trainArgs.find((a) => a.startsWith("--backend="));
+  const backends = backendGiven
+    ? [backendGiven.slice("--backend=".length)]
+    : ["wasm", "webgpu", "cpu"];
+  const configs = named ? [trainArgs] : SUITE.map((s) => [...s, ...trainArgs]);
+  const runs = configs.flatMap((c) =>
+    backends.map((b) => parseTrainConfig([...c, `--backend=${b}`]).config)
+  );
+  if (trainArgs.some((a) => a.startsWith("--resume"))) {
+    throw new UsageError("bench does not resume");
+  }
+
+  const results: BenchResult[] = [];
+  for (const config of runs) {
+    const r = await benchOne(config, values.steps as number, values.warmup as number);
+    results.push(r);
+    if (values.json) {
+      console.log(JSON.stringify(r));
+    } else {
+      console.log(
+        `${r.model_name.padEnd(9)} ${r.backend.padEnd(6)} median ${
+          r.ms_per_step_median.toFixed(1).padStart(8)
+        } ms/step` +
+          `  min ${r.ms_per_step_min.toFixed(1).padStart(8)}  ${
+            r.tokens_per_s.toLocaleString("en-US").padStart(9)
+          } tok/s` +
+          `  peak RSS ${r.peak_rss_mb} MB  tensors ${r.tensors_before}→${r.tensors_after}  (${r.adapter})`,
+      );
+    }
+  }
+  return results;
+}
+
+if (import.meta.main) await runMain(() => main(Deno.args));
