@@ -15,7 +15,12 @@ import { preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
 
 const TINY = ["--batch_size=8", "--block_size=16", "--eval_iters=2", "--backend=cpu"];
 
-function assertOneLine(r: { code: number; stderr: string }, code: number, message: RegExp, what: string) {
+function assertOneLine(
+  r: { code: number; stderr: string },
+  code: number,
+  message: RegExp,
+  what: string,
+) {
   assert.equal(r.code, code, `${what}: exit ${r.code}: ${r.stderr}`);
   assert.match(r.stderr, message, what);
   assert.equal(r.stderr.trim().split("\n").length, 1, `${what}: ${r.stderr}`);
@@ -27,8 +32,14 @@ Deno.test("usage errors: model configs that cannot work", async () => {
   const cases: [string[], RegExp][] = [
     [["--model_name=mlpLM", "--char_encoding_len=7"], /char_encoding_len/],
     [["--model_name=mlpLM", "--char_encoding_len=6"], /char_encoding_len/], // C(6,3) = 20 < 65
-    [["--model_name=mlpLM", "--active_fn=tanh"], /--active_fn=tanh: expected one of relu, sigmoid, silu, swiglu/],
-    [["--model_name=gptLM", "--n_embd=30", "--n_head=4"], /n_embd \(30\) must be divisible by n_head \(4\)/],
+    [
+      ["--model_name=mlpLM", "--active_fn=tanh"],
+      /--active_fn=tanh: expected one of relu, sigmoid, silu, swiglu/,
+    ],
+    [
+      ["--model_name=gptLM", "--n_embd=30", "--n_head=4"],
+      /n_embd \(30\) must be divisible by n_head \(4\)/,
+    ],
     [["--eval_interval=0"], /--eval_interval=0: must be >= 1/],
     [["--eval_iters=-1"], /--eval_iters=-1: must be >= 1/],
     [["--max_iters=0"], /--max_iters=0: must be >= 1/],
@@ -36,7 +47,12 @@ Deno.test("usage errors: model configs that cannot work", async () => {
     [["--resume=true"], /--resume=true needs --ckpt_file/],
   ];
   for (const [args, message] of cases) {
-    assertOneLine(await runScript("train.ts", [...args, ...TINY], { cwd: dir }), 2, message, args.join(" "));
+    assertOneLine(
+      await runScript("train.ts", [...args, ...TINY], { cwd: dir }),
+      2,
+      message,
+      args.join(" "),
+    );
   }
   await Deno.remove(dir, { recursive: true });
 });
@@ -45,12 +61,24 @@ Deno.test("a diverging loss stops the run; the last good checkpoint stays", asyn
   const dir = await preparedWorkdir();
   const r = await runScript(
     "train.ts",
-    ["--model_name=bigramLM", "--learning_rate=1e38", "--max_iters=50", "--eval_interval=5", ...TINY],
+    [
+      "--model_name=bigramLM",
+      "--learning_rate=1e38",
+      "--max_iters=50",
+      "--eval_interval=5",
+      ...TINY,
+    ],
     { cwd: dir },
   );
   assertOneLine(r, 1, /the loss is not finite at step \d+: lower --learning_rate/, "lr 1e38");
-  const ckpt = [...Deno.readDirSync(`${dir}/out`)].find((e) => e.name.endsWith("char.safetensors"))!;
-  const ok = await runScript("eval.ts", [`--ckpt=out/${ckpt.name}`, "--max_windows=4", "--backend=cpu"], { cwd: dir });
+  const ckpt = [...Deno.readDirSync(`${dir}/out`)].find((e) =>
+    e.name.endsWith("char.safetensors")
+  )!;
+  const ok = await runScript("eval.ts", [
+    `--ckpt=out/${ckpt.name}`,
+    "--max_windows=4",
+    "--backend=cpu",
+  ], { cwd: dir });
   assert.equal(ok.code, 0, ok.stderr);
   assert.ok(Number.isFinite(JSON.parse(ok.stdout).loss));
   await Deno.remove(dir, { recursive: true });
@@ -60,14 +88,19 @@ Deno.test("unwritable out_dir, and a resume whose vocabulary differs, fail in on
   const dir = await preparedWorkdir();
   await Deno.writeTextFile(`${dir}/blocker`, "a file where a folder should be");
   assertOneLine(
-    await runScript("train.ts", ["--model_name=bigramLM", "--out_dir=blocker/out", ...TINY], { cwd: dir }),
+    await runScript("train.ts", ["--model_name=bigramLM", "--out_dir=blocker/out", ...TINY], {
+      cwd: dir,
+    }),
     1,
     /cannot write to out_dir 'blocker\/out'/,
     "out_dir under a file",
   );
-  const train = await runScript("train.ts", ["--model_name=bigramLM", "--max_iters=2", ...TINY], { cwd: dir });
+  const train = await runScript("train.ts", ["--model_name=bigramLM", "--max_iters=2", ...TINY], {
+    cwd: dir,
+  });
   assert.equal(train.code, 0, train.stderr);
-  const ckpt = [...Deno.readDirSync(`${dir}/out`)].find((e) => e.name.endsWith("char.safetensors"))!.name;
+  const ckpt =
+    [...Deno.readDirSync(`${dir}/out`)].find((e) => e.name.endsWith("char.safetensors"))!.name;
   const meta = JSON.parse(await Deno.readTextFile(`${dir}/datas/shakespeare_char/meta.json`));
   [meta.itos["1"], meta.itos["2"]] = [meta.itos["2"], meta.itos["1"]];
   await Deno.writeTextFile(`${dir}/datas/shakespeare_char/meta.json`, JSON.stringify(meta));
@@ -97,10 +130,17 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
     await initBackend(backend);
     const data = await shakespeareData();
     for (const name of MODEL_NAMES) {
-      const { config } = parseTrainConfig([`--model_name=${name}`, ...LEAK_CONFIGS[name], "--block_size=8"]);
+      const { config } = parseTrainConfig([
+        `--model_name=${name}`,
+        ...LEAK_CONFIGS[name],
+        "--block_size=8",
+      ]);
       const rng = new Rng(1);
       const model = createModel(name, { ...config, vocab_size: 65 }, rng);
-      const optimizer = new AdamW(model.params.map((p) => p.variable), { lr: 1e-3, weightDecay: 0.01 });
+      const optimizer = new AdamW(model.params.map((p) => p.variable), {
+        lr: 1e-3,
+        weightDecay: 0.01,
+      });
       const counts: { tensors: number; bytes: number }[] = [];
       const steps = backend === "webgpu" ? 60 : 500;
       for (let i = 1; i <= steps; i++) {
@@ -108,7 +148,9 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
         const loss = trainStep(model, optimizer, batch, rng);
         if (i % 10 === 0) await loss.data();
         tf.dispose([batch.x, batch.y, loss]);
-        if (i === 10 || i === steps) counts.push({ tensors: tf.memory().numTensors, bytes: tf.memory().numBytes });
+        if (i === 10 || i === steps) {
+          counts.push({ tensors: tf.memory().numTensors, bytes: tf.memory().numBytes });
+        }
       }
       assert.deepEqual(counts[1], counts[0], `${name} on ${backend}: step 10 vs step ${steps}`);
       optimizer.dispose();
