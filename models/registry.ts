@@ -5,6 +5,7 @@
  */
 import type { Rng } from "../lib/rng.ts";
 import { createBigramLM } from "./bigramLM.ts";
+import { createMlpLM } from "./mlpLM.ts";
 import type { LanguageModel, ModelConfig, ModelName } from "./model.ts";
 
 /** A new model with weights drawn from `rng`. */
@@ -17,6 +18,7 @@ export function createModel(
     case "bigramLM":
       return createBigramLM(config, rng);
     case "mlpLM":
+      return createMlpLM(config, rng);
     case "gptLM":
       throw new Error(`${name} is not implemented yet`);
   }

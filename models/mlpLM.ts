@@ -1,0 +1,236 @@
+/**
+ * mlpLM: the next character from the previous `block_size`, each given as
+ * its permutation code (`char_encoding_len` bits, half of them set), through
+ * a funnel of five fully connected layers — weedge/baby-llm
+ * `simpleLM/mlpLM.py` with its batches from `train.py`'s `get_mlp_batch`.
+ *
+ *   fc1 (T·E → H) → fc2 (→ H/2) → fc3 (→ H/2) → fc4 (→ H/4) → fc5 (→ V)
+ *
+ * with BatchNorm1d, the activation and dropout after each of fc1–fc4.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { UsageError } from "../lib/errors.ts";
+import { crossEntropy, dropout, uniformInit } from "../lib/nn.ts";
+import type { Rng } from "../lib/rng.ts";
+import { genCodingPatterns, patternsToFloat32 } from "./mlp_patterns.ts";
+import type { Batch, Buffer, LanguageModel, Mode, ModelConfig, Param } from "./model.ts";
+
+/** PyTorch `nn.BatchNorm1d` defaults. */
+const BN_EPS = 1e-5;
+const BN_MOMENTUM = 0.1;
+
+type Activation = (x: tf.Tensor) => tf.Tensor;
+
+const silu: Activation = (x) => x.mul(tf.sigmoid(x));
+
+/** The original's `use_active_fn` choices; its "swiglu" is plain silu. */
+const ACTIVATIONS: Record<string, Activation> = {
+  relu: tf.relu,
+  sigmoid: tf.sigmoid,
+  silu,
+  swiglu: silu,
+};
+
+/** `nn.BatchNorm1d`'s affine parameters and running statistics. */
+interface BatchNorm {
+  weight: tf.Variable;
+  bias: tf.Variable;
+  runningMean: tf.Variable;
+  runningVar: tf.Variable;
+  numBatchesTracked: tf.Variable;
+}
+
+/** One `nn.Linear` (weight [out, in], as PyTorch) and the BatchNorm after it, if any. */
+interface Layer {
+  weight: tf.Variable;
+  bias: tf.Variable;
+  bn: BatchNorm | null;
+}
+
+/**
+ * `x @ Wᵀ`, PyTorch's `nn.Linear` product, with W kept in PyTorch's
+ * [out, in] layout. tfjs-wasm's fast matMul (XNNPACK) repacks its right
+ * operand whenever that tensor is new — every step, for a weight — which
+ * costs more than the product itself; transposing a weight costs as much,
+ * and a transposed matMul is ten times slower. So W is the left operand in
+ * the forward pass, and only the small activations are transposed:
+ *
+ *   y  = (W @ xᵀ)ᵀ    dW = dyᵀ @ x    dx = dy @ W (the one repack)
+ *
+ * `withInputGrad: false` (fc1, whose input is data) skips dx altogether.
+ */
+function matMulWt(withInputGrad: boolean) {
+  return tf.customGrad((x, w, save) => {
+    const [xt, wt] = [x as tf.Tensor2D, w as tf.Tensor2D];
+    // Only x is saved: saving clones, and a WASM clone copies. W is a
+    // variable, which outlives the forward pass, so the closure keeps it.
+    (save as tf.GradSaveFunc)([xt]);
+    return {
+      value: tf.matMul(wt, xt.transpose()).transpose(), // (out, in) @ (in, B) -> (B, out)
+      gradFunc: (dy, saved) => {
+        const xs = saved[0] as tf.Tensor2D;
+        const d = dy as tf.Tensor2D; // (B, out)
+        return [
+          withInputGrad ? tf.matMul(d, wt) : tf.zerosLike(xs), // (B, out) @ (out, in) -> (B, in)
+          tf.matMul(d.transpose(), xs), // (out, B) @ (B, in) -> (out, in)
+        ];
+      },
+    };
+  });
+}
+
+const inputProduct = matMulWt(false);
+const hiddenProduct = matMulWt(true);
+
+/**
+ * BatchNorm1d on (B, C). Training normalises with the batch's biased
+ * variance and moves the running statistics (the unbiased variance, as
+ * PyTorch); evaluation uses the running statistics.
+ *
+ * The running update is an `assign` inside the forward pass. Under
+ * `tf.variableGrads` those ops are taped but lie off the loss's path, so
+ * they get no gradient and their intermediates are freed with the tape.
+ */
+function batchNorm(x: tf.Tensor, bn: BatchNorm, training: boolean): tf.Tensor {
+  if (!training) {
+    const scale = bn.weight.mul(bn.runningVar.add(BN_EPS).rsqrt()); // (C)
+    return x.sub(bn.runningMean).mul(scale).add(bn.bias); // (B, C)
+  }
+  const n = x.shape[0];
+  const mean = x.mean(0); // (C)
+  const centered = x.sub(mean); // (B, C)
+  const variance = centered.square().mean(0); // (C), biased
+  bn.runningMean.assign(
+    bn.runningMean.mul(1 - BN_MOMENTUM).add(mean.mul(BN_MOMENTUM)),
+  );
+  bn.runningVar.assign(
+    bn.runningVar.mul(1 - BN_MOMENTUM).add(variance.mul(BN_MOMENTUM * n / (n - 1))),
+  );
+  bn.numBatchesTracked.assign(bn.numBatchesTracked.add(tf.scalar(1, "int32")));
+  return centered.mul(variance.add(BN_EPS).rsqrt()).mul(bn.weight).add(bn.bias);
+}
+
+/**
+ * Builds an mlpLM. Weights follow PyTorch's defaults, drawn from `rng`:
+ * linear weights and biases U(±1/√fan_in), BatchNorm weight 1 and bias 0.
+ *
+ * @throws {UsageError} for an unknown `active_fn` or a `char_encoding_len`
+ *   that cannot code `vocab_size` characters.
+ */
+export function createMlpLM(config: ModelConfig, rng: Rng): LanguageModel {
+  const { vocab_size: V, block_size: T, char_encoding_len: E } = config;
+  if (!Object.hasOwn(ACTIVATIONS, config.active_fn)) {
+    throw new UsageError(
+      `unknown active_fn '${config.active_fn}': use one of ${Object.keys(ACTIVATIONS).join(", ")}`,
+    );
+  }
+  const activation = ACTIVATIONS[config.active_fn];
+  const codes = patternsToFloat32(genCodingPatterns(E, V)); // (V, E) row-major
+  const H = config.max_hidden_nodes;
+  const widths = [T * E, H, Math.floor(H / 2), Math.floor(H / 2), Math.floor(H / 4), V];
+
+  const params: Param[] = [];
+  const buffers: Buffer[] = [];
+  const layers: Layer[] = [];
+  for (let i = 0; i < 5; i++) {
+    const [fanIn, fanOut] = [widths[i], widths[i + 1]];
+    const bound = 1 / Math.sqrt(fanIn);
+    const weight = tf.variable(uniformInit([fanOut, fanIn], bound, rng)); // (out, in)
+    const bias = tf.variable(uniformInit([fanOut], bound, rng));
+    params.push(
+      { name: `fc${i + 1}.weight`, variable: weight, transposed: false },
+      { name: `fc${i + 1}.bias`, variable: bias, transposed: false },
+    );
+    let bn: BatchNorm | null = null;
+    if (config.use_batch_norm && i < 4) {
+      bn = {
+        weight: tf.variable(tf.ones([fanOut])),
+        bias: tf.variable(tf.zeros([fanOut])),
+        runningMean: tf.variable(tf.zeros([fanOut]), false),
+        runningVar: tf.variable(tf.ones([fanOut]), false),
+        numBatchesTracked: tf.variable(tf.scalar(0, "int32"), false),
+      };
+      const prefix = `bn${i + 1}`;
+      params.push(
+        { name: `${prefix}.weight`, variable: bn.weight, transposed: false },
+        { name: `${prefix}.bias`, variable: bn.bias, transposed: false },
+      );
+      buffers.push(
+        { name: `${prefix}.running_mean`, tensor: bn.runningMean, dtype: "F32" },
+        { name: `${prefix}.running_var`, tensor: bn.runningVar, dtype: "F32" },
+        { name: `${prefix}.num_batches_tracked`, tensor: bn.numBatchesTracked, dtype: "I64" },
+      );
+    }
+    layers.push({ weight, bias, bn });
+  }
+
+  /** Writes the codes of `ids` into `out` from feature `offset` on. */
+  const encodeInto = (out: Float32Array, offset: number, ids: ArrayLike<number>) => {
+    for (let t = 0; t < ids.length; t++) {
+      const id = ids[t];
+      if (!(id >= 0 && id < V)) {
+        throw new RangeError(`token id ${id} is outside the vocabulary (size ${V})`);
+      }
+      out.set(codes.subarray(id * E, (id + 1) * E), offset + t * E);
+    }
+  };
+
+  const forward = (x: tf.Tensor, mode: Mode): tf.Tensor => {
+    if (mode.training && config.use_batch_norm && x.shape[0] < 2) {
+      // PyTorch refuses too: a batch of one has no variance to normalise by.
+      throw new UsageError(
+        "mlpLM's BatchNorm needs at least 2 rows per training batch: use --batch_size=2 or more, or --use_batch_norm=false",
+      );
+    }
+    let h = x; // (B, T*E)
+    for (const [i, layer] of layers.entries()) {
+      const product = i === 0 ? inputProduct : hiddenProduct;
+      h = product(h, layer.weight).add(layer.bias); // (B, widths[i+1])
+      if (i === layers.length - 1) break; // fc5: the logits, (B, V)
+      if (layer.bn) h = batchNorm(h, layer.bn, mode.training);
+      h = activation(h);
+      if (mode.training) h = dropout(h, config.dropout, mode.rng);
+    }
+    return h;
+  };
+
+  return {
+    name: "mlpLM",
+    config,
+    params,
+    buffers,
+    makeBatch(windows: Int32Array, batchSize: number, rng?: Rng): Batch {
+      const x = new Float32Array(batchSize * T * E); // (B, T*E)
+      const y = new Int32Array(batchSize); // (B)
+      for (let r = 0; r < batchSize; r++) {
+        const w = windows.subarray(r * (T + 1), (r + 1) * (T + 1));
+        encodeInto(x, r * T * E, w.subarray(0, T));
+        y[r] = w[T];
+      }
+      // The original's prompt dropout: in the first quarter of the rows, zero
+      // the first N features (not characters), N uniform in [1, T], so the
+      // model learns to start from an incomplete prompt. Exact batches (eval.ts) have none.
+      for (let r = 0; rng && r < Math.floor(batchSize / 4); r++) {
+        const n = 1 + rng.below(T);
+        x.fill(0, r * T * E, r * T * E + n);
+      }
+      return { x: tf.tensor2d(x, [batchSize, T * E]), y: tf.tensor1d(y, "int32") };
+    },
+    forward,
+    loss(x, y, mode) {
+      return crossEntropy(forward(x, mode) as tf.Tensor2D, y as tf.Tensor1D);
+    },
+    nextTokenLogits(context) {
+      // The original starts from all-zero features and shifts each new
+      // token's code in from the right: missing positions stay zero.
+      const ids = context.slice(-T);
+      const x = new Float32Array(T * E); // (T*E)
+      encodeInto(x, (T - ids.length) * E, ids);
+      return tf.tidy(() =>
+        forward(tf.tensor2d(x, [1, T * E]), { training: false }).reshape([V]) as tf.Tensor1D
+      );
+    },
+  };
+}
