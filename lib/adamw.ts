@@ -44,31 +44,65 @@ export class AdamW {
     this.beta1 = options.beta1 ?? 0.9;
     this.beta2 = options.beta2 ?? 0.999;
     this.eps = options.eps ?? 1e-8;
-    this.moments = new Map(variables.map((v) => [v, {
-      expAvg: tf.variable(tf.zerosLike(v), false),
-      expAvgSq: tf.variable(tf.zerosLike(v), false),
-    }]));
+    // Inside tidy the zeros' handles are freed; each moment owns its memory.
+    this.moments = new Map(variables.map((v) => [
+      v,
+      tf.tidy(() => ({
+        expAvg: tf.variable(tf.zerosLike(v), false),
+        expAvgSq: tf.variable(tf.zerosLike(v), false),
+      })),
+    ]));
   }
 
   /** Applies one update from gradients keyed by variable name. */
   applyGradients(grads: Record<string, tf.Tensor>): void {
     this.step++;
+    const hostMemory = hostMemoryOf();
+    for (const [param, moments] of this.moments) {
+      const grad = grads[param.name];
+      if (!grad) continue; // like PyTorch: a parameter without gradient is left alone
+      if (hostMemory) this.#updateOnHost(param, grad, moments, hostMemory);
+      else this.#updateWithOps(param, grad, moments);
+    }
+  }
+
+  /** The update as tensor ops: 13 elementwise kernels, fine on a GPU. */
+  #updateWithOps(param: tf.Variable, g: tf.Tensor, { expAvg, expAvgSq }: Moments): void {
     const { lr, weightDecay, beta1, beta2, eps, step } = this;
     const stepSize = lr / (1 - beta1 ** step);
     const bc2Sqrt = Math.sqrt(1 - beta2 ** step);
     tf.tidy(() => {
-      for (const [param, { expAvg, expAvgSq }] of this.moments) {
-        const g = grads[param.name];
-        if (!g) continue; // like PyTorch: a parameter without gradient is left alone
-        const m = expAvg.mul(beta1).add(g.mul(1 - beta1));
-        const v = expAvgSq.mul(beta2).add(g.square().mul(1 - beta2));
-        const denom = v.sqrt().div(bc2Sqrt).add(eps);
-        const decayed = param.mul(1 - lr * weightDecay);
-        param.assign(decayed.sub(m.div(denom).mul(stepSize)));
-        expAvg.assign(m);
-        expAvgSq.assign(v);
-      }
+      const m = expAvg.mul(beta1).add(g.mul(1 - beta1));
+      const v = expAvgSq.mul(beta2).add(g.square().mul(1 - beta2));
+      const denom = v.sqrt().div(bc2Sqrt).add(eps);
+      param.assign(param.mul(1 - lr * weightDecay).sub(m.div(denom).mul(stepSize)));
+      expAvg.assign(m);
+      expAvgSq.assign(v);
     });
+  }
+
+  /**
+   * The same update as one loop over the backend's own memory (WASM heap or
+   * CPU arrays): an order of magnitude faster there than 13 kernels, each a
+   * pass over every parameter. Moments change in place. The parameter gets a
+   * new tensor: the WASM matMul caches packed weights by tensor, so writing a
+   * weight in place would leave that cache stale.
+   */
+  #updateOnHost(param: tf.Variable, grad: tf.Tensor, moments: Moments, memory: HostMemory): void {
+    const { lr, weightDecay, beta1, beta2, eps, step } = this;
+    const stepSize = lr / (1 - beta1 ** step);
+    const bc2Sqrt = Math.sqrt(1 - beta2 ** step);
+    const decay = 1 - lr * weightDecay;
+    const next = tf.zerosLike(param);
+    const [p, g, m, v, out] = [param, grad, moments.expAvg, moments.expAvgSq, next].map(memory);
+    for (let i = 0; i < p.length; i++) {
+      const gi = g[i];
+      const mi = m[i] = beta1 * m[i] + (1 - beta1) * gi;
+      const vi = v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
+      out[i] = p[i] * decay - (stepSize * mi) / (Math.sqrt(vi) / bc2Sqrt + eps);
+    }
+    param.assign(next);
+    next.dispose();
   }
 
   /** Frees the moment tensors. */
@@ -77,5 +111,24 @@ export class AdamW {
       expAvg.dispose();
       expAvgSq.dispose();
     }
+  }
+}
+
+/** A tensor's values as a view of the memory the backend keeps them in. */
+type HostMemory = (t: tf.Tensor) => Float32Array;
+
+/** Views into backend memory on `wasm` and `cpu`; null on WebGPU (GPU memory). */
+function hostMemoryOf(): HostMemory | null {
+  const backend = tf.backend() as unknown as {
+    typedArrayFromHeap?: (t: tf.Tensor) => Float32Array;
+    data: { get(id: object): { values: Float32Array } };
+  };
+  switch (tf.getBackend()) {
+    case "wasm":
+      return (t) => backend.typedArrayFromHeap!(t);
+    case "cpu":
+      return (t) => backend.data.get(t.dataId).values;
+    default:
+      return null;
   }
 }

@@ -9,38 +9,40 @@ import { disposeModel, type ModelConfig } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
 import { preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
 
-Deno.test("AdamW matches PyTorch's update formula, step by step", async () => {
-  await initBackend("cpu");
-  const p = tf.variable(tf.tensor1d([1.0, -2.0, 0.5]));
-  const opt = new AdamW([p], { lr: 0.1, weightDecay: 0.01 });
-  const grads = [[0.5, 0.1, -3.0], [-0.2, 0.4, 1.0]];
-  // PyTorch torch.optim.AdamW (single-tensor path), in float64:
-  const expected = [1.0, -2.0, 0.5];
-  const m = [0, 0, 0], v = [0, 0, 0];
-  for (let t = 1; t <= grads.length; t++) {
-    opt.applyGradients({ [p.name]: tf.tensor1d(grads[t - 1]) });
-    for (let i = 0; i < 3; i++) {
-      const g = grads[t - 1][i];
-      expected[i] *= 1 - 0.1 * 0.01;
-      m[i] = 0.9 * m[i] + 0.1 * g;
-      v[i] = 0.999 * v[i] + 0.001 * g * g;
-      const stepSize = 0.1 / (1 - 0.9 ** t);
-      const denom = Math.sqrt(v[i]) / Math.sqrt(1 - 0.999 ** t) + 1e-8;
-      expected[i] -= stepSize * m[i] / denom;
+for (const backend of ["cpu", "wasm", "webgpu"]) {
+  Deno.test(`${backend}: AdamW matches PyTorch's update formula, step by step`, async () => {
+    await initBackend(backend);
+    const p = tf.variable(tf.tensor1d([1.0, -2.0, 0.5]));
+    const opt = new AdamW([p], { lr: 0.1, weightDecay: 0.01 });
+    const grads = [[0.5, 0.1, -3.0], [-0.2, 0.4, 1.0]];
+    // PyTorch torch.optim.AdamW (single-tensor path), in float64:
+    const expected = [1.0, -2.0, 0.5];
+    const m = [0, 0, 0], v = [0, 0, 0];
+    for (let t = 1; t <= grads.length; t++) {
+      opt.applyGradients({ [p.name]: tf.tensor1d(grads[t - 1]) });
+      for (let i = 0; i < 3; i++) {
+        const g = grads[t - 1][i];
+        expected[i] *= 1 - 0.1 * 0.01;
+        m[i] = 0.9 * m[i] + 0.1 * g;
+        v[i] = 0.999 * v[i] + 0.001 * g * g;
+        const stepSize = 0.1 / (1 - 0.9 ** t);
+        const denom = Math.sqrt(v[i]) / Math.sqrt(1 - 0.999 ** t) + 1e-8;
+        expected[i] -= stepSize * m[i] / denom;
+      }
+      const got = await p.data();
+      for (let i = 0; i < 3; i++) {
+        assert.ok(
+          Math.abs(got[i] - expected[i]) < 1e-6,
+          `step ${t}[${i}]: ${got[i]} vs ${expected[i]}`,
+        );
+      }
     }
-    const got = await p.data();
-    for (let i = 0; i < 3; i++) {
-      assert.ok(
-        Math.abs(got[i] - expected[i]) < 1e-6,
-        `step ${t}[${i}]: ${got[i]} vs ${expected[i]}`,
-      );
-    }
-  }
-  // Step 1 by hand: 1·(1−0.001) − 0.1·0.5/(0.5+1e-8) = 0.899
-  assert.equal(opt.step, 2);
-  opt.dispose();
-  p.dispose();
-});
+    // Step 1 by hand: 1·(1−0.001) − 0.1·0.5/(0.5+1e-8) = 0.899
+    assert.equal(opt.step, 2);
+    opt.dispose();
+    p.dispose();
+  });
+}
 
 Deno.test("run ids follow the original's, with '-' for ':'", () => {
   assert.equal(pyFloat(3e-4), "0.0003");
