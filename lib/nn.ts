@@ -42,20 +42,36 @@ export function linear(x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor): tf.Tensor {
 
 /**
  * PyTorch `nn.Embedding`: rows of `table` (V, C) picked by `ids` (int32).
- * The gradient scatters back through a one-hot product, because the WASM
- * backend lacks `UnsortedSegmentSum`, the kernel behind `gather`'s gradient.
+ *
+ * On WebGPU this is `gather`, whose gradient is `UnsortedSegmentSum`. The
+ * WASM backend has no `UnsortedSegmentSum` and a slow `gather`, and a one-hot
+ * product costs V times the work (and memory: a CJK vocabulary has thousands
+ * of characters), so on the CPU-side backends both directions are a plain
+ * loop over rows: their tensors already live in CPU memory.
  */
 export function embedding(table: tf.Tensor, ids: tf.Tensor): tf.Tensor {
+  if (tf.getBackend() === "webgpu") return tf.gather(table, ids);
   const op = tf.customGrad((t, i, save) => {
     const [tt, it] = [t as tf.Tensor2D, i as tf.Tensor];
     (save as tf.GradSaveFunc)([it]);
+    const [V, C] = tt.shape;
+    const rows = it.dataSync(); // (N)
+    const weights = tt.dataSync() as Float32Array; // (V, C)
+    const out = new Float32Array(rows.length * C); // (N, C)
+    for (let n = 0; n < rows.length; n++) {
+      out.set(weights.subarray(rows[n] * C, rows[n] * C + C), n * C);
+    }
     return {
-      value: tf.gather(tt, it), // (..., C)
+      value: tf.tensor(out, [...it.shape, C]), // (..., C)
       gradFunc: (dy, saved) => {
-        const flatIds = (saved[0] as tf.Tensor).reshape([-1]); // (N)
-        const oneHotT = tf.oneHot(flatIds, tt.shape[0]).transpose(); // (V, N)
-        const dyFlat = (dy as tf.Tensor).reshape([-1, tt.shape[1]]); // (N, C)
-        return [tf.matMul(oneHotT.toFloat(), dyFlat), tf.zerosLike(it)]; // (V, C)
+        const savedRows = (saved[0] as tf.Tensor).dataSync(); // (N)
+        const dOut = (dy as tf.Tensor).dataSync() as Float32Array; // (N, C)
+        const dTable = new Float32Array(V * C); // (V, C): rows summed per id
+        for (let n = 0; n < savedRows.length; n++) {
+          const row = savedRows[n] * C;
+          for (let c = 0; c < C; c++) dTable[row + c] += dOut[n * C + c];
+        }
+        return [tf.tensor(dTable, [V, C]), tf.zerosLike(it)];
       },
     };
   });

@@ -5,6 +5,7 @@
  */
 import type { Rng } from "../lib/rng.ts";
 import { createBigramLM } from "./bigramLM.ts";
+import { createGptLM } from "./gptLM.ts";
 import { createMlpLM } from "./mlpLM.ts";
 import type { LanguageModel, ModelConfig, ModelName } from "./model.ts";
 
@@ -20,6 +21,6 @@ export function createModel(
     case "mlpLM":
       return createMlpLM(config, rng);
     case "gptLM":
-      throw new Error(`${name} is not implemented yet`);
+      return createGptLM(config, rng);
   }
 }

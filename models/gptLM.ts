@@ -1,0 +1,204 @@
+/**
+ * gptLM: a decoder-only transformer, as weedge/baby-llm `simpleLM/gptLM.py`.
+ * Token and position embeddings → `n_layer` pre-LayerNorm blocks (masked
+ * multi-head self-attention, then a ReLU feed-forward net, each around a
+ * residual) → final LayerNorm → `lm_head`.
+ *
+ * The original keeps one `key`/`query`/`value` Linear per head; so do the
+ * parameters here, under the same names. The forward pass concatenates them
+ * into one (C, 3C) weight so all heads share one fast 2-D product, and runs
+ * attention batched over (batch, head); autodiff splits the gradient back
+ * into the per-head weights.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { UsageError } from "../lib/errors.ts";
+import { batchMatMul } from "../lib/batch_matmul.ts";
+import { crossEntropy, dropout, embedding, layerNorm, linear, normalInit } from "../lib/nn.ts";
+import type { Rng } from "../lib/rng.ts";
+import { splitWindows } from "./bigramLM.ts";
+import type { Batch, Buffer, LanguageModel, Mode, ModelConfig, Param } from "./model.ts";
+
+/** Standard deviation of every Linear weight and both embeddings (`_init_weights`). */
+const INIT_STD = 0.02;
+
+/**
+ * How attention's two batched products run. `fast`: {@link batchMatMul}
+ * (our SIMD kernel on WASM, `tf.matMul` elsewhere) on an explicitly
+ * transposed key. `plain`: `tf.matMul(q, k, false, true)` and tfjs's own
+ * gradients, the literal formula, kept to check `fast` against.
+ */
+export type AttentionPath = "fast" | "plain";
+
+/** One head's projections, each (C, hs). */
+interface HeadParams {
+  key: tf.Variable;
+  query: tf.Variable;
+  value: tf.Variable;
+}
+
+/** One `Block`'s parameters. Linear weights are (in, out). */
+interface BlockParams {
+  heads: HeadParams[];
+  projW: tf.Variable; // (C, C)
+  projB: tf.Variable; // (C)
+  fc1W: tf.Variable; // (C, 4C)
+  fc1B: tf.Variable; // (4C)
+  fc2W: tf.Variable; // (4C, C)
+  fc2B: tf.Variable; // (C)
+  ln1W: tf.Variable; // (C)
+  ln1B: tf.Variable; // (C)
+  ln2W: tf.Variable; // (C)
+  ln2B: tf.Variable; // (C)
+}
+
+/**
+ * Builds a gptLM with the original's init: N(0, 0.02) for every Linear
+ * weight and both embeddings, zero biases, LayerNorm weight 1 and bias 0.
+ * Values are drawn from `rng` in PyTorch's module order, each Linear weight
+ * in PyTorch's (out, in) layout, so one seed gives one `state_dict`.
+ * `options.attention` picks the {@link AttentionPath} (default `fast`).
+ */
+export function createGptLM(
+  config: ModelConfig,
+  rng: Rng,
+  options: { attention?: AttentionPath } = {},
+): LanguageModel {
+  const attentionPath = options.attention ?? "fast";
+  const { vocab_size: V, block_size: T0, n_embd: C, n_head: H, n_layer: L } = config;
+  if (C % H !== 0) {
+    throw new UsageError(`n_embd (${C}) must be divisible by n_head (${H})`);
+  }
+  const hs = C / H;
+
+  const params: Param[] = [];
+  const buffers: Buffer[] = [];
+  const param = (name: string, value: tf.Tensor, transposed = false): tf.Variable => {
+    const variable = tf.variable(value, true);
+    value.dispose();
+    params.push({ name, variable, transposed });
+    return variable;
+  };
+  // nn.Linear's weight drawn (out, in) as PyTorch holds it, stored (in, out).
+  const linearWeight = (name: string, inF: number, outF: number): tf.Variable =>
+    param(name, tf.tidy(() => normalInit([outF, inF], INIT_STD, rng).transpose()), true);
+  const ones = (name: string, n: number) => param(name, tf.ones([n]));
+  const zeros = (name: string, n: number) => param(name, tf.zeros([n]));
+
+  const tokTable = param("token_embedding_table.weight", normalInit([V, C], INIT_STD, rng)); // (V, C)
+  const posTable = param("position_embedding_table.weight", normalInit([T0, C], INIT_STD, rng)); // (T0, C)
+  const blocks: BlockParams[] = [];
+  for (let i = 0; i < L; i++) {
+    const p = `blocks.${i}`;
+    const heads: HeadParams[] = [];
+    for (let h = 0; h < H; h++) {
+      const q = `${p}.sa.heads.${h}`;
+      heads.push({
+        key: linearWeight(`${q}.key.weight`, C, hs),
+        query: linearWeight(`${q}.query.weight`, C, hs),
+        value: linearWeight(`${q}.value.weight`, C, hs),
+      });
+      buffers.push({
+        name: `${q}.tril`,
+        tensor: tf.tidy(() => tf.linalg.bandPart(tf.ones([T0, T0]), -1, 0)), // (T0, T0): ones on and below the diagonal
+        dtype: "F32",
+      });
+    }
+    blocks.push({
+      heads,
+      projW: linearWeight(`${p}.sa.proj.weight`, C, C),
+      projB: zeros(`${p}.sa.proj.bias`, C),
+      fc1W: linearWeight(`${p}.ffwd.net.0.weight`, C, 4 * C),
+      fc1B: zeros(`${p}.ffwd.net.0.bias`, 4 * C),
+      fc2W: linearWeight(`${p}.ffwd.net.2.weight`, 4 * C, C),
+      fc2B: zeros(`${p}.ffwd.net.2.bias`, C),
+      ln1W: ones(`${p}.ln1.weight`, C),
+      ln1B: zeros(`${p}.ln1.bias`, C),
+      ln2W: ones(`${p}.ln2.weight`, C),
+      ln2B: zeros(`${p}.ln2.bias`, C),
+    });
+  }
+  const lnfW = ones("ln_f.weight", C);
+  const lnfB = zeros("ln_f.bias", C);
+  const lmW = linearWeight("lm_head.weight", C, V); // (C, V)
+  const lmB = zeros("lm_head.bias", V);
+  // Every head's mask is the same constant: the first one serves all.
+  const tril = buffers[0].tensor;
+
+  /** Dropout in training mode, identity in evaluation mode. */
+  const drop = (x: tf.Tensor, mode: Mode) =>
+    mode.training ? dropout(x, config.dropout, mode.rng) : x;
+
+  /** Heads side by side, `(B, T, C) → (B, H, T, hs)`: head h is columns h·hs…(h+1)·hs. */
+  const splitHeads = (x: tf.Tensor, B: number, T: number) =>
+    x.reshape([B, T, H, hs]).transpose([0, 2, 1, 3]);
+
+  /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C). */
+  function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
+    const [B, T] = x.shape as [number, number, number];
+    // The per-head (C, hs) weights side by side: one 2-D product for all heads.
+    const wqkv = tf.concat([
+      ...blk.heads.map((h) => h.query),
+      ...blk.heads.map((h) => h.key),
+      ...blk.heads.map((h) => h.value),
+    ], 1); // (C, 3C)
+    const [q, k, v] = tf.split(linear(x, wqkv), 3, 2); // 3 × (B, T, C)
+    const qh = splitHeads(q, B, T); // (B, H, T, hs)
+    const scores =
+      (attentionPath === "fast"
+        ? batchMatMul(qh, k.reshape([B, T, H, hs]).transpose([0, 2, 3, 1])) // kᵀ made explicit: (B, H, hs, T)
+        : tf.matMul(qh, splitHeads(k, B, T), false, true))
+        .mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
+    const weights = drop(tf.softmax(scores.add(maskBias)), mode); // (B, H, T, T)
+    const vh = splitHeads(v, B, T); // (B, H, T, hs)
+    const heads = attentionPath === "fast" ? batchMatMul(weights, vh) : tf.matMul(weights, vh); // (B, H, T, hs)
+    const concat = heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)
+    return drop(linear(concat, blk.projW, blk.projB), mode); // (B, T, C)
+  }
+
+  /** `Block.forward`: x (B, T, C) → (B, T, C). */
+  function block(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
+    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode)); // (B, T, C)
+    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B).relu(); // (B, T, 4C)
+    return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T, C)
+  }
+
+  /** Logits for ids (B, T) with T ≤ block_size: (B, T, V). */
+  function forward(x: tf.Tensor, mode: Mode): tf.Tensor {
+    const T = x.shape[1]!;
+    const pos = posTable.slice([0, 0], [T, C]); // (T, C)
+    // masked_fill(tril[:T, :T] == 0, -inf) as a bias added to the scores: a query never sees a later key.
+    const future = tril.slice([0, 0], [T, T]).equal(0); // (T, T)
+    const maskBias = tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T])); // (T, T)
+    let h = embedding(tokTable, x).add(pos); // (B, T, C)
+    for (const blk of blocks) h = block(h, blk, maskBias, mode);
+    return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
+  }
+
+  return {
+    name: "gptLM",
+    config,
+    params,
+    buffers,
+    makeBatch(windows: Int32Array, batchSize: number): Batch {
+      return splitWindows(windows, batchSize, T0);
+    },
+    forward,
+    loss(x, y, mode) {
+      const logits = forward(x, mode); // (B, T, V)
+      return crossEntropy(
+        logits.reshape([-1, V]) as tf.Tensor2D,
+        y.reshape([-1]) as tf.Tensor1D,
+      );
+    },
+    nextTokenLogits(context) {
+      if (context.length === 0) throw new RangeError("gptLM needs at least one context token");
+      // generate()'s idx[:, -block_size:]: positions beyond the table do not exist.
+      const ids = context.slice(-T0);
+      const x = tf.tensor2d(ids, [1, ids.length], "int32"); // (1, T)
+      const logits = forward(x, { training: false }); // (1, T, V)
+      return logits.slice([0, ids.length - 1, 0], [1, 1, V]).reshape([V]) as tf.Tensor1D;
+    },
+  };
+}
