@@ -47,8 +47,9 @@ Deno.test("usage errors: model configs that cannot work", async () => {
     [["--resume=true"], /--resume=true needs --ckpt_file/],
   ];
   for (const [args, message] of cases) {
+    // The case's flags come last: of a repeated flag, the last one counts.
     assertOneLine(
-      await runScript("train.ts", [...args, ...TINY], { cwd: dir }),
+      await runScript("train.ts", [...TINY, ...args], { cwd: dir }),
       2,
       message,
       args.join(" "),

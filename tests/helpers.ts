@@ -24,13 +24,21 @@ export interface ScriptResult {
 export async function runScript(
   script: string,
   args: string[],
-  opts: { cwd: string; stdin?: string; permissions?: string[]; env?: Record<string, string> },
+  opts: {
+    cwd: string;
+    stdin?: string;
+    permissions?: string[];
+    env?: Record<string, string>;
+    timeoutMs?: number;
+  },
 ): Promise<ScriptResult> {
   const child = new Deno.Command(Deno.execPath(), {
     args: ["run", ...(opts.permissions ?? ["-A"]), "--config", CONFIG, `${ROOT}${script}`, ...args],
     cwd: opts.cwd,
     env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1", ...opts.env },
     stdin: opts.stdin === undefined ? "null" : "piped",
+    // A script that hangs fails its test instead of stalling the suite.
+    signal: AbortSignal.timeout(opts.timeoutMs ?? 300_000),
     stdout: "piped",
     stderr: "piped",
   }).spawn();
