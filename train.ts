@@ -170,6 +170,7 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
     const evalDue = iter % config.eval_interval === 0 ||
       iter === config.max_iters - 1;
     if (evalDue && !(iter === startIter && state.evalDone)) {
+      const msPerStep = progress.msPerStep(); // training steps only, not this evaluation
       const losses = await estimateLoss(
         model,
         data,
@@ -184,7 +185,7 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
         `>>> step ${iter}: train loss ${losses.train.toFixed(4)}, val loss ${
           losses.val.toFixed(4)
         }, ` +
-          `min loss ${state.bestVal.toFixed(4)}, ${progress.msPerStep().toFixed(2)} ms per step`,
+          `min loss ${state.bestVal.toFixed(4)}, ${msPerStep.toFixed(2)} ms per step`,
       );
       if (!Number.isFinite(losses.train) || !Number.isFinite(losses.val)) {
         throw lossDiverged(iter, checkpointPath);
