@@ -83,13 +83,13 @@ for (const model of Object.keys(TINY) as (keyof typeof TINY)[]) {
     assert.equal(JSON.parse(meta.itos).length, 65);
 
     const evals = await Promise.all(
-      ["cpu", "wasm"].map((backend) =>
+      ["cpu", "wasm", "webgpu"].map((backend) =>
         runScript("eval.ts", [`--ckpt=${path}`, "--max_windows=40", `--backend=${backend}`], {
           cwd: dir,
         })
       ),
     );
-    const [cpu, wasm] = evals.map((r) => {
+    const [cpu, wasm, webgpu] = evals.map((r) => {
       assert.equal(r.code, 0, r.stderr);
       return JSON.parse(r.stdout.trim().split("\n").pop()!);
     });
@@ -97,7 +97,9 @@ for (const model of Object.keys(TINY) as (keyof typeof TINY)[]) {
     assert.equal(cpu.windows, 40);
     assert.equal(cpu.tokens, model === "mlpLM" ? 40 : 640);
     assert.ok(cpu.loss > 1 && cpu.loss < 5, `${cpu.loss}`);
-    assert.ok(Math.abs(cpu.loss - wasm.loss) < 1e-4, `cpu ${cpu.loss} vs wasm ${wasm.loss}`);
+    for (const other of [wasm, webgpu]) {
+      assert.ok(Math.abs(cpu.loss - other.loss) < 1e-4, `cpu ${cpu.loss} vs ${other.loss}`);
+    }
 
     const sample = await runScript("generate.ts", [
       `--ckpt=${path}`,

@@ -8,34 +8,13 @@ import { Rng } from "../lib/rng.ts";
 import { generateTokens } from "../lib/sampling.ts";
 import { getBatch, trainStep } from "../lib/training.ts";
 import { type AttentionPath, createGptLM } from "../models/gptLM.ts";
-import {
-  countParams,
-  disposeModel,
-  type LanguageModel,
-  type ModelConfig,
-} from "../models/model.ts";
-import { shakespeareData } from "./helpers.ts";
+import { countParams, disposeModel, type LanguageModel } from "../models/model.ts";
+import { modelConfig, shakespeareData } from "./helpers.ts";
 
 const BACKENDS = ["cpu", "wasm", "webgpu"] as const;
 
-function gptConfig(overrides: Partial<ModelConfig>): ModelConfig {
-  return {
-    vocab_size: 65,
-    block_size: 256,
-    dropout: 0.2,
-    char_encoding_len: 12,
-    use_batch_norm: true,
-    max_hidden_nodes: 2048,
-    active_fn: "relu",
-    n_embd: 384,
-    n_head: 6,
-    n_layer: 6,
-    ...overrides,
-  };
-}
-
 /** V=11, C=8, H=2, L=2, T=6: small enough for llvmpipe, every part still there. */
-const TINY = gptConfig({
+const TINY = modelConfig({
   vocab_size: 11,
   block_size: 6,
   dropout: 0.1,
@@ -152,7 +131,7 @@ Deno.test("gptLM: PyTorch names, shapes and order; tril buffers; output shapes",
 Deno.test("gptLM: 10,788,929 parameters at the original defaults, N(0, 0.02) init", async () => {
   await initBackend("cpu");
   const before = tf.memory().numTensors;
-  const model = createGptLM(gptConfig({}), new Rng(1337));
+  const model = createGptLM(modelConfig({}), new Rng(1337));
   assert.equal(countParams(model), 10_788_929);
   const stats = (name: string) =>
     tf.tidy(() => {
@@ -180,7 +159,7 @@ Deno.test("gptLM: 10,788,929 parameters at the original defaults, N(0, 0.02) ini
 
 Deno.test("gptLM: n_embd not divisible by n_head is a UsageError", async () => {
   await initBackend("cpu");
-  assert.throws(() => createGptLM(gptConfig({ n_embd: 10, n_head: 4 }), new Rng(1)), UsageError);
+  assert.throws(() => createGptLM(modelConfig({ n_embd: 10, n_head: 4 }), new Rng(1)), UsageError);
 });
 
 Deno.test("gptLM: matches PyTorch's GPTLanguageModel on a seeded tiny model", async () => {
@@ -324,7 +303,7 @@ for (const backend of BACKENDS) {
     await initBackend(backend);
     const data = await shakespeareData();
     const rng = new Rng(1337);
-    const config = gptConfig({ block_size: 8, dropout: 0.1, n_embd: 16, n_head: 2, n_layer: 1 });
+    const config = modelConfig({ block_size: 8, dropout: 0.1, n_embd: 16, n_head: 2, n_layer: 1 });
     const model = createGptLM(config, rng);
     const opt = new AdamW(model.params.map((p) => p.variable), { lr: 1e-2, weightDecay: 0.01 });
     const losses: number[] = [];

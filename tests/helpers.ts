@@ -5,6 +5,8 @@
  * @module
  */
 import { metaJson, tokenize, uint16Bytes } from "../lib/data.ts";
+import { parseTrainConfig } from "../lib/train_config.ts";
+import type { ModelConfig } from "../models/model.ts";
 
 /** The project's root folder. */
 export const ROOT = new URL("..", import.meta.url).pathname;
@@ -69,4 +71,9 @@ export async function preparedWorkdir(): Promise<string> {
   await Deno.writeFile(`${dir}/datas/shakespeare_char/val.bin`, uint16Bytes(data.val));
   await Deno.writeTextFile(`${dir}/datas/shakespeare_char/meta.json`, metaJson(data.vocab));
   return dir;
+}
+
+/** The original's defaults as a model config for tinyshakespeare (65 characters), with `overrides` on top. */
+export function modelConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
+  return { ...parseTrainConfig([]).config, vocab_size: 65, ...overrides };
 }

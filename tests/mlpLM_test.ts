@@ -9,32 +9,11 @@ import { generateTokens } from "../lib/sampling.ts";
 import { trainStep } from "../lib/training.ts";
 import { genCodingPatterns } from "../models/mlp_patterns.ts";
 import { createMlpLM } from "../models/mlpLM.ts";
-import {
-  countParams,
-  disposeModel,
-  type LanguageModel,
-  type ModelConfig,
-} from "../models/model.ts";
-
-/** The original's defaults, over which each test puts its small shape. */
-function config(overrides: Partial<ModelConfig> = {}): ModelConfig {
-  return {
-    vocab_size: 65,
-    block_size: 256,
-    dropout: 0.2,
-    char_encoding_len: 12,
-    use_batch_norm: true,
-    max_hidden_nodes: 2048,
-    active_fn: "relu",
-    n_embd: 384,
-    n_head: 6,
-    n_layer: 6,
-    ...overrides,
-  };
-}
+import { modelConfig } from "./helpers.ts";
+import { countParams, disposeModel, type LanguageModel } from "../models/model.ts";
 
 /** The model the PyTorch reference values below were computed for. */
-const TINY = config({
+const TINY = modelConfig({
   vocab_size: 4,
   block_size: 3,
   char_encoding_len: 4,
@@ -283,7 +262,7 @@ function buffer(model: LanguageModel, name: string): tf.Tensor {
 
 Deno.test("mlpLM: the original's parameter count, names and buffers at its defaults", async () => {
   await initBackend("cpu");
-  const model = createMlpLM(config({ vocab_size: 65 }), new Rng(1));
+  const model = createMlpLM(modelConfig({ vocab_size: 65 }), new Rng(1));
   try {
     assert.equal(countParams(model), 10_008_641);
     const names = [1, 2, 3, 4].flatMap((i) => [
@@ -371,7 +350,7 @@ Deno.test("mlpLM: makeBatch codes the context and zeroes the first N features of
   await initBackend("cpu");
   const [T, E, V, rows] = [5, 4, 6, 9];
   const model = createMlpLM(
-    config({ vocab_size: V, block_size: T, char_encoding_len: E }),
+    modelConfig({ vocab_size: V, block_size: T, char_encoding_len: E }),
     new Rng(1),
   );
   const codes = genCodingPatterns(E, V);
@@ -412,7 +391,7 @@ function cyclicWindows(rows: number, T: number, V: number, rng: Rng): Int32Array
   return w;
 }
 
-const CYCLIC = config({
+const CYCLIC = modelConfig({
   vocab_size: 6,
   block_size: 4,
   char_encoding_len: 4,

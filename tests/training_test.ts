@@ -5,9 +5,9 @@ import { initBackend } from "../lib/backend.ts";
 import { Rng } from "../lib/rng.ts";
 import { parseTrainConfig, pyFloat, runId } from "../lib/train_config.ts";
 import { estimateLoss, getBatch, trainStep } from "../lib/training.ts";
-import { disposeModel, type ModelConfig } from "../models/model.ts";
+import { disposeModel } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
-import { preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
+import { modelConfig, preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
 
 for (const backend of ["cpu", "wasm", "webgpu"]) {
   Deno.test(`${backend}: AdamW matches PyTorch's update formula, step by step`, async () => {
@@ -77,11 +77,6 @@ Deno.test("--config=cpu is nanoGPT's CPU setting; explicit flags win", () => {
   assert.equal(config.learning_rate, 3e-4);
 });
 
-function bigramConfig(): ModelConfig {
-  const { config } = parseTrainConfig(["--model_name=bigramLM"]);
-  return { ...config, vocab_size: 65 };
-}
-
 for (const backend of ["cpu", "wasm", "webgpu"]) {
   Deno.test(`bigramLM loss falls on ${backend}`, async () => {
     const info = await initBackend(backend);
@@ -89,7 +84,7 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
     assert.equal(tf.getBackend(), backend);
     const data = await shakespeareData();
     const rng = new Rng(1337);
-    const model = createModel("bigramLM", bigramConfig(), rng);
+    const model = createModel("bigramLM", modelConfig(), rng);
     const opt = new AdamW(model.params.map((p) => p.variable), { lr: 1e-1, weightDecay: 0.01 });
     const before = await estimateLoss(model, data, 16, 4, new Rng(1));
     const tensorsBefore = tf.memory().numTensors;
