@@ -21,7 +21,7 @@ import type { ModelConfig } from "./models/model.ts";
 import { createModel } from "./models/registry.ts";
 
 const FLAGS: FlagSpecs = {
-  ckpt: { type: "string", default: "", help: "checkpoint; default: the newest in out/" },
+  ckpt: { type: "string", default: "", help: "checkpoint; default: the newest under out/" },
   prompt: { type: "string", default: "", help: "text to continue" },
   max_new_tokens: { type: "int", default: 500, min: 1, help: "characters to sample" },
   temperature: {
@@ -62,7 +62,7 @@ export async function main(args: string[]) {
   const path = (values.ckpt as string) || await latestCheckpoint("out");
   if (!path) {
     throw new UserError(
-      "no checkpoint in out/: train one first (deno task train), or pass --ckpt=PATH",
+      "no checkpoint under out/: train one first (deno task train), or pass --ckpt=PATH",
     );
   }
 

@@ -322,24 +322,31 @@ export async function restoreTrainingState(
   };
 }
 
-/** The most recently written model checkpoint in `dir`, or null. */
+/**
+ * The most recently written model checkpoint in `dir` or its subfolders
+ * (the demo writes to `out/demo/`), or null.
+ */
 export async function latestCheckpoint(dir: string): Promise<string | null> {
   let best: { path: string; mtime: number } | null = null;
-  try {
-    for await (const entry of Deno.readDir(dir)) {
+  const visit = async (folder: string) => {
+    for await (const entry of Deno.readDir(folder)) {
+      const path = `${folder}/${entry.name}`;
+      if (entry.isDirectory) await visit(path);
       if (
         !entry.isFile || !entry.name.endsWith(".safetensors") ||
         entry.name.endsWith(".optim.safetensors")
       ) {
         continue;
       }
-      const path = `${dir}/${entry.name}`;
       const mtime = (await Deno.stat(path)).mtime?.getTime() ?? 0;
       if (!best || mtime > best.mtime) best = { path, mtime };
     }
+  };
+  try {
+    await visit(dir);
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) return null;
     throw e;
   }
-  return best?.path ?? null;
+  return (best as { path: string } | null)?.path ?? null;
 }

@@ -189,7 +189,7 @@ Deno.test("train and generate refuse bad flags with one line and exit 2", async 
   }
   const none = await runScript("generate.ts", [], { cwd: dir });
   assert.equal(none.code, 1);
-  assert.match(none.stderr, /no checkpoint in out\/: train one first/);
+  assert.match(none.stderr, /no checkpoint under out\/: train one first/);
   const noGpu = await runScript("train.ts", ["--backend=webgpu"], {
     cwd: dir,
     env: { SIMPLELM_NO_WEBGPU: "1" },
