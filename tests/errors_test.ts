@@ -143,7 +143,7 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
         weightDecay: 0.01,
       });
       const counts: { tensors: number; bytes: number }[] = [];
-      const steps = backend === "webgpu" ? 60 : 500;
+      const steps = 500;
       for (let i = 1; i <= steps; i++) {
         const batch = getBatch(model, data.train, 4, rng);
         const loss = trainStep(model, optimizer, batch, rng);
