@@ -14,7 +14,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { AdamW } from "./lib/adamw.ts";
 import { initBackend } from "./lib/backend.ts";
-import { tokenize } from "./lib/data.ts";
+import { type PreparedData, tokenize } from "./lib/data.ts";
 import { runMain, UsageError } from "./lib/errors.ts";
 import { parseFlags } from "./lib/flags.ts";
 import { Rng } from "./lib/rng.ts";
@@ -50,9 +50,13 @@ export interface BenchResult {
   tensors_after: number;
 }
 
-async function benchOne(config: TrainConfig, steps: number, warmup: number): Promise<BenchResult> {
+async function benchOne(
+  config: TrainConfig,
+  data: PreparedData,
+  steps: number,
+  warmup: number,
+): Promise<BenchResult> {
   const backend = await initBackend(config.backend);
-  const data = tokenize(await Deno.readTextFile("datas/tinyshakespeare.txt"));
   const rng = new Rng(config.seed);
   const model = createModel(config.model_name, { ...config, vocab_size: data.vocab.length }, rng);
   const optimizer = new AdamW(model.params.map((p) => p.variable), {
@@ -115,9 +119,11 @@ export async function main(args: string[]): Promise<BenchResult[]> {
     throw new UsageError("bench does not resume");
   }
 
+  // tinyshakespeare as prepare tokenizes it, read once for every run.
+  const data = tokenize(await Deno.readTextFile("datas/tinyshakespeare.txt"));
   const results: BenchResult[] = [];
   for (const config of runs) {
-    const r = await benchOne(config, values.steps as number, values.warmup as number);
+    const r = await benchOne(config, data, values.steps as number, values.warmup as number);
     results.push(r);
     if (values.json) {
       console.log(JSON.stringify(r));
