@@ -93,7 +93,10 @@ export async function initBackend(choice: string): Promise<BackendInfo> {
     name = choice as "wasm" | "cpu";
     adapterText = "not used";
   }
-  if (name === "wasm") setWasmPaths(wasmFolder());
+  if (name === "wasm") {
+    setWasmPaths(wasmFolder());
+    shareIdentityOnWasm();
+  }
   const ok = await tf.setBackend(name);
   await tf.ready();
   if (!ok || tf.getBackend() !== name) {
@@ -103,6 +106,25 @@ export async function initBackend(choice: string): Promise<BackendInfo> {
   }
   if (name === "webgpu") watchDevice();
   return { name, adapter: adapterText };
+}
+
+/**
+ * tfjs saves every tensor a gradient will need through its `Identity`
+ * kernel. The cpu and WebGPU backends share the data there; the WASM one
+ * copies it, hundreds of copies a step (~14 ms of a gptLM step). Tensors are
+ * immutable, so the WASM backend gets the sharing version too.
+ */
+function shareIdentityOnWasm(): void {
+  tf.unregisterKernel("Identity", "wasm");
+  tf.registerKernel({
+    kernelName: "Identity",
+    backendName: "wasm",
+    kernelFunc: ({ inputs, backend }) => {
+      const x = inputs.x as tf.TensorInfo;
+      (backend as unknown as { incRef(dataId: object): void }).incRef(x.dataId);
+      return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
+    },
+  });
 }
 
 /** A WebGPU validation or shader error is otherwise only logged: make it fatal. */

@@ -9,33 +9,14 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { matMul } from "./matmul.ts";
 import type { Rng } from "./rng.ts";
-
-/**
- * `x @ w` whose gradients are plain 2-D products of explicitly transposed
- * operands. tfjs's own gradient asks for `matMul(.., transposeB=true)`,
- * which the WASM backend runs ~10× slower than the untransposed product.
- */
-const matMul2d = tf.customGrad((x, w, save) => {
-  const [xt, wt] = [x as tf.Tensor2D, w as tf.Tensor2D];
-  (save as tf.GradSaveFunc)([xt, wt]);
-  return {
-    value: tf.matMul(xt, wt), // (N, in) @ (in, out) -> (N, out)
-    gradFunc: (dy, saved) => {
-      const [xs, ws] = saved as [tf.Tensor2D, tf.Tensor2D];
-      return [
-        tf.matMul(dy as tf.Tensor2D, ws.transpose()), // dx = dy @ wᵀ: (N, out) @ (out, in)
-        tf.matMul(xs.transpose(), dy as tf.Tensor2D), // dw = xᵀ @ dy: (in, N) @ (N, out)
-      ];
-    },
-  };
-});
 
 /** PyTorch `nn.Linear` on the last axis: `x @ w + b`. x (..., in), w (in, out), b (out). */
 export function linear(x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor): tf.Tensor {
   const [inFeatures, outFeatures] = w.shape as [number, number];
   const flat = x.reshape([-1, inFeatures]); // (N, in)
-  let y = matMul2d(flat, w); // (N, out)
+  let y = matMul(flat, w); // (N, in) @ (in, out) -> (N, out)
   if (b) y = y.add(b);
   return y.reshape([...x.shape.slice(0, -1) as number[], outFeatures]); // (..., out)
 }

@@ -14,7 +14,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../lib/errors.ts";
-import { batchMatMul } from "../lib/batch_matmul.ts";
+import { matMul } from "../lib/matmul.ts";
 import { crossEntropy, dropout, embedding, layerNorm, linear, normalInit } from "../lib/nn.ts";
 import type { Rng } from "../lib/rng.ts";
 import { splitWindows } from "./bigramLM.ts";
@@ -24,10 +24,10 @@ import type { Batch, Buffer, LanguageModel, Mode, ModelConfig, Param } from "./m
 const INIT_STD = 0.02;
 
 /**
- * How attention's two batched products run. `fast`: {@link batchMatMul}
- * (our SIMD kernel on WASM, `tf.matMul` elsewhere) on an explicitly
- * transposed key. `plain`: `tf.matMul(q, k, false, true)` and tfjs's own
- * gradients, the literal formula, kept to check `fast` against.
+ * How attention's two batched products run. `fast`: {@link matMul} (our
+ * threaded SIMD kernel on WASM, `tf.matMul` elsewhere). `plain`:
+ * `tf.matMul` and tfjs's own gradients, the literal formula, kept to check
+ * `fast` against.
  */
 export type AttentionPath = "fast" | "plain";
 
@@ -145,14 +145,11 @@ export function createGptLM(
     ], 1); // (C, 3C)
     const [q, k, v] = tf.split(linear(x, wqkv), 3, 2); // 3 × (B, T, C)
     const qh = splitHeads(q, B, T); // (B, H, T, hs)
-    const scores =
-      (attentionPath === "fast"
-        ? batchMatMul(qh, k.reshape([B, T, H, hs]).transpose([0, 2, 3, 1])) // kᵀ made explicit: (B, H, hs, T)
-        : tf.matMul(qh, splitHeads(k, B, T), false, true))
-        .mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
+    const product = attentionPath === "fast" ? matMul : tf.matMul;
+    const scores = product(qh, splitHeads(k, B, T), false, true).mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
     const weights = drop(tf.softmax(scores.add(maskBias)), mode); // (B, H, T, T)
     const vh = splitHeads(v, B, T); // (B, H, T, hs)
-    const heads = attentionPath === "fast" ? batchMatMul(weights, vh) : tf.matMul(weights, vh); // (B, H, T, hs)
+    const heads = product(weights, vh); // (B, H, T, hs)
     const concat = heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)
     return drop(linear(concat, blk.projW, blk.projB), mode); // (B, T, C)
   }

@@ -3,7 +3,6 @@ import * as tf from "@tensorflow/tfjs";
 import { AdamW } from "../lib/adamw.ts";
 import { initBackend } from "../lib/backend.ts";
 import { UsageError } from "../lib/errors.ts";
-import { batchMatMul } from "../lib/batch_matmul.ts";
 import { Rng } from "../lib/rng.ts";
 import { generateTokens } from "../lib/sampling.ts";
 import { getBatch, trainStep } from "../lib/training.ts";
@@ -344,35 +343,4 @@ Deno.test("gptLM: generation crops a prompt longer than block_size", async () =>
   assert.ok(ids.every((id) => Number.isInteger(id) && id >= 0 && id < 11));
   assert.equal(tf.memory().numTensors, before);
   disposeModel(model);
-});
-
-Deno.test("batchMatMul: the WASM SIMD kernel matches tf.matMul, values and gradients", async () => {
-  await initBackend("wasm");
-  // n = 19 and 33 take both the 16-column and the scalar loops; k = 1 and m = 1 edge sizes.
-  const shapes: [number[], number[]][] = [
-    [[2, 3, 5, 7], [2, 3, 7, 19]],
-    [[4, 33, 20], [4, 20, 32]],
-    [[3, 1, 1], [3, 1, 33]],
-  ];
-  const rng = new Rng(4);
-  for (const [sa, sb] of shapes) {
-    const a = tf.tensor(rng.normals(sa.reduce((p, q) => p * q), 1), sa);
-    const b = tf.tensor(rng.normals(sb.reduce((p, q) => p * q), 1), sb);
-    const dy = tf.tensor(rng.normals(a.size / sa.at(-1)! * sb.at(-1)!, 1), [
-      ...sa.slice(0, -1),
-      sb.at(-1)!,
-    ]);
-    const run = (f: (a: tf.Tensor, b: tf.Tensor) => tf.Tensor) =>
-      tf.tidy(() => {
-        const { value, grads } = tf.valueAndGrads((a: tf.Tensor, b: tf.Tensor) =>
-          f(a, b).mul(dy).sum()
-        )([a, b]);
-        return [f(a, b), value, ...grads].map((t) => t.dataSync());
-      });
-    const [ours, theirs] = [run(batchMatMul), run((a, b) => tf.matMul(a, b))];
-    for (let i = 0; i < ours.length; i++) {
-      assert.ok(maxDiff(ours[i], theirs[i]) < 1e-4, `${sa} @ ${sb}: output ${i}`);
-    }
-    tf.dispose([a, b, dy]);
-  }
 });

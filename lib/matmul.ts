@@ -1,0 +1,211 @@
+/**
+ * Matrix products for the models: `a @ b`, plain or batched, either operand
+ * optionally transposed, with gradients.
+ *
+ * On WASM they run on our own WebAssembly SIMD kernel (`gemm_kernel.ts`)
+ * split across the machine's cores, instead of tfjs-backend-wasm's matMul:
+ * that one uses one core, runs every batched or transposed product as a
+ * scalar loop (~1.5 GFLOP/s, ten times slower than its plain 2-D path), and
+ * repacks its right operand whenever that tensor is new — every step, for a
+ * weight. Operands are copied into a shared `WebAssembly.Memory`, the rows
+ * of the result are shared out between this thread and helper threads
+ * (`gemm_worker.ts`), and the result is copied back. Elsewhere (WebGPU,
+ * cpu) it is `tf.matMul`.
+ *
+ * It relies on internals of tfjs-backend-wasm 4.22 (`wasm.asm.memory`,
+ * `dataIdMap`, `makeOutput`), pinned in deno.json; tests/nn_test.ts fails if
+ * they change.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { Worker } from "node:worker_threads";
+import {
+  compileGemm,
+  CONTROL_BYTES,
+  type Gemm,
+  MAX_CHUNKS,
+  MEMORY_PAGES,
+  openTicket,
+  runChunks,
+  Slot,
+} from "./gemm_kernel.ts";
+
+/**
+ * `op(a) @ op(b)`, where op transposes the last two axes when asked:
+ * a (..., m, k) or (..., k, m), b (..., k, n) or (..., n, k) → (..., m, n).
+ * Leading axes must be equal (no broadcasting).
+ */
+export function matMul(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  transposeA = false,
+  transposeB = false,
+): tf.Tensor {
+  if (tf.getBackend() !== "wasm") return tf.matMul(a, b, transposeA, transposeB);
+  return wasmMatMul(transposeA, transposeB)(a, b);
+}
+
+/**
+ * The product on our kernel with its gradient, spelled out for each layout
+ * as two more products of the same kind (dC is the output's gradient):
+ *
+ *   C = A B:    dA = dC Bᵀ   dB = Aᵀ dC        C = Aᵀ B:   dA = B dCᵀ    dB = A dC
+ *   C = A Bᵀ:   dA = dC B    dB = dCᵀ A        C = Aᵀ Bᵀ:  dA = Bᵀ dCᵀ   dB = dCᵀ Aᵀ
+ */
+function wasmMatMul(
+  transposeA: boolean,
+  transposeB: boolean,
+): (a: tf.Tensor, b: tf.Tensor) => tf.Tensor {
+  return tf.customGrad((a, b, save) => {
+    const [at, bt] = [a as tf.Tensor, b as tf.Tensor];
+    (save as tf.GradSaveFunc)([at, bt]);
+    return {
+      value: tf.engine().runKernel(KERNEL, { a: at, b: bt }, {
+        transposeA,
+        transposeB,
+      }) as tf.Tensor,
+      gradFunc: (dy, saved) => {
+        const [as, bs] = saved as [tf.Tensor, tf.Tensor];
+        const dc = dy as tf.Tensor;
+        if (!transposeA && !transposeB) {
+          return [matMul(dc, bs, false, true), matMul(as, dc, true, false)];
+        }
+        if (transposeA && !transposeB) {
+          return [matMul(bs, dc, false, true), matMul(as, dc, false, false)];
+        }
+        if (!transposeA && transposeB) {
+          return [matMul(dc, bs, false, false), matMul(dc, as, true, false)];
+        }
+        return [matMul(bs, dc, true, true), matMul(dc, as, true, true)];
+      },
+    };
+  }) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+}
+
+const KERNEL = "SimpleLMMatMul";
+
+/** The parts of tfjs-backend-wasm 4.22's `BackendWasm` that its own kernels use. */
+interface WasmBackendInternals {
+  wasm: { asm: { memory: WebAssembly.Memory } };
+  dataIdMap: { get(dataId: object): { memoryOffset: number } };
+  makeOutput(shape: number[], dtype: "float32"): tf.TensorInfo;
+}
+
+/** Our shared memory, this thread's kernel and the helper threads. */
+interface Pool {
+  memory: WebAssembly.Memory;
+  ctrl: Int32Array;
+  gemm: Gemm;
+  threads: number;
+  seq: number;
+}
+let pool: Pool | null = null;
+
+/**
+ * Starts the pool on first use: one helper thread per core beyond this one
+ * (at most 7). A helper that cannot start (say, no read permission for its
+ * file) only costs speed: this thread claims every chunk it finds unclaimed.
+ */
+function startPool(): Pool {
+  const memory = new WebAssembly.Memory({ ...MEMORY_PAGES, shared: true });
+  const gemm = new WebAssembly.Instance(compileGemm(), { env: { memory } }).exports.gemm as Gemm;
+  const helpers = Math.max(0, Math.min(7, (navigator.hardwareConcurrency ?? 1) - 1));
+  let started = 0;
+  for (let i = 0; i < helpers; i++) {
+    try {
+      const worker = new Worker(new URL("./gemm_worker.ts", import.meta.url), {
+        workerData: { memory },
+      });
+      worker.unref(); // a helper never keeps the process alive
+      started++;
+    } catch {
+      break;
+    }
+  }
+  return { memory, ctrl: new Int32Array(memory.buffer, 0, 16), gemm, threads: 1 + started, seq: 0 };
+}
+
+tf.registerKernel({
+  kernelName: KERNEL,
+  backendName: "wasm",
+  kernelFunc: ({ inputs, attrs, backend }) => {
+    const wasm = backend as unknown as WasmBackendInternals;
+    const { a, b } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { transposeA, transposeB } = attrs as unknown as {
+      transposeA: boolean;
+      transposeB: boolean;
+    };
+    const lead = a.shape.slice(0, -2);
+    const [m, k] = transposeA ? a.shape.slice(-2).reverse() : a.shape.slice(-2);
+    const [kb, n] = transposeB ? b.shape.slice(-2).reverse() : b.shape.slice(-2);
+    // The kernel trusts its shapes: a mismatch would read past a tensor.
+    if (
+      b.shape.length !== a.shape.length || b.shape.slice(0, -2).join() !== lead.join() || kb !== k
+    ) {
+      throw new Error(
+        `matMul: shapes [${a.shape}] and [${b.shape}] do not match (transposeA ${transposeA}, transposeB ${transposeB})`,
+      );
+    }
+    const batch = lead.reduce((x, y) => x * y, 1);
+    pool ??= startPool();
+    const [aBytes, bBytes, cBytes] = [m * k * 4, k * n * 4, m * n * 4];
+    const [A, B, C] = [
+      CONTROL_BYTES,
+      CONTROL_BYTES + batch * aBytes,
+      CONTROL_BYTES + batch * (aBytes + bBytes),
+    ];
+    const end = C + batch * cBytes;
+    if (end > pool.memory.buffer.byteLength) {
+      pool.memory.grow(Math.ceil((end - pool.memory.buffer.byteLength) / 65536));
+    }
+    const shared = new Float32Array(pool.memory.buffer);
+    const offsetOf = (t: tf.TensorInfo) => wasm.dataIdMap.get(t.dataId).memoryOffset / 4;
+    const heap = () => new Float32Array(wasm.wasm.asm.memory.buffer); // tfjs may grow its memory
+    shared.set(heap().subarray(offsetOf(a), offsetOf(a) + batch * m * k), A / 4);
+    if (transposeB) {
+      transposeInto(heap(), offsetOf(b), shared, B / 4, batch, n, k); // (…, n, k) → (…, k, n)
+    } else {
+      shared.set(heap().subarray(offsetOf(b), offsetOf(b) + batch * k * n), B / 4);
+    }
+
+    const { ctrl } = pool;
+    const totalRows = batch * m;
+    // A few chunks per thread balance the load; rows go four at a time in the kernel.
+    let chunkRows = Math.max(4, Math.ceil(totalRows / (4 * pool.threads) / 4) * 4);
+    chunkRows = Math.max(chunkRows, Math.ceil(totalRows / MAX_CHUNKS));
+    const chunks = Math.ceil(totalRows / chunkRows);
+    ctrl.set([A, B, C, m, k, n], Slot.A);
+    ctrl.set(transposeA ? [4, m * 4] : [k * 4, 4], Slot.A_ROW);
+    ctrl.set([aBytes, bBytes, cBytes, chunkRows, totalRows], Slot.A_BATCH);
+    Atomics.store(ctrl, Slot.DONE, 0);
+    Atomics.store(ctrl, Slot.TICKET, openTicket(++pool.seq, chunks));
+    Atomics.notify(ctrl, Slot.TICKET);
+    runChunks(ctrl, pool.gemm);
+    for (let done; (done = Atomics.load(ctrl, Slot.DONE)) < chunks;) {
+      Atomics.wait(ctrl, Slot.DONE, done, 100); // a helper is finishing a chunk
+    }
+
+    const out = wasm.makeOutput([...lead, m, n], "float32"); // (..., m, n)
+    heap().set(new Float32Array(pool.memory.buffer, C, batch * m * n), offsetOf(out));
+    return out;
+  },
+});
+
+/** Copies `batch` matrices (rows, cols) from `src` at `from` into `dst` at `to`, each transposed. */
+function transposeInto(
+  src: Float32Array,
+  from: number,
+  dst: Float32Array,
+  to: number,
+  batch: number,
+  rows: number,
+  cols: number,
+): void {
+  for (let t = 0; t < batch; t++) {
+    const [s, d] = [from + t * rows * cols, to + t * rows * cols];
+    for (let r = 0; r < rows; r++) {
+      for (let c = 0; c < cols; c++) dst[d + c * rows + r] = src[s + r * cols + c];
+    }
+  }
+}
