@@ -6,6 +6,7 @@
  *   deno task bench                                   # the suite, every backend
  *   deno task bench --model_name=gptLM --config=cpu --backend=wasm --steps=30
  *   deno task bench --json                            # one JSON object per line
+ *   deno task bench --plain                           # with the fast paths off
  *
  * A benchmark, not a test: it asserts nothing about speed.
  *
@@ -14,6 +15,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { AdamW } from "./lib/adamw.ts";
 import { initBackend } from "./lib/backend.ts";
+import { fastPaths, setFastPaths } from "./lib/fast_paths.ts";
 import { type PreparedData, tokenize } from "./lib/data.ts";
 import { runMain, UsageError } from "./lib/errors.ts";
 import { parseFlags } from "./lib/flags.ts";
@@ -27,6 +29,11 @@ const BENCH_FLAGS = {
   steps: { type: "int", default: 10, min: 1, help: "timed steps per model" },
   warmup: { type: "int", default: 3, min: 0, help: "untimed steps first" },
   json: { type: "bool", default: false, help: "one JSON object per line" },
+  plain: {
+    type: "bool",
+    default: false,
+    help: "fast paths off: tfjs's plain composition, the 'before'",
+  },
 } as const;
 
 /** The suite run when no model is named: each model at its reference config. */
@@ -46,6 +53,7 @@ export interface BenchResult {
   tokens_per_s: number;
   peak_rss_mb: number;
   steps: number;
+  fast_paths: boolean;
   tensors_before: number;
   tensors_after: number;
 }
@@ -94,6 +102,7 @@ async function benchOne(
     tokens_per_s: Math.round((tokensPerStep * 1000) / median),
     peak_rss_mb: Math.round(peakRss / 2 ** 20),
     steps,
+    fast_paths: fastPaths(),
     tensors_before: tensorsBefore,
     tensors_after: tensorsAfter,
   };
@@ -102,8 +111,8 @@ async function benchOne(
 /** Runs the benchmarks `args` ask for and prints their figures. */
 export async function main(args: string[]): Promise<BenchResult[]> {
   // Bench flags and train flags share one command line.
-  const benchKeys = Object.keys(BENCH_FLAGS).map((k) => `--${k}=`);
-  const isBench = (a: string) => benchKeys.some((k) => a.startsWith(k));
+  const isBench = (a: string) =>
+    Object.keys(BENCH_FLAGS).some((k) => a === `--${k}` || a.startsWith(`--${k}=`));
   const { values } = parseFlags(args.filter(isBench), BENCH_FLAGS);
   const trainArgs = args.filter((a) => !isBench(a));
   const named = trainArgs.some((a) => a.startsWith("--model_name="));
@@ -121,6 +130,7 @@ export async function main(args: string[]): Promise<BenchResult[]> {
 
   // tinyshakespeare as prepare tokenizes it, read once for every run.
   const data = tokenize(await Deno.readTextFile("datas/tinyshakespeare.txt"));
+  setFastPaths(!values.plain);
   const results: BenchResult[] = [];
   for (const config of runs) {
     const r = await benchOne(config, data, values.steps as number, values.warmup as number);
@@ -135,7 +145,8 @@ export async function main(args: string[]): Promise<BenchResult[]> {
           `  min ${r.ms_per_step_min.toFixed(1).padStart(8)}  ${
             r.tokens_per_s.toLocaleString("en-US").padStart(9)
           } tok/s` +
-          `  peak RSS ${r.peak_rss_mb} MB  tensors ${r.tensors_before}→${r.tensors_after}  (${r.adapter})`,
+          `  peak RSS ${r.peak_rss_mb} MB  tensors ${r.tensors_before}→${r.tensors_after}` +
+          `${r.fast_paths ? "" : "  plain"}  (${r.adapter})`,
       );
     }
   }

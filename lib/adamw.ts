@@ -10,6 +10,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { fastPaths } from "./fast_paths.ts";
 
 /** AdamW settings; names follow PyTorch. */
 export interface AdamWOptions {
@@ -57,7 +58,7 @@ export class AdamW {
   /** Applies one update from gradients keyed by variable name. */
   applyGradients(grads: Record<string, tf.Tensor>): void {
     this.step++;
-    const hostMemory = hostMemoryOf();
+    const hostMemory = fastPaths() ? hostMemoryOf() : null;
     for (const [param, moments] of this.moments) {
       const grad = grads[param.name];
       if (!grad) continue; // like PyTorch: a parameter without gradient is left alone

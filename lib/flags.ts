@@ -86,7 +86,8 @@ function checkRange(key: string, value: number, spec: FlagSpec): void {
 }
 
 /**
- * Parses `--key=value` arguments against `specs`.
+ * Parses `--key=value` arguments against `specs` (`--key` alone for a
+ * boolean means true).
  *
  * Returns every key (defaults filled in) and, separately, the keys the user
  * set, so presets can yield to explicit flags. Positional arguments are
@@ -98,6 +99,11 @@ export function parseFlags(
   options: { allowPositionals?: boolean } = {},
 ): { values: FlagValues; given: Set<string>; positionals: string[] } {
   const valid = `valid flags: ${Object.keys(specs).map((k) => `--${k}`).join(" ")}`;
+  // A bare boolean flag, `--json`, means `--json=true`.
+  const isBareBool = (arg: string) =>
+    arg.startsWith("--") && Object.hasOwn(specs, arg.slice(2)) &&
+    specs[arg.slice(2)].type === "bool";
+  args = args.map((arg) => isBareBool(arg) ? `${arg}=true` : arg);
   for (const arg of args) {
     if (arg === "--help" || arg === "-h") throw new UsageError(valid);
     if (arg.startsWith("-") && !/^--[A-Za-z_][A-Za-z0-9_]*=/.test(arg)) {

@@ -10,7 +10,7 @@
  * weight. Operands are copied into a shared `WebAssembly.Memory`, the rows
  * of the result are shared out between this thread and helper threads
  * (`gemm_worker.ts`), and the result is copied back. Elsewhere (WebGPU,
- * cpu) it is `tf.matMul`.
+ * cpu), or with the fast paths off, it is `tf.matMul`.
  *
  * It relies on internals of tfjs-backend-wasm 4.22 (`wasm.asm.memory`,
  * `dataIdMap`, `makeOutput`), pinned in deno.json; tests/nn_test.ts fails if
@@ -20,6 +20,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Worker } from "node:worker_threads";
+import { fastPaths } from "./fast_paths.ts";
 import {
   compileGemm,
   CONTROL_BYTES,
@@ -42,7 +43,7 @@ export function matMul(
   transposeA = false,
   transposeB = false,
 ): tf.Tensor {
-  if (tf.getBackend() !== "wasm") return tf.matMul(a, b, transposeA, transposeB);
+  if (tf.getBackend() !== "wasm" || !fastPaths()) return tf.matMul(a, b, transposeA, transposeB);
   return wasmMatMul(transposeA, transposeB)(a, b);
 }
 

@@ -9,6 +9,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { fastPaths } from "./fast_paths.ts";
 import { matMul } from "./matmul.ts";
 import type { Rng } from "./rng.ts";
 
@@ -32,6 +33,10 @@ export function linear(x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor): tf.Tensor {
  */
 export function embedding(table: tf.Tensor, ids: tf.Tensor): tf.Tensor {
   if (tf.getBackend() === "webgpu") return tf.gather(table, ids);
+  if (!fastPaths()) { // the one-hot product: (N, V) @ (V, C)
+    const [V, C] = table.shape as [number, number];
+    return tf.oneHot(ids.reshape([-1]), V).matMul(table).reshape([...ids.shape, C]);
+  }
   const op = tf.customGrad((t, i, save) => {
     const [tt, it] = [t as tf.Tensor2D, i as tf.Tensor];
     (save as tf.GradSaveFunc)([it]);

@@ -5,10 +5,10 @@
  * residual) → final LayerNorm → `lm_head`.
  *
  * The original keeps one `key`/`query`/`value` Linear per head; so do the
- * parameters here, under the same names. The forward pass concatenates them
- * into one (C, 3C) weight so all heads share one fast 2-D product, and runs
- * attention batched over (batch, head); autodiff splits the gradient back
- * into the per-head weights.
+ * parameters here, under the same names. The forward pass concatenates the
+ * heads' queries (and keys, and values) into one (C, C) weight, so all heads
+ * share one 2-D product, and runs attention batched over (batch, head);
+ * autodiff splits the gradient back into the per-head weights.
  *
  * @module
  */
@@ -22,14 +22,6 @@ import type { Batch, Buffer, LanguageModel, Mode, ModelConfig, Param } from "./m
 
 /** Standard deviation of every Linear weight and both embeddings (`_init_weights`). */
 const INIT_STD = 0.02;
-
-/**
- * How attention's two batched products run. `fast`: {@link matMul} (our
- * threaded SIMD kernel on WASM, `tf.matMul` elsewhere). `plain`:
- * `tf.matMul` and tfjs's own gradients, the literal formula, kept to check
- * `fast` against.
- */
-export type AttentionPath = "fast" | "plain";
 
 /** One head's projections, each (C, hs). */
 interface HeadParams {
@@ -58,14 +50,11 @@ interface BlockParams {
  * weight and both embeddings, zero biases, LayerNorm weight 1 and bias 0.
  * Values are drawn from `rng` in PyTorch's module order, each Linear weight
  * in PyTorch's (out, in) layout, so one seed gives one `state_dict`.
- * `options.attention` picks the {@link AttentionPath} (default `fast`).
  */
 export function createGptLM(
   config: ModelConfig,
   rng: Rng,
-  options: { attention?: AttentionPath } = {},
 ): LanguageModel {
-  const attentionPath = options.attention ?? "fast";
   const { vocab_size: V, block_size: T0, n_embd: C, n_head: H, n_layer: L } = config;
   if (C % H !== 0) {
     throw new UsageError(`n_embd (${C}) must be divisible by n_head (${H})`);
@@ -138,18 +127,16 @@ export function createGptLM(
   function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
     const [B, T] = x.shape as [number, number, number];
     // The per-head (C, hs) weights side by side: one 2-D product for all heads.
-    const wqkv = tf.concat([
-      ...blk.heads.map((h) => h.query),
-      ...blk.heads.map((h) => h.key),
-      ...blk.heads.map((h) => h.value),
-    ], 1); // (C, 3C)
-    const [q, k, v] = tf.split(linear(x, wqkv), 3, 2); // 3 × (B, T, C)
+    // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
+    const project = (weights: tf.Variable[]) => linear(x, tf.concat(weights, 1)); // (B, T, C)
+    const q = project(blk.heads.map((h) => h.query));
+    const k = project(blk.heads.map((h) => h.key));
+    const v = project(blk.heads.map((h) => h.value));
     const qh = splitHeads(q, B, T); // (B, H, T, hs)
-    const product = attentionPath === "fast" ? matMul : tf.matMul;
-    const scores = product(qh, splitHeads(k, B, T), false, true).mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
+    const scores = matMul(qh, splitHeads(k, B, T), false, true).mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
     const weights = drop(tf.softmax(scores.add(maskBias)), mode); // (B, H, T, T)
     const vh = splitHeads(v, B, T); // (B, H, T, hs)
-    const heads = product(weights, vh); // (B, H, T, hs)
+    const heads = matMul(weights, vh); // (B, H, T, hs)
     const concat = heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)
     return drop(linear(concat, blk.projW, blk.projB), mode); // (B, T, C)
   }

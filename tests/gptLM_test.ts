@@ -6,9 +6,9 @@ import { UsageError } from "../lib/errors.ts";
 import { Rng } from "../lib/rng.ts";
 import { generateTokens } from "../lib/sampling.ts";
 import { getBatch, trainStep } from "../lib/training.ts";
-import { type AttentionPath, createGptLM } from "../models/gptLM.ts";
+import { createGptLM } from "../models/gptLM.ts";
 import { countParams, disposeModel, type LanguageModel } from "../models/model.ts";
-import { modelConfig, shakespeareData } from "./helpers.ts";
+import { modelConfig, shakespeareData, withFastPaths } from "./helpers.ts";
 
 const BACKENDS = ["cpu", "wasm", "webgpu"] as const;
 
@@ -29,8 +29,8 @@ const Y = [[7, 0, 3, 4, 4, 5], [2, 2, 6, 9, 8, 3]];
  * biases too) overwritten with N(0, 0.5²) values drawn in PyTorch's layout:
  * the weights the PyTorch reference below was computed with.
  */
-function seededTiny(attention: AttentionPath = "fast"): LanguageModel {
-  const model = createGptLM(TINY, new Rng(3), { attention });
+function seededTiny(): LanguageModel {
+  const model = createGptLM(TINY, new Rng(3));
   const rng = new Rng(5);
   for (const p of model.params) {
     const shape = p.transposed ? [...p.variable.shape].reverse() : p.variable.shape;
@@ -189,26 +189,24 @@ Deno.test("gptLM: matches PyTorch's GPTLanguageModel on a seeded tiny model", as
 
 Deno.test("gptLM: attention is causal (a later token never changes earlier logits)", async () => {
   await initBackend("wasm");
-  for (const attention of ["fast", "plain"] as const) {
-    const model = seededTiny(attention);
+  for (const fast of [true, false]) {
+    const model = seededTiny();
     const logitsOf = (ids: number[]) =>
       tf.tidy(() =>
         model.forward(tf.tensor2d([ids], undefined, "int32"), { training: false }).dataSync()
       );
-    const base = logitsOf(X[0]);
-    for (let t = 0; t < 6; t++) {
-      const changed = [...X[0]];
-      changed[t] = (changed[t] + 5) % 11;
-      const out = logitsOf(changed);
-      assert.ok(
-        maxDiff(out.subarray(0, t * 11), base.subarray(0, t * 11)) < 1e-6,
-        `${attention}: token ${t}`,
-      );
-      assert.ok(
-        maxDiff(out.subarray(t * 11), base.subarray(t * 11)) > 1e-3,
-        `${attention}: token ${t} ignored`,
-      );
-    }
+    await withFastPaths(fast, () => {
+      const base = logitsOf(X[0]);
+      for (let t = 0; t < 6; t++) {
+        const changed = [...X[0]];
+        changed[t] = (changed[t] + 5) % 11;
+        const out = logitsOf(changed);
+        const what = `${fast ? "fast" : "plain"}: token ${t}`;
+        assert.ok(maxDiff(out.subarray(0, t * 11), base.subarray(0, t * 11)) < 1e-6, what);
+        assert.ok(maxDiff(out.subarray(t * 11), base.subarray(t * 11)) > 1e-3, `${what} ignored`);
+      }
+      return Promise.resolve();
+    });
     disposeModel(model);
   }
 });
@@ -216,19 +214,19 @@ Deno.test("gptLM: attention is causal (a later token never changes earlier logit
 let cpuReference: Awaited<ReturnType<typeof tinyRun>> | null = null;
 
 for (const backend of BACKENDS) {
-  Deno.test(`gptLM: logits, loss and gradients on ${backend} match cpu, both attention paths`, async () => {
+  Deno.test(`gptLM: logits, loss and gradients on ${backend} match cpu, fast and plain paths`, async () => {
     await initBackend("cpu");
     if (!cpuReference) {
-      const model = seededTiny("plain");
-      cpuReference = await tinyRun(model);
+      const model = seededTiny();
+      cpuReference = await withFastPaths(false, () => tinyRun(model));
       disposeModel(model);
     }
     const ref = cpuReference;
     await initBackend(backend);
     const runs = [];
-    for (const attention of ["plain", "fast"] as const) {
-      const model = seededTiny(attention);
-      runs.push(await tinyRun(model));
+    for (const fast of [false, true]) {
+      const model = seededTiny();
+      runs.push(await withFastPaths(fast, () => tinyRun(model)));
       disposeModel(model);
     }
     for (const [i, run] of runs.entries()) {

@@ -5,6 +5,7 @@
  * @module
  */
 import { metaJson, tokenize, uint16Bytes } from "../lib/data.ts";
+import { setFastPaths } from "../lib/fast_paths.ts";
 import { parseTrainConfig } from "../lib/train_config.ts";
 import type { ModelConfig } from "../models/model.ts";
 
@@ -76,4 +77,14 @@ export async function preparedWorkdir(): Promise<string> {
 /** The original's defaults as a model config for tinyshakespeare (65 characters), with `overrides` on top. */
 export function modelConfig(overrides: Partial<ModelConfig> = {}): ModelConfig {
   return { ...parseTrainConfig([]).config, vocab_size: 65, ...overrides };
+}
+
+/** Runs `f` with the fast paths on or off, then puts them back on. */
+export async function withFastPaths<T>(on: boolean, f: () => Promise<T>): Promise<T> {
+  setFastPaths(on);
+  try {
+    return await f();
+  } finally {
+    setFastPaths(true);
+  }
 }

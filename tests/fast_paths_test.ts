@@ -1,0 +1,132 @@
+import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs";
+import { AdamW } from "../lib/adamw.ts";
+import { initBackend } from "../lib/backend.ts";
+import { Rng } from "../lib/rng.ts";
+import { getBatch, trainStep } from "../lib/training.ts";
+import { parseTrainConfig } from "../lib/train_config.ts";
+import { disposeModel } from "../models/model.ts";
+import { createModel } from "../models/registry.ts";
+import { main as bench } from "../bench.ts";
+import { shakespeareData, withFastPaths } from "./helpers.ts";
+
+/** Each model at a size where 50 plain-path steps stay quick; bigramLM at the defaults. */
+const MODELS: string[][] = [
+  ["--model_name=bigramLM"],
+  ["--model_name=mlpLM", "--block_size=16", "--batch_size=32", "--max_hidden_nodes=256"],
+  [
+    "--model_name=gptLM",
+    "--block_size=32",
+    "--batch_size=8",
+    "--n_embd=64",
+    "--n_head=4",
+    "--n_layer=2",
+    "--dropout=0.1",
+  ],
+];
+
+/** The losses of `steps` seeded training steps, as train.ts takes them. */
+async function trainLosses(flags: string[], steps: number): Promise<number[]> {
+  const { config } = parseTrainConfig(flags);
+  const data = await shakespeareData();
+  const rng = new Rng(config.seed);
+  const model = createModel(config.model_name, { ...config, vocab_size: data.vocab.length }, rng);
+  const optimizer = new AdamW(model.params.map((p) => p.variable), {
+    lr: config.learning_rate,
+    weightDecay: config.weight_decay,
+  });
+  const losses: number[] = [];
+  for (let i = 0; i < steps; i++) {
+    const batch = getBatch(model, data.train, config.batch_size, rng);
+    const loss = trainStep(model, optimizer, batch, rng);
+    losses.push((await loss.data())[0]);
+    tf.dispose([batch.x, batch.y, loss]);
+  }
+  optimizer.dispose();
+  disposeModel(model);
+  return losses;
+}
+
+for (const backend of ["wasm", "cpu"]) {
+  for (const flags of MODELS) {
+    const name = flags[0].split("=")[1];
+    Deno.test(`${backend}: 50 seeded ${name} steps give the same losses on the fast and the plain paths`, async () => {
+      await initBackend(backend);
+      // The cpu backend is ~20× slower: smaller batches keep the test short.
+      // (Not for mlpLM: BatchNorm over 4 rows turns float rounding into
+      // visible loss changes on any two paths; it is quick at 32 anyway.)
+      const run = backend === "cpu" && name !== "mlpLM" ? [...flags, "--batch_size=4"] : flags;
+      const fast = await withFastPaths(true, () => trainLosses(run, 50));
+      const plain = await withFastPaths(false, () => trainLosses(run, 50));
+      // Relative: the plain loss is a float32 mean of B·T values, itself off
+      // by ~5e-5 at bigramLM's 16384 (see the float64 test below).
+      for (let i = 0; i < 50; i++) {
+        const what = `step ${i}: fast ${fast[i]}, plain ${plain[i]}`;
+        assert.ok(Math.abs(fast[i] - plain[i]) < 1e-4 * Math.max(1, plain[i]), what);
+      }
+      assert.ok(fast[49] < fast[0], `${name} learns: ${fast[0]} → ${fast[49]}`);
+    });
+  }
+}
+
+for (const backend of ["wasm", "cpu"]) {
+  Deno.test(`${backend}: bigramLM's counted loss equals a float64 reference to 1e-5`, async () => {
+    await initBackend(backend);
+    const { config } = parseTrainConfig(["--model_name=bigramLM"]);
+    const data = await shakespeareData();
+    const rng = new Rng(7);
+    const V = data.vocab.length;
+    const model = createModel("bigramLM", { ...config, vocab_size: V }, rng);
+    const batch = getBatch(model, data.train, config.batch_size, rng);
+    const table = await model.params[0].variable.data() as Float32Array; // (V, V)
+    const [ids, targets] = [await batch.x.data(), await batch.y.data()]; // (B·T)
+    let sum = 0; // Σ over positions of logsumexp(W[id]) − W[id, target], in float64
+    for (let i = 0; i < ids.length; i++) {
+      const row = table.subarray(ids[i] * V, ids[i] * V + V);
+      const max = Math.max(...row);
+      let exps = 0;
+      for (const w of row) exps += Math.exp(w - max);
+      sum += Math.log(exps) + max - row[targets[i]];
+    }
+    const loss = model.loss(batch.x, batch.y, { training: false });
+    assert.ok(Math.abs((await loss.data())[0] - sum / ids.length) < 1e-5);
+    tf.dispose([loss, batch.x, batch.y]);
+    disposeModel(model);
+  });
+}
+
+Deno.test("bench: one JSON line per run, with the issue's fields, and no tensor left behind", async () => {
+  const lines: string[] = [];
+  const log = console.log;
+  console.log = (line: string) => lines.push(line);
+  const args = ["--model_name=bigramLM", "--backend=wasm", "--steps=3", "--warmup=1", "--json"];
+  try {
+    await withFastPaths(true, () => bench(args));
+    await withFastPaths(true, () => bench([...args, "--plain"]));
+  } finally {
+    console.log = log;
+  }
+  assert.equal(lines.length, 2);
+  const [fast, plain] = lines.map((line) => JSON.parse(line));
+  for (const r of [fast, plain]) {
+    for (
+      const key of [
+        "model_name",
+        "backend",
+        "ms_per_step_median",
+        "ms_per_step_min",
+        "tokens_per_s",
+        "peak_rss_mb",
+        "steps",
+      ]
+    ) {
+      assert.ok(key in r, `${key} missing`);
+    }
+    assert.equal(r.model_name, "bigramLM");
+    assert.equal(r.backend, "wasm");
+    assert.equal(r.steps, 3);
+    assert.ok(r.ms_per_step_min > 0 && r.ms_per_step_min <= r.ms_per_step_median);
+    assert.equal(r.tensors_after, r.tensors_before);
+  }
+  assert.deepEqual([fast.fast_paths, plain.fast_paths], [true, false]);
+});
