@@ -21,7 +21,7 @@ import { runMain, UsageError } from "./lib/errors.ts";
 import { parseFlags } from "./lib/flags.ts";
 import { Rng } from "./lib/rng.ts";
 import { parseTrainConfig, type TrainConfig } from "./lib/train_config.ts";
-import { getBatch, trainStep } from "./lib/training.ts";
+import { getBatch, microBatchCount, trainStep } from "./lib/training.ts";
 import { disposeModel } from "./models/model.ts";
 import { createModel } from "./models/registry.ts";
 
@@ -71,10 +71,11 @@ async function benchOne(
     lr: config.learning_rate,
     weightDecay: config.weight_decay,
   });
+  const microBatches = microBatchCount(model, config.batch_size, backend.name);
   let peakRss = Deno.memoryUsage().rss;
   const step = async () => {
     const batch = getBatch(model, data.train, config.batch_size, rng);
-    const loss = trainStep(model, optimizer, batch, rng);
+    const loss = trainStep(model, optimizer, batch, rng, microBatches);
     await loss.data(); // the step is done when its loss can be read
     tf.dispose([batch.x, batch.y, loss]);
     peakRss = Math.max(peakRss, Deno.memoryUsage().rss);

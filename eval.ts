@@ -18,6 +18,7 @@ import { loadDataset } from "./lib/data.ts";
 import { runMain, UsageError, UserError } from "./lib/errors.ts";
 import { type FlagSpecs, parseFlags } from "./lib/flags.ts";
 import { Rng } from "./lib/rng.ts";
+import { microBatchCount } from "./lib/training.ts";
 import type { ModelConfig } from "./models/model.ts";
 import { createModel } from "./models/registry.ts";
 
@@ -65,7 +66,7 @@ export async function main(args: string[]): Promise<EvalResult> {
       `checkpoint ${ckpt.path}: its vocabulary differs from ${dataset.dir}/meta.json's`,
     );
   }
-  await initBackend(values.backend as string);
+  const backend = await initBackend(values.backend as string);
   const config = { ...ckpt.config, vocab_size: ckpt.vocab.length } as unknown as ModelConfig;
   const model = createModel(ckpt.modelName, config, new Rng(0));
   restoreWeights(model, ckpt);
@@ -79,9 +80,11 @@ export async function main(args: string[]): Promise<EvalResult> {
   }
   const targetsPerWindow = ckpt.modelName === "mlpLM" ? 1 : T;
 
+  const batchWindows = values.batch_windows as number;
+  const perPass = batchWindows / microBatchCount(model, batchWindows, backend.name);
   let lossSum = 0; // float64 across chunks, so the order of chunks does not matter
-  for (let first = 0; first < windows; first += values.batch_windows as number) {
-    const count = Math.min(values.batch_windows as number, windows - first);
+  for (let first = 0; first < windows; first += perPass) {
+    const count = Math.min(perPass, windows - first);
     const ids = new Int32Array(count * (T + 1));
     for (let w = 0; w < count; w++) {
       ids.set(data.subarray((first + w) * T, (first + w) * T + T + 1), w * (T + 1));

@@ -25,7 +25,7 @@ import { runMain, UsageError, UserError } from "./lib/errors.ts";
 import { Rng } from "./lib/rng.ts";
 import { generateTokens, startContext } from "./lib/sampling.ts";
 import { parseTrainConfig, runId, type TrainConfig } from "./lib/train_config.ts";
-import { estimateLoss, getBatch, trainStep } from "./lib/training.ts";
+import { estimateLoss, getBatch, microBatchCount, trainStep } from "./lib/training.ts";
 import { countParams, disposeModel } from "./models/model.ts";
 import { createModel } from "./models/registry.ts";
 import { Progress } from "./lib/progress.ts";
@@ -110,6 +110,14 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
   console.log(
     `${(paramCount / 1e6).toFixed(6)} M parameters (${paramCount.toLocaleString("en-US")})`,
   );
+  const microBatches = microBatchCount(model, config.batch_size, backend.name);
+  if (microBatches > 1) {
+    console.log(
+      `each batch in ${microBatches} micro-batches of ${
+        config.batch_size / microBatches
+      } (the whole batch does not fit in WASM memory; same loss and gradient)`,
+    );
+  }
   const optimizer = new AdamW(model.params.map((p) => p.variable), {
     lr: config.learning_rate,
     weightDecay: config.weight_decay,
@@ -177,6 +185,7 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
         config.batch_size,
         config.eval_iters,
         rng,
+        microBatches,
       );
       const bestSoFar = losses.val < state.bestVal;
       state.bestVal = Math.min(state.bestVal, losses.val);
@@ -208,7 +217,7 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
     }
 
     const batch = getBatch(model, data.train, config.batch_size, rng);
-    const loss = trainStep(model, optimizer, batch, rng);
+    const loss = trainStep(model, optimizer, batch, rng, microBatches);
     tf.dispose([batch.x, batch.y]);
     const lossValue = await progress.step(
       iter + 1,

@@ -142,7 +142,8 @@ const vStore = (addr: Code, value: Code, offset: number): Code => [
   ...value,
   ...[SIMD, 0x0b, 4, ...uleb(offset)],
 ];
-const [splat, vAdd, vMul] = [op([SIMD, 0x13]), op([SIMD, 0xe4, 0x01]), op([SIMD, 0xe6, 0x01])];
+const [vAdd, vMul] = [op([SIMD, 0xe4, 0x01]), op([SIMD, 0xe6, 0x01])];
+const vLoadSplat = (addr: Code): Code => [...addr, SIMD, 0x09, 2, 0]; // v128.load32_splat: one broadcast load
 /** `block (loop (br_if 1 exitWhen) body… (br 0)))`: a while loop. */
 const whileNot = (exitWhen: Code, ...body: Code[]): Code => [
   ...[0x02, BLOCK_VOID, 0x03, BLOCK_VOID],
@@ -205,7 +206,7 @@ function gemmModule(): Uint8Array<ArrayBuffer> {
         set(B0, vLoad(get(BP), 0)),
         set(B1, vLoad(get(BP), 16)),
         ...Array.from({ length: R }, (_, i) => [
-          ...set(AV, splat(f32Load(aOfRow(i)))),
+          ...set(AV, vLoadSplat(aOfRow(i))),
           ...set(ACC[2 * i], vAdd(get(ACC[2 * i]), vMul(get(AV), get(B0)))),
           ...set(ACC[2 * i + 1], vAdd(get(ACC[2 * i + 1]), vMul(get(AV), get(B1)))),
         ]),

@@ -119,6 +119,7 @@ function startPool(): Pool {
         workerData: { memory },
       });
       worker.unref(); // a helper never keeps the process alive
+      worker.on("error", () => {}); // one that fails to load never claims a chunk: no harm
       started++;
     } catch {
       break;

@@ -27,23 +27,95 @@ export function getBatch(
 }
 
 /**
- * forward → backward → AdamW update on one batch. Returns the batch's loss
- * as a tensor: reading it costs a GPU→CPU sync, so callers read it rarely.
+ * Bytes a step may hold on WASM: its memory stops at 4 GB, and tfjs's heap
+ * never shrinks, so a step is kept well below that.
+ */
+const WASM_STEP_BUDGET = 2 * 2 ** 30;
+
+/**
+ * How many equal micro-batches a batch of `batchSize` rows is split into so
+ * one step fits the backend's memory: 1 unless the backend is WASM and the
+ * model's rows are independent ({@link LanguageModel.bytesPerRow}) and too
+ * many. The mean loss and gradient are those of the whole batch.
+ */
+export function microBatchCount(model: LanguageModel, batchSize: number, backend: string): number {
+  const perRow = model.bytesPerRow;
+  if (backend !== "wasm" || perRow === undefined) return 1;
+  for (let count = 1; count < batchSize; count++) {
+    if (batchSize % count === 0 && (batchSize / count) * perRow <= WASM_STEP_BUDGET) return count;
+  }
+  return batchSize;
+}
+
+/** Rows `i·n … (i+1)·n` of a batch. */
+function microBatch(batch: Batch, i: number, n: number): Batch {
+  return { x: batch.x.slice(i * n, n), y: batch.y.slice(i * n, n) };
+}
+
+/**
+ * forward → backward → AdamW update on one batch, in `microBatches` equal
+ * parts whose gradients are summed (each part's loss weighted 1/parts).
+ * Returns the batch's loss as a tensor: reading it costs a GPU→CPU sync, so
+ * callers read it rarely.
  */
 export function trainStep(
   model: LanguageModel,
   optimizer: AdamW,
   batch: Batch,
   rng: Rng,
+  microBatches = 1,
 ): tf.Scalar {
   const variables = model.params.map((p) => p.variable);
-  const { value, grads } = tf.variableGrads(
-    () => model.loss(batch.x, batch.y, { training: true, rng }),
-    variables,
-  );
-  optimizer.applyGradients(grads);
-  tf.dispose(grads);
-  return value;
+  if (microBatches === 1) {
+    const { value, grads } = tf.variableGrads(
+      () => model.loss(batch.x, batch.y, { training: true, rng }),
+      variables,
+    );
+    optimizer.applyGradients(grads);
+    tf.dispose(grads);
+    return value;
+  }
+  const rows = batch.x.shape[0] / microBatches;
+  let loss = tf.scalar(0);
+  let sum: Record<string, tf.Tensor> = {};
+  for (let i = 0; i < microBatches; i++) {
+    const part = microBatch(batch, i, rows);
+    const { value, grads } = tf.variableGrads(
+      () => model.loss(part.x, part.y, { training: true, rng }).div(microBatches),
+      variables,
+    );
+    const next = tf.tidy(() => ({
+      loss: loss.add(value),
+      grads: i === 0 ? grads : Object.fromEntries(
+        Object.entries(grads).map(([name, g]) => [name, sum[name].add(g)]),
+      ),
+    }));
+    if (i > 0) tf.dispose([sum, grads]);
+    tf.dispose([loss, value, part.x, part.y]);
+    loss = next.loss as tf.Scalar;
+    sum = next.grads;
+  }
+  optimizer.applyGradients(sum);
+  tf.dispose(sum);
+  return loss;
+}
+
+/** Mean evaluation-mode loss of a batch, taken in `microBatches` equal parts. */
+function evalLoss(model: LanguageModel, batch: Batch, microBatches: number): tf.Scalar {
+  if (microBatches === 1) {
+    return tf.tidy(() => model.loss(batch.x, batch.y, { training: false }));
+  }
+  const rows = batch.x.shape[0] / microBatches;
+  let loss = tf.scalar(0);
+  for (let i = 0; i < microBatches; i++) {
+    const part = microBatch(batch, i, rows);
+    const next = tf.tidy(() =>
+      loss.add(model.loss(part.x, part.y, { training: false }).div(microBatches))
+    );
+    tf.dispose([loss, part.x, part.y]);
+    loss = next as tf.Scalar;
+  }
+  return loss;
 }
 
 /** The original's `estimate_loss`: mean loss of `evalIters` random batches per split, in eval mode. */
@@ -53,14 +125,16 @@ export async function estimateLoss(
   batchSize: number,
   evalIters: number,
   rng: Rng,
+  microBatches = 1,
 ): Promise<{ train: number; val: number }> {
   const out = { train: 0, val: 0 };
   for (const split of ["train", "val"] as const) {
     let sum = tf.scalar(0);
     for (let k = 0; k < evalIters; k++) {
       const batch = getBatch(model, splits[split], batchSize, rng);
-      const next = tf.tidy(() => sum.add(model.loss(batch.x, batch.y, { training: false })));
-      tf.dispose([sum, batch.x, batch.y]);
+      const loss = evalLoss(model, batch, microBatches);
+      const next = sum.add(loss);
+      tf.dispose([sum, loss, batch.x, batch.y]);
       sum = next as tf.Scalar;
     }
     out[split] = (await sum.data())[0] / evalIters;

@@ -165,6 +165,10 @@ export function createGptLM(
     config,
     params,
     buffers,
+    // Per layer and position ~40 C-sized and ~6 (H, T)-sized float32 values
+    // (activations, attention maps, masks), ×1.5 for the backward's
+    // temporaries: measured ~250 MB at the default config on WASM.
+    bytesPerRow: 4 * 1.5 * L * T0 * (40 * C + 6 * H * T0),
     makeBatch(windows: Int32Array, batchSize: number): Batch {
       return splitWindows(windows, batchSize, T0);
     },

@@ -12,6 +12,8 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../lib/errors.ts";
+import { fastPaths } from "../lib/fast_paths.ts";
+import { matMul } from "../lib/matmul.ts";
 import { crossEntropy, dropout, uniformInit } from "../lib/nn.ts";
 import type { Rng } from "../lib/rng.ts";
 import { genCodingPatterns, patternsToFloat32 } from "./mlp_patterns.ts";
@@ -57,9 +59,11 @@ interface Layer {
  * and a transposed matMul is ten times slower. So W is the left operand in
  * the forward pass, and only the small activations are transposed:
  *
- *   y  = (W @ xᵀ)ᵀ    dW = dyᵀ @ x    dx = dy @ W (the one repack)
+ *   y  = (W @ xᵀ)ᵀ    dW = dyᵀ @ x    dx = dy @ W
  *
- * `withInputGrad: false` (fc1, whose input is data) skips dx altogether.
+ * On the fast paths the products run on our kernel (`lib/matmul.ts`), which
+ * reads a transposed left operand in place. `withInputGrad: false` (fc1,
+ * whose input is data) skips dx altogether.
  */
 function matMulWt(withInputGrad: boolean) {
   return tf.customGrad((x, w, save) => {
@@ -67,14 +71,19 @@ function matMulWt(withInputGrad: boolean) {
     // Only x is saved: saving clones, and a WASM clone copies. W is a
     // variable, which outlives the forward pass, so the closure keeps it.
     (save as tf.GradSaveFunc)([xt]);
+    const fast = fastPaths();
     return {
-      value: tf.matMul(wt, xt.transpose()).transpose(), // (out, in) @ (in, B) -> (B, out)
+      value: fast
+        ? matMul(wt, xt, false, true).transpose() // (out, in) @ (in, B) -> (B, out)
+        : tf.matMul(wt, xt.transpose()).transpose(),
       gradFunc: (dy, saved) => {
         const xs = saved[0] as tf.Tensor2D;
         const d = dy as tf.Tensor2D; // (B, out)
         return [
-          withInputGrad ? tf.matMul(d, wt) : tf.zerosLike(xs), // (B, out) @ (out, in) -> (B, in)
-          tf.matMul(d.transpose(), xs), // (out, B) @ (B, in) -> (out, in)
+          withInputGrad ? matMul(d, wt) : tf.zerosLike(xs), // (B, out) @ (out, in) -> (B, in)
+          fast
+            ? matMul(d, xs, true, false) // (out, B) @ (B, in) -> (out, in)
+            : tf.matMul(d.transpose(), xs),
         ];
       },
     };

@@ -74,6 +74,12 @@ export interface LanguageModel {
   loss(x: tf.Tensor, y: tf.Tensor, mode: Mode): tf.Scalar;
   /** Next-token logits (V) after `context` ids, in evaluation mode. */
   nextTokenLogits(context: number[]): tf.Tensor1D;
+  /**
+   * Rough bytes one batch row holds through a training step, set only by
+   * models whose rows are independent (no BatchNorm): their batches may be
+   * split into micro-batches with the same mean loss and gradient.
+   */
+  readonly bytesPerRow?: number;
 }
 
 /** Total number of trainable values, as the original prints it. */

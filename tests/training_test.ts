@@ -4,7 +4,7 @@ import { AdamW } from "../lib/adamw.ts";
 import { initBackend } from "../lib/backend.ts";
 import { Rng } from "../lib/rng.ts";
 import { parseTrainConfig, pyFloat, runId } from "../lib/train_config.ts";
-import { estimateLoss, getBatch, trainStep } from "../lib/training.ts";
+import { estimateLoss, getBatch, microBatchCount, trainStep } from "../lib/training.ts";
 import { disposeModel } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
 import { modelConfig, preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
@@ -200,4 +200,50 @@ Deno.test("train and generate refuse bad flags with one line and exit 2", async 
   assert.equal(noData.code, 1);
   assert.match(noData.stderr, /run `deno task prepare --dataset=other` first/);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("wasm: a gptLM batch split into micro-batches gives the whole batch's step", async () => {
+  await initBackend("wasm");
+  const gptDefault = { ...parseTrainConfig(["--model_name=gptLM"]).config, vocab_size: 65 };
+  const defaultModel = createModel("gptLM", gptDefault, new Rng(1));
+  // ~230 MB a row at the default size: 64 rows are 8 parts of 8 on WASM, 1 elsewhere.
+  assert.equal(microBatchCount(defaultModel, 64, "wasm"), 8);
+  assert.equal(microBatchCount(defaultModel, 64, "webgpu"), 1);
+  disposeModel(defaultModel);
+  const mlp = createModel("mlpLM", modelConfig(), new Rng(1));
+  assert.equal(microBatchCount(mlp, 4096, "wasm"), 1, "BatchNorm rows are not independent");
+  disposeModel(mlp);
+
+  const data = await shakespeareData();
+  const config = { ...modelConfig(), n_layer: 2, n_head: 2, n_embd: 16, block_size: 8, dropout: 0 };
+  const run = async (parts: number) => {
+    const rng = new Rng(7);
+    const model = createModel("gptLM", config, rng);
+    const opt = new AdamW(model.params.map((p) => p.variable), { lr: 1e-2, weightDecay: 0.1 });
+    const losses: number[] = [];
+    const tensorsBefore = tf.memory().numTensors;
+    for (let i = 0; i < 3; i++) {
+      const batch = getBatch(model, data.train, 8, rng);
+      const loss = trainStep(model, opt, batch, rng, parts);
+      losses.push((await loss.data())[0]);
+      tf.dispose([batch.x, batch.y, loss]);
+    }
+    assert.equal(tf.memory().numTensors, tensorsBefore, `${parts} parts leak tensors`);
+    const evalLoss = await estimateLoss(model, data, 8, 2, new Rng(3), parts);
+    const weights = await model.params[0].variable.data() as Float32Array;
+    opt.dispose();
+    disposeModel(model);
+    return { losses, evalLoss, weights };
+  };
+  const whole = await run(1);
+  const split = await run(4);
+  for (let i = 0; i < 3; i++) {
+    assert.ok(
+      Math.abs(whole.losses[i] - split.losses[i]) < 1e-5,
+      `step ${i}: ${whole.losses} vs ${split.losses}`,
+    );
+  }
+  assert.ok(Math.abs(whole.evalLoss.val - split.evalLoss.val) < 1e-5);
+  const maxDiff = whole.weights.reduce((m, w, i) => Math.max(m, Math.abs(w - split.weights[i])), 0);
+  assert.ok(maxDiff < 1e-5, `weights after 3 steps differ by ${maxDiff}`);
 });
