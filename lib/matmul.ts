@@ -28,6 +28,7 @@ import {
   MAX_CHUNKS,
   MEMORY_PAGES,
   openTicket,
+  ROW_BLOCK,
   runChunks,
   Slot,
 } from "./gemm_kernel.ts";
@@ -173,8 +174,11 @@ tf.registerKernel({
 
     const { ctrl } = pool;
     const totalRows = batch * m;
-    // A few chunks per thread balance the load; rows go four at a time in the kernel.
-    let chunkRows = Math.max(4, Math.ceil(totalRows / (4 * pool.threads) / 4) * 4);
+    // A few chunks per thread balance the load; rows go ROW_BLOCK at a time in the kernel.
+    let chunkRows = Math.max(
+      ROW_BLOCK,
+      Math.ceil(totalRows / (4 * pool.threads) / ROW_BLOCK) * ROW_BLOCK,
+    );
     chunkRows = Math.max(chunkRows, Math.ceil(totalRows / MAX_CHUNKS));
     const chunks = Math.ceil(totalRows / chunkRows);
     ctrl.set([A, B, C, m, k, n], Slot.A);

@@ -97,10 +97,74 @@ export function layerNorm(
   bias: tf.Tensor,
   eps = 1e-5,
 ): tf.Tensor {
+  if (fastPaths() && tf.getBackend() !== "webgpu") return hostLayerNorm(eps)(x, weight, bias);
   const mean = x.mean(-1, true); // (..., 1)
   const centered = x.sub(mean); // (..., C)
   const variance = centered.square().mean(-1, true); // (..., 1)
   return centered.mul(variance.add(eps).rsqrt()).mul(weight).add(bias);
+}
+
+/**
+ * {@link layerNorm} as one loop over rows on the CPU-side backends, whose
+ * tensors live in CPU memory: tfjs's composition is ~30 kernels forward and
+ * backward, each a pass over the activations. Sums are float64. Per row,
+ * with x̂ = (x − mean)·rstd and g = dy·w:
+ *
+ *   y = x̂·w + b      dx = rstd · (g − mean(g) − x̂·mean(g·x̂))
+ *   dw = Σ_rows dy·x̂   db = Σ_rows dy
+ */
+function hostLayerNorm(eps: number) {
+  return tf.customGrad((x, w, b) => {
+    const shape = (x as tf.Tensor).shape;
+    const C = shape[shape.length - 1];
+    const xs = (x as tf.Tensor).dataSync() as Float32Array; // (rows, C)
+    const [ws, bs] = [(w as tf.Tensor).dataSync(), (b as tf.Tensor).dataSync()]; // (C)
+    const rows = xs.length / C;
+    const xHat = new Float32Array(xs.length); // (rows, C), kept for the backward pass
+    const rstd = new Float64Array(rows); // (rows)
+    const out = new Float32Array(xs.length); // (rows, C)
+    for (let r = 0; r < rows; r++) {
+      const row = r * C;
+      let sum = 0;
+      for (let c = 0; c < C; c++) sum += xs[row + c];
+      const mean = sum / C;
+      let squares = 0;
+      for (let c = 0; c < C; c++) squares += (xs[row + c] - mean) ** 2;
+      rstd[r] = 1 / Math.sqrt(squares / C + eps);
+      for (let c = 0; c < C; c++) {
+        xHat[row + c] = (xs[row + c] - mean) * rstd[r];
+        out[row + c] = xHat[row + c] * ws[c] + bs[c];
+      }
+    }
+    return {
+      value: tf.tensor(out, shape), // (..., C)
+      gradFunc: (dy) => {
+        const d = (dy as tf.Tensor).dataSync() as Float32Array; // (rows, C)
+        const dx = new Float32Array(xs.length); // (rows, C)
+        const [dw, db] = [new Float64Array(C), new Float64Array(C)]; // (C)
+        for (let r = 0; r < rows; r++) {
+          const row = r * C;
+          let [gSum, gxSum] = [0, 0];
+          for (let c = 0; c < C; c++) {
+            const g = d[row + c] * ws[c];
+            gSum += g;
+            gxSum += g * xHat[row + c];
+            dw[c] += d[row + c] * xHat[row + c];
+            db[c] += d[row + c];
+          }
+          const [gMean, gxMean] = [gSum / C, gxSum / C];
+          for (let c = 0; c < C; c++) {
+            dx[row + c] = rstd[r] * (d[row + c] * ws[c] - gMean - xHat[row + c] * gxMean);
+          }
+        }
+        return [
+          tf.tensor(dx, shape),
+          tf.tensor(Float32Array.from(dw)),
+          tf.tensor(Float32Array.from(db)),
+        ];
+      },
+    };
+  }) as (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 }
 
 /**

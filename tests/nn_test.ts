@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../lib/backend.ts";
+import { setFastPaths } from "../lib/fast_paths.ts";
 import { crossEntropy, dropout, embedding, layerNorm, linear } from "../lib/nn.ts";
 import { Rng } from "../lib/rng.ts";
 
@@ -59,7 +60,30 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
     assert.ok(await maxDiff(ours(logits), theirs(logits)) < 1e-5);
     assert.ok(await maxDiff(tf.grad(ours)(logits), tf.grad(theirs)(logits)) < 1e-5);
 
-    // layer norm: mean 0, biased variance 1 per row before the affine part.
+    // layer norm: the host loop vs tfjs's composition, then mean 0 and
+    // biased variance 1 per row before the affine part.
+    const [lnW, lnB, lnDy] = [
+      randomTensor([5], rng),
+      randomTensor([5], rng),
+      randomTensor([2, 3, 5], rng),
+    ];
+    const viaLayerNorm = (on: boolean) => {
+      setFastPaths(on);
+      try {
+        const f = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
+          layerNorm(xx, ww, bb).mul(lnDy).sum();
+        return [layerNorm(x, lnW, lnB), ...tf.grads(f)([x, lnW, lnB])];
+      } finally {
+        setFastPaths(true);
+      }
+    };
+    const [lnFast, lnPlain] = [viaLayerNorm(true), viaLayerNorm(false)];
+    for (let i = 0; i < 4; i++) {
+      assert.ok(
+        await maxDiff(lnFast[i], lnPlain[i]) < 1e-4,
+        `layerNorm ${["value", "dx", "dw", "db"][i]}`,
+      );
+    }
     const normed = layerNorm(x, tf.ones([5]), tf.zeros([5]));
     const { mean, variance } = tf.moments(normed, -1);
     assert.ok((await mean.abs().max().data())[0] < 1e-5);
