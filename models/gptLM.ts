@@ -15,7 +15,15 @@
 import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../lib/errors.ts";
 import { matMul } from "../lib/matmul.ts";
-import { crossEntropy, dropout, embedding, layerNorm, linear, normalInit } from "../lib/nn.ts";
+import {
+  concatColumns,
+  crossEntropy,
+  dropout,
+  embedding,
+  layerNorm,
+  linear,
+  normalInit,
+} from "../lib/nn.ts";
 import type { Rng } from "../lib/rng.ts";
 import { splitWindows } from "./bigramLM.ts";
 import type { Batch, Buffer, LanguageModel, Mode, ModelConfig, Param } from "./model.ts";
@@ -128,7 +136,7 @@ export function createGptLM(
     const [B, T] = x.shape as [number, number, number];
     // The per-head (C, hs) weights side by side: one 2-D product for all heads.
     // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
-    const project = (weights: tf.Variable[]) => linear(x, tf.concat(weights, 1)); // (B, T, C)
+    const project = (weights: tf.Variable[]) => linear(x, concatColumns(weights as tf.Tensor2D[])); // (B, T, C)
     const q = project(blk.heads.map((h) => h.query));
     const k = project(blk.heads.map((h) => h.key));
     const v = project(blk.heads.map((h) => h.value));

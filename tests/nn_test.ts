@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../lib/backend.ts";
 import { setFastPaths } from "../lib/fast_paths.ts";
-import { crossEntropy, dropout, embedding, layerNorm, linear } from "../lib/nn.ts";
+import { concatColumns, crossEntropy, dropout, embedding, layerNorm, linear } from "../lib/nn.ts";
 import { Rng } from "../lib/rng.ts";
 
 /** Largest absolute difference between two tensors' values. */
@@ -85,6 +85,23 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
       );
     }
     const normed = layerNorm(x, tf.ones([5]), tf.zeros([5]));
+
+    // concatColumns: its host-loop gradient vs tf.concat's SplitV.
+    const parts = [randomTensor([3, 2], rng), randomTensor([3, 4], rng), randomTensor([3, 1], rng)];
+    const catDy = randomTensor([3, 7], rng);
+    const viaConcat = (on: boolean) => {
+      setFastPaths(on);
+      try {
+        const f = (...ps: tf.Tensor[]) => concatColumns(ps as tf.Tensor2D[]).mul(catDy).sum();
+        return [concatColumns(parts as tf.Tensor2D[]), ...tf.grads(f)(parts)];
+      } finally {
+        setFastPaths(true);
+      }
+    };
+    const [catFast, catPlain] = [viaConcat(true), viaConcat(false)];
+    for (let i = 0; i < 4; i++) {
+      assert.equal(await maxDiff(catFast[i], catPlain[i]), 0, `concat ${i}`);
+    }
     const { mean, variance } = tf.moments(normed, -1);
     assert.ok((await mean.abs().max().data())[0] < 1e-5);
     assert.ok((await variance.sub(1).abs().max().data())[0] < 1e-3);
