@@ -6,6 +6,7 @@
  *
  * @module
  */
+import * as tf from "@tensorflow/tfjs";
 
 let enabled = true;
 
@@ -17,4 +18,13 @@ export function fastPaths(): boolean {
 /** Turns every fast path on or off. */
 export function setFastPaths(on: boolean): void {
   enabled = on;
+}
+
+/**
+ * Whether the fast paths that loop over tensors on the host may run: they
+ * are on, and the backend keeps tensors in CPU memory (WASM, cpu), where
+ * `dataSync()` reads them. WebGPU keeps the plain composition.
+ */
+export function hostFastPaths(): boolean {
+  return enabled && tf.getBackend() !== "webgpu";
 }

@@ -9,7 +9,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { fastPaths } from "./fast_paths.ts";
+import { fastPaths, hostFastPaths } from "./fast_paths.ts";
 import { matMul } from "./matmul.ts";
 import type { Rng } from "./rng.ts";
 
@@ -41,7 +41,7 @@ export function linear(x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor): tf.Tensor {
  * WASM; on the CPU-side backends with the fast paths on, a host loop does it.
  */
 export function concatColumns(parts: tf.Tensor2D[]): tf.Tensor2D {
-  if (!fastPaths() || tf.getBackend() === "webgpu") return tf.concat(parts, 1);
+  if (!hostFastPaths()) return tf.concat(parts, 1);
   const widths = parts.map((p) => p.shape[1]);
   const op = tf.customGrad((...inputs) => ({
     value: tf.concat(inputs.slice(0, parts.length) as tf.Tensor2D[], 1), // (rows, total)
@@ -124,7 +124,7 @@ export function layerNorm(
   bias: tf.Tensor,
   eps = 1e-5,
 ): tf.Tensor {
-  if (fastPaths() && tf.getBackend() !== "webgpu") return hostLayerNorm(eps)(x, weight, bias);
+  if (hostFastPaths()) return hostLayerNorm(eps)(x, weight, bias);
   const mean = x.mean(-1, true); // (..., 1)
   const centered = x.sub(mean); // (..., C)
   const variance = centered.square().mean(-1, true); // (..., 1)

@@ -5,7 +5,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { fastPaths } from "../lib/fast_paths.ts";
+import { hostFastPaths } from "../lib/fast_paths.ts";
 import { crossEntropy, embedding, normalInit } from "../lib/nn.ts";
 import type { Rng } from "../lib/rng.ts";
 import type { Batch, Buffer, LanguageModel, ModelConfig, Param } from "./model.ts";
@@ -56,7 +56,7 @@ export function createBigramLM(config: ModelConfig, rng: Rng): LanguageModel {
     },
     forward,
     loss(x, y) {
-      if (fastPaths() && tf.getBackend() !== "webgpu") return countedLoss(x, y);
+      if (hostFastPaths()) return countedLoss(x, y);
       const logits = forward(x); // (B, T, V)
       return crossEntropy(
         logits.reshape([-1, V]) as tf.Tensor2D,
