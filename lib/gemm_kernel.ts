@@ -28,16 +28,18 @@ export const Slot = {
   M: 5,
   K: 6,
   N: 7,
-  /** Byte distance between A[i, p] and A[i+1, p], and between A[i, p] and A[i, p+1]. */
+  /** Byte distance between A[i, p] and A[i+1, p], and between A[i, p] and A[i, p+1], within a panel. */
   A_ROW: 8,
   A_COL: 9,
   /** Byte distance between consecutive matrices of the batch, for A, B and C. */
   A_BATCH: 10,
   B_BATCH: 11,
   C_BATCH: 12,
-  /** Output rows per chunk, counted over the whole batch (batch · M rows). */
+  /** Output rows per chunk (a multiple of ROW_BLOCK), and chunks per matrix of the batch. */
   CHUNK_ROWS: 13,
-  TOTAL_ROWS: 14,
+  CHUNKS_PER_MATRIX: 14,
+  /** Byte distance between A's consecutive panels of ROW_BLOCK rows. */
+  A_PANEL: 15,
 } as const;
 
 /** Bytes reserved for the control block; operands start after it. */
@@ -46,8 +48,14 @@ export const CONTROL_BYTES = 64;
 /** Chunk counts and indices live in 12 bits of the ticket. */
 export const MAX_CHUNKS = 0xfff;
 
-/** `gemm(a, b, c, rows, k, n, aRow, aCol)`: see {@link gemmModule}. */
+/** `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel)`: see {@link gemmModule}. */
 export type Gemm = (...args: number[]) => void;
+
+/** `pack(src, dst, k, count, pStride, width)`: see {@link packFunction}. */
+export type Pack = (...args: number[]) => void;
+
+/** Bytes `pack` may read past its source and write past its panels. */
+export const PACK_SLACK = 32;
 
 /** The ticket that opens job `seq` with `count` chunks, none claimed. */
 export function openTicket(seq: number, count: number): number {
@@ -70,32 +78,22 @@ export function runChunks(ctrl: Int32Array, gemm: Gemm): void {
     if (allClaimed(ticket)) return;
     if (Atomics.compareExchange(ctrl, Slot.TICKET, ticket, ticket + 1) !== ticket) continue;
     const chunk = ticket & 0xfff;
-    const [m, k, n, aRow, aCol] = [
-      ctrl[Slot.M],
+    // A chunk is rows first…first+CHUNK_ROWS of one matrix of the batch.
+    const perMatrix = ctrl[Slot.CHUNKS_PER_MATRIX];
+    const t = Math.floor(chunk / perMatrix);
+    const first = (chunk - t * perMatrix) * ctrl[Slot.CHUNK_ROWS];
+    gemm(
+      ctrl[Slot.A] + t * ctrl[Slot.A_BATCH],
+      ctrl[Slot.B] + t * ctrl[Slot.B_BATCH],
+      ctrl[Slot.C] + t * ctrl[Slot.C_BATCH],
+      first,
+      Math.min(ctrl[Slot.M], first + ctrl[Slot.CHUNK_ROWS]),
       ctrl[Slot.K],
       ctrl[Slot.N],
       ctrl[Slot.A_ROW],
       ctrl[Slot.A_COL],
-    ];
-    const chunkRows = ctrl[Slot.CHUNK_ROWS];
-    const end = Math.min(ctrl[Slot.TOTAL_ROWS], (chunk + 1) * chunkRows);
-    // Rows g of the stacked outputs (batch · M of them), one matrix at a time.
-    for (let g = chunk * chunkRows; g < end;) {
-      const t = Math.floor(g / m); // which matrix of the batch
-      const row = g - t * m;
-      const rows = Math.min(m - row, end - g);
-      gemm(
-        ctrl[Slot.A] + t * ctrl[Slot.A_BATCH] + row * aRow,
-        ctrl[Slot.B] + t * ctrl[Slot.B_BATCH],
-        ctrl[Slot.C] + t * ctrl[Slot.C_BATCH] + row * n * 4,
-        rows,
-        k,
-        n,
-        aRow,
-        aCol,
-      );
-      g += rows;
-    }
+      ctrl[Slot.A_PANEL],
+    );
     Atomics.add(ctrl, Slot.DONE, 1);
     Atomics.notify(ctrl, Slot.DONE);
   }
@@ -120,6 +118,41 @@ export const MEMORY_PAGES = { initial: 256, maximum: 32768 } as const;
 /** Output rows per block: 12 accumulators, enough to hide a fused multiply-add's latency. */
 export const ROW_BLOCK = 6;
 
+/** Columns per block, and the width of B's panels. */
+export const COL_BLOCK = 8;
+
+/** Steps of p per pass over a row block's columns: A's 6·256 and B's 256·8 floats fit L1. */
+const K_BLOCK = 256;
+
+/**
+ * Copies the matrix whose element (p, x) is `src[from + p·pStride + x·xStride]`,
+ * p < k and x < count, into panels of `width` consecutive x: panel j holds
+ * elements (p, j·width + l) at `dst[to + j·k·width + p·width + l]`, so the
+ * kernel reads it in order. B (k, n) goes in panels of COL_BLOCK columns;
+ * a transposed A, stored (k, m), in panels of ROW_BLOCK rows.
+ */
+export function packPanels(
+  src: Float32Array,
+  from: number,
+  pStride: number,
+  xStride: number,
+  dst: Float32Array,
+  to: number,
+  k: number,
+  count: number,
+  width: number,
+): void {
+  for (let j = 0; j * width < count; j++) {
+    const lanes = Math.min(width, count - j * width);
+    const panel = to + j * k * width;
+    for (let p = 0; p < k; p++) {
+      const s = from + p * pStride + j * width * xStride;
+      const d = panel + p * width;
+      for (let l = 0; l < lanes; l++) dst[d + l] = src[s + l * xStride];
+    }
+  }
+}
+
 // The module, assembled from WAT-like helpers (one per instruction, operands
 // first as in WAT's folded form); wabt's wat2wasm gives the same bytes.
 type Code = number[];
@@ -139,9 +172,15 @@ const [I32, F32, V128, BLOCK_VOID, SIMD] = [0x7f, 0x7d, 0x7b, 0x40, 0xfd];
 const op = (code: Code) => (...args: Code[]): Code => [...args.flat(), ...code];
 const get = (local: number): Code => [0x20, local];
 const set = (local: number, value: Code): Code => [...value, 0x21, local];
-const i32 = (x: number): Code => [0x41, x]; // x < 64: one LEB128 byte
-const [add, sub, mul, shl] = [op([0x6a]), op([0x6b]), op([0x6c]), op([0x74])];
-const [eqz, gtU, geU] = [op([0x45]), op([0x4b]), op([0x4f])];
+/** i32.const of a non-negative x, signed LEB128. */
+const i32 = (x: number): Code => {
+  const out: Code = [0x41];
+  for (; x >= 64; x >>>= 7) out.push((x & 0x7f) | 0x80);
+  return [...out, x];
+};
+const [add, sub, mul, shl, shr] = [op([0x6a]), op([0x6b]), op([0x6c]), op([0x74]), op([0x76])];
+const [eqz, ltU, gtU, geU] = [op([0x45]), op([0x49]), op([0x4b]), op([0x4f])];
+const [divU, remU] = [op([0x6e]), op([0x70])];
 const f32Zero: Code = [0x43, 0, 0, 0, 0];
 const f32Load = (addr: Code): Code => [...addr, 0x2a, 2, 0]; // align 4, offset 0
 const f32Store = (addr: Code, value: Code): Code => [...addr, ...value, 0x38, 2, 0];
@@ -156,6 +195,17 @@ const vStore = (addr: Code, value: Code, offset: number): Code => [
 const [vAdd, vMul] = [op([SIMD, 0xe4, 0x01]), op([SIMD, 0xe6, 0x01])];
 const relaxedMadd = op([SIMD, 0x85, 0x02]); // f32x4.relaxed_madd(a, b, c) = a·b + c, fused or not
 const vLoadSplat = (addr: Code): Code => [...addr, SIMD, 0x09, 2, 0]; // v128.load32_splat: one broadcast load
+/** `(if cond (then …) (else …))`. */
+const ifElse = (cond: Code, then: Code[], otherwise: Code[]): Code => [
+  ...cond,
+  ...[0x04, BLOCK_VOID],
+  ...then.flat(),
+  0x05,
+  ...otherwise.flat(),
+  0x0b,
+];
+/** The smaller of two unsigned i32. */
+const minU = (x: Code, y: Code): Code => [...x, ...y, ...ltU(x, y), 0x1b]; // select
 /** `block (loop (br_if 1 exitWhen) body… (br 0)))`: a while loop. */
 const whileNot = (exitWhen: Code, ...body: Code[]): Code => [
   ...[0x02, BLOCK_VOID, 0x03, BLOCK_VOID],
@@ -166,72 +216,118 @@ const whileNot = (exitWhen: Code, ...body: Code[]): Code => [
 ];
 
 /**
- * `gemm(a, b, c, rows, k, n, aRow, aCol)`: C = A @ B for `rows` rows, with
- * B (k, n) and C (rows, n) row-major f32 at byte addresses b and c, and
- * A[i, p] at byte `a + i·aRow + p·aCol` — so A may be stored transposed.
+ * `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel)`: rows
+ * firstRow…endRow−1 of C = A @ B, f32 at byte addresses a, b and c.
+ *
+ * - C (·, n) is row-major. firstRow is a multiple of ROW_BLOCK.
+ * - A is read in panels of ROW_BLOCK rows, `aPanel` bytes apart; within a
+ *   panel A[i, p] is at `i·aRow + p·aCol`. A row-major A is one such layout
+ *   (aRow = 4k, aCol = 4, aPanel = 24k); a transposed A is packed by
+ *   {@link packPanels} into another (aRow = 4, aCol = 24, aPanel = 24k).
+ * - B is packed by {@link packPanels} in panels of COL_BLOCK columns, so
+ *   the kernel reads it in order (B's own rows, 4n bytes apart, would fall
+ *   into a few cache sets when n is a power of two: ~1.5× slower at n = 512).
  *
  * Rows go six at a time, columns eight at a time: a 6×8 block of C sits in
  * twelve f32x4 accumulators while p runs over k, so each step loads two
  * vectors of B and six numbers of A for 48 multiply-adds. Leftover columns
- * (n % 8) and rows (rows % 6) take narrower versions of the same loop.
+ * (n % 8) and rows (a matrix's last m % 6) take narrower versions of the
+ * same loop.
  */
 function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
   /** acc + a·b, lane-wise. */
   const multiplyAdd = (a: Code, b: Code, acc: Code): Code =>
     fused ? relaxedMadd(a, b, acc) : vAdd(acc, vMul(a, b));
-  const [A, B, C, ROWS, K, N, A_ROW, A_COL] = [0, 1, 2, 3, 4, 5, 6, 7]; // parameters
-  const [ROW, COL, P, AP, BP, B_ROW_BYTES, CP, TAIL_COL] = [8, 9, 10, 11, 12, 13, 14, 15]; // i32 locals
-  const A_ROWS = [16, 17, 18, 19]; // i32 locals: 2·aRow … 5·aRow
-  const [AV, B0, B1] = [20, 21, 22]; // v128 locals: A[row + i, p] splatted, B[p, col…col+8]
-  const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 23 + i); // v128 locals: C[row + i, col…col+8] as ACC[2i], ACC[2i+1]
-  const SUM = 23 + 2 * ROW_BLOCK; // f32 local
+  const [A, B, C, FIRST_ROW, END_ROW, K, N, A_ROW, A_COL, A_PANEL] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]; // parameters
+  const [ROW, COL, P, AP, BP, B_PANEL, B_PANEL_BYTES, CP, TAIL_COL, A_START, KB] = [
+    10,
+    11,
+    12,
+    13,
+    14,
+    15,
+    16,
+    17,
+    18,
+    19,
+    20,
+  ]; // i32 locals
+  const A_ROWS = [21, 22, 23, 24]; // i32 locals: 2·aRow … 5·aRow
+  const [AV, B0, B1] = [25, 26, 27]; // v128 locals: A[row + i, p] splatted, B[p, col…col+8]
+  const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 28 + i); // v128 locals: C[row + i, col…col+8] as ACC[2i], ACC[2i+1]
+  const SUM = 28 + 2 * ROW_BLOCK; // f32 local
   const rowOffsets = [null, A_ROW, ...A_ROWS];
   /** &A[row + i, p] from AP = &A[row, p]. */
-  const aOfRow = (i: number): Code => (i === 0 ? get(AP) : add(get(AP), get(rowOffsets[i]!)));
-  const startOfRow = (i: number): Code => add(get(A), mul(add(get(ROW), i32(i)), get(A_ROW))); // &A[row + i, 0]
+  const aOfRow = (i: number, ap = get(AP)): Code => (i === 0 ? ap : add(ap, get(rowOffsets[i]!)));
   const outAddr = (i: number, col: Code): Code =>
     add(get(C), shl(add(mul(add(get(ROW), i32(i)), get(N)), col), i32(2))); // &C[row + i, col]
   const nextP = [
     set(AP, add(get(AP), get(A_COL))), // A[·, p + 1]
-    set(BP, add(get(BP), get(B_ROW_BYTES))), // B[p + 1, ·]
+    set(BP, add(get(BP), i32(4 * COL_BLOCK))), // B[p + 1, ·] in the panel
     set(P, sub(get(P), i32(1))),
   ];
 
-  /** Rows row…row+R-1, every column: 8-wide blocks, then one column at a time. */
+  /** Rows row…row+R-1, every column: 8-wide panels, then one column at a time. */
   const rowBlock = (R: number): Code => [
-    ...set(COL, i32(0)),
-    ...whileNot(
-      gtU(add(get(COL), i32(8)), get(N)),
-      ...ACC.slice(0, 2 * R).map((acc) => set(acc, vZero)),
-      set(AP, startOfRow(0)),
-      set(BP, add(get(B), shl(get(COL), i32(2)))),
-      set(P, get(K)),
-      whileNot(
-        eqz(get(P)),
-        set(B0, vLoad(get(BP), 0)),
-        set(B1, vLoad(get(BP), 16)),
-        ...Array.from({ length: R }, (_, i) => [
-          ...set(AV, vLoadSplat(aOfRow(i))),
-          ...set(ACC[2 * i], multiplyAdd(get(AV), get(B0), get(ACC[2 * i]))),
-          ...set(ACC[2 * i + 1], multiplyAdd(get(AV), get(B1), get(ACC[2 * i + 1]))),
-        ]),
-        ...nextP,
+    // &A[row, 0]: the row's panel, then its place in the panel.
+    ...set(
+      A_START,
+      add(
+        add(get(A), mul(divU(get(ROW), i32(ROW_BLOCK)), get(A_PANEL))),
+        mul(remU(get(ROW), i32(ROW_BLOCK)), get(A_ROW)),
       ),
-      ...Array.from({ length: R }, (_, i) => [
-        ...set(CP, outAddr(i, get(COL))),
-        ...vStore(get(CP), get(ACC[2 * i]), 0),
-        ...vStore(get(CP), get(ACC[2 * i + 1]), 16),
-      ]),
-      set(COL, add(get(COL), i32(8))),
     ),
-    // The last n % 8 columns, one output at a time.
+    // k in blocks of K_BLOCK, so a block of A's panel and of B's stay in L1
+    // while every column goes by; C gathers the blocks' sums.
+    ...set(KB, i32(0)),
+    ...whileNot(
+      geU(get(KB), get(K)),
+      set(COL, i32(0)),
+      set(B_PANEL, add(get(B), shl(get(KB), i32(5)))), // B[kb, 0] in panel 0
+      whileNot(
+        gtU(add(get(COL), i32(COL_BLOCK)), get(N)),
+        ifElse(
+          eqz(get(KB)),
+          ACC.slice(0, 2 * R).map((acc) => set(acc, vZero)),
+          Array.from({ length: R }, (_, i) => [
+            ...set(CP, outAddr(i, get(COL))),
+            ...set(ACC[2 * i], vLoad(get(CP), 0)),
+            ...set(ACC[2 * i + 1], vLoad(get(CP), 16)),
+          ]),
+        ),
+        set(AP, add(get(A_START), mul(get(KB), get(A_COL)))),
+        set(BP, get(B_PANEL)),
+        set(P, minU(sub(get(K), get(KB)), i32(K_BLOCK))),
+        whileNot(
+          eqz(get(P)),
+          set(B0, vLoad(get(BP), 0)),
+          set(B1, vLoad(get(BP), 16)),
+          ...Array.from({ length: R }, (_, i) => [
+            ...set(AV, vLoadSplat(aOfRow(i))),
+            ...set(ACC[2 * i], multiplyAdd(get(AV), get(B0), get(ACC[2 * i]))),
+            ...set(ACC[2 * i + 1], multiplyAdd(get(AV), get(B1), get(ACC[2 * i + 1]))),
+          ]),
+          ...nextP,
+        ),
+        ...Array.from({ length: R }, (_, i) => [
+          ...set(CP, outAddr(i, get(COL))),
+          ...vStore(get(CP), get(ACC[2 * i]), 0),
+          ...vStore(get(CP), get(ACC[2 * i + 1]), 16),
+        ]),
+        set(COL, add(get(COL), i32(COL_BLOCK))),
+        set(B_PANEL, add(get(B_PANEL), get(B_PANEL_BYTES))),
+      ),
+      set(KB, add(get(KB), i32(K_BLOCK))),
+    ),
+    ...set(B_PANEL, add(get(B), mul(shr(get(COL), i32(3)), get(B_PANEL_BYTES)))), // the partial panel
+    // The last n % 8 columns, one output at a time, from B's last (partial) panel.
     ...Array.from({ length: R }, (_, i) => [
       ...set(TAIL_COL, get(COL)),
       ...whileNot(
         geU(get(TAIL_COL), get(N)),
         set(SUM, f32Zero),
-        set(AP, startOfRow(i)),
-        set(BP, add(get(B), shl(get(TAIL_COL), i32(2)))),
+        set(AP, aOfRow(i, get(A_START))),
+        set(BP, add(get(B_PANEL), shl(sub(get(TAIL_COL), get(COL)), i32(2)))),
         set(P, get(K)),
         whileNot(
           eqz(get(P)),
@@ -245,35 +341,77 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
   ];
 
   const body: Code = [
-    ...set(B_ROW_BYTES, shl(get(N), i32(2))),
+    ...set(B_PANEL_BYTES, mul(get(K), i32(4 * COL_BLOCK))),
     ...A_ROWS.flatMap((local, i) => set(local, add(get(rowOffsets[i + 1]!), get(A_ROW)))),
-    ...set(ROW, i32(0)),
+    ...set(ROW, get(FIRST_ROW)),
     // Blocks of six rows, then of four (a 64-row matrix ends 6·10 + 4), then single rows.
     ...[ROW_BLOCK, 4].flatMap((R) =>
       whileNot(
-        gtU(add(get(ROW), i32(R)), get(ROWS)),
+        gtU(add(get(ROW), i32(R)), get(END_ROW)),
         rowBlock(R),
         set(ROW, add(get(ROW), i32(R))),
       )
     ),
     ...whileNot(
-      geU(get(ROW), get(ROWS)),
+      geU(get(ROW), get(END_ROW)),
       rowBlock(1),
       set(ROW, add(get(ROW), i32(1))),
     ),
     0x0b, // end
   ];
-  const locals = vec([[12, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]]);
+  const locals = vec([[15, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]]);
   const { initial, maximum } = MEMORY_PAGES;
+  const gemm = [...locals, ...body];
+  const pack = packFunction();
   return new Uint8Array([
     ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00], // "\0asm", version 1
-    ...section(1, vec([[0x60, ...vec(new Array(8).fill([I32])), ...vec([])]])), // type 0: (i32 ×8) → ()
+    ...section(
+      1,
+      vec([
+        [0x60, ...vec(new Array(10).fill([I32])), ...vec([])], // type 0: (i32 ×10) → ()
+        [0x60, ...vec(new Array(6).fill([I32])), ...vec([])], // type 1: (i32 ×6) → ()
+      ]),
+    ),
     ...section(
       2,
       vec([[...name("env"), ...name("memory"), 0x02, 0x03, ...uleb(initial), ...uleb(maximum)]]),
     ), // shared memory import
-    ...section(3, vec([[0]])), // function 0 has type 0
-    ...section(7, vec([[...name("gemm"), 0x00, 0]])), // export function 0
-    ...section(10, vec([[...uleb(locals.length + body.length), ...locals, ...body]])),
+    ...section(3, vec([[0], [1]])), // function 0 has type 0, function 1 type 1
+    ...section(7, vec([[...name("gemm"), 0x00, 0], [...name("pack"), 0x00, 1]])), // exports
+    ...section(10, vec([[...uleb(gemm.length), ...gemm], [...uleb(pack.length), ...pack]])),
   ]);
+}
+
+/**
+ * `pack(src, dst, k, count, pStride, width)`: {@link packPanels} with
+ * xStride 1 (each row's elements side by side), as two 16-byte copies per
+ * row and panel. Those copy eight floats whatever the width: a narrower
+ * panel's extra floats land in the next slot, rewritten next, and the last
+ * ones up to 32 bytes past `dst`'s panels, as the reads may go past `src`.
+ */
+function packFunction(): Code {
+  const [SRC, DST, K, COUNT, P_STRIDE, WIDTH] = [0, 1, 2, 3, 4, 5]; // parameters
+  const [X, S, D, P, ROW_BYTES, PANEL_BYTES] = [6, 7, 8, 9, 10, 11]; // i32 locals
+  const body: Code = [
+    ...set(ROW_BYTES, shl(get(WIDTH), i32(2))),
+    ...set(PANEL_BYTES, mul(get(K), get(ROW_BYTES))),
+    ...set(X, i32(0)),
+    ...whileNot(
+      geU(get(X), get(COUNT)),
+      set(S, add(get(SRC), shl(get(X), i32(2)))), // element (0, x)
+      set(D, add(get(DST), mul(divU(get(X), get(WIDTH)), get(PANEL_BYTES)))), // its panel
+      set(P, get(K)),
+      whileNot(
+        eqz(get(P)),
+        vStore(get(D), vLoad(get(S), 0), 0),
+        vStore(get(D), vLoad(get(S), 16), 16),
+        set(S, add(get(S), get(P_STRIDE))),
+        set(D, add(get(D), get(ROW_BYTES))),
+        set(P, sub(get(P), i32(1))),
+      ),
+      set(X, add(get(X), get(WIDTH))),
+    ),
+    0x0b, // end
+  ];
+  return [...vec([[6, I32]]), ...body];
 }

@@ -22,12 +22,16 @@ import * as tf from "@tensorflow/tfjs";
 import { Worker } from "node:worker_threads";
 import { fastPaths } from "./fast_paths.ts";
 import {
+  COL_BLOCK,
   compileGemm,
   CONTROL_BYTES,
   type Gemm,
   MAX_CHUNKS,
   MEMORY_PAGES,
   openTicket,
+  type Pack,
+  PACK_SLACK,
+  packPanels,
   ROW_BLOCK,
   runChunks,
   Slot,
@@ -99,6 +103,7 @@ interface Pool {
   memory: WebAssembly.Memory;
   ctrl: Int32Array;
   gemm: Gemm;
+  pack: Pack;
   threads: number;
   seq: number;
 }
@@ -111,7 +116,7 @@ let pool: Pool | null = null;
  */
 function startPool(): Pool {
   const memory = new WebAssembly.Memory({ ...MEMORY_PAGES, shared: true });
-  const gemm = new WebAssembly.Instance(compileGemm(), { env: { memory } }).exports.gemm as Gemm;
+  const { exports } = new WebAssembly.Instance(compileGemm(), { env: { memory } });
   const helpers = Math.max(0, Math.min(7, (navigator.hardwareConcurrency ?? 1) - 1));
   let started = 0;
   for (let i = 0; i < helpers; i++) {
@@ -126,7 +131,14 @@ function startPool(): Pool {
       break;
     }
   }
-  return { memory, ctrl: new Int32Array(memory.buffer, 0, 16), gemm, threads: 1 + started, seq: 0 };
+  return {
+    memory,
+    ctrl: new Int32Array(memory.buffer, 0, 16),
+    gemm: exports.gemm as Gemm,
+    pack: exports.pack as Pack,
+    threads: 1 + started,
+    seq: 0,
+  };
 }
 
 tf.registerKernel({
@@ -152,66 +164,71 @@ tf.registerKernel({
     }
     const batch = lead.reduce((x, y) => x * y, 1);
     pool ??= startPool();
-    const [aBytes, bBytes, cBytes] = [m * k * 4, k * n * 4, m * n * 4];
-    const [A, B, C] = [
-      CONTROL_BYTES,
-      CONTROL_BYTES + batch * aBytes,
-      CONTROL_BYTES + batch * (aBytes + bBytes),
-    ];
-    const end = C + batch * cBytes;
+    // Per matrix: A as it is, or packed in panels of ROW_BLOCK rows when
+    // transposed; B packed in panels of COL_BLOCK columns (see gemm_kernel.ts).
+    // Operands to pack are first copied as they are to STAGE.
+    const aBytes = (transposeA ? Math.ceil(m / ROW_BLOCK) * ROW_BLOCK : m) * k * 4;
+    const bBytes = Math.ceil(n / COL_BLOCK) * COL_BLOCK * k * 4;
+    const cBytes = m * n * 4;
+    const A = CONTROL_BYTES;
+    const B = A + batch * aBytes + PACK_SLACK;
+    const C = B + batch * bBytes + PACK_SLACK;
+    const STAGE = C + batch * cBytes;
+    const end = STAGE + batch * Math.max(m * k, n * k) * 4 + PACK_SLACK;
     if (end > pool.memory.buffer.byteLength) {
       pool.memory.grow(Math.ceil((end - pool.memory.buffer.byteLength) / 65536));
     }
     const shared = new Float32Array(pool.memory.buffer);
     const offsetOf = (t: tf.TensorInfo) => wasm.dataIdMap.get(t.dataId).memoryOffset / 4;
-    const heap = () => new Float32Array(wasm.wasm.asm.memory.buffer); // tfjs may grow its memory
-    shared.set(heap().subarray(offsetOf(a), offsetOf(a) + batch * m * k), A / 4);
-    if (transposeB) {
-      transposeInto(heap(), offsetOf(b), shared, B / 4, batch, n, k); // (…, n, k) → (…, k, n)
+    const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
+    const [aFrom, bFrom] = [offsetOf(a), offsetOf(b)];
+    if (transposeA) { // stored (k, m): row p of the stored matrix is A[·, p]
+      shared.set(heap.subarray(aFrom, aFrom + batch * m * k), STAGE / 4);
+      for (let t = 0; t < batch; t++) {
+        pool.pack(STAGE + t * m * k * 4, A + t * aBytes, k, m, m * 4, ROW_BLOCK);
+      }
     } else {
-      shared.set(heap().subarray(offsetOf(b), offsetOf(b) + batch * k * n), B / 4);
+      shared.set(heap.subarray(aFrom, aFrom + batch * m * k), A / 4);
+    }
+    if (transposeB) { // stored (n, k): element (p, j) at j·k + p, gathered here
+      for (let t = 0; t < batch; t++) {
+        packPanels(heap, bFrom + t * k * n, 1, k, shared, (B + t * bBytes) / 4, k, n, COL_BLOCK);
+      }
+    } else {
+      shared.set(heap.subarray(bFrom, bFrom + batch * k * n), STAGE / 4);
+      for (let t = 0; t < batch; t++) {
+        pool.pack(STAGE + t * k * n * 4, B + t * bBytes, k, n, n * 4, COL_BLOCK);
+      }
     }
 
+    // A few chunks per thread balance the load; a chunk never spans two matrices.
+    const chunkRows = ROW_BLOCK *
+      Math.max(1, Math.ceil(batch * m / (4 * pool.threads) / ROW_BLOCK));
+    const perMatrix = Math.ceil(m / chunkRows);
     const { ctrl } = pool;
-    const totalRows = batch * m;
-    // A few chunks per thread balance the load; rows go ROW_BLOCK at a time in the kernel.
-    let chunkRows = Math.max(
-      ROW_BLOCK,
-      Math.ceil(totalRows / (4 * pool.threads) / ROW_BLOCK) * ROW_BLOCK,
-    );
-    chunkRows = Math.max(chunkRows, Math.ceil(totalRows / MAX_CHUNKS));
-    const chunks = Math.ceil(totalRows / chunkRows);
-    ctrl.set([A, B, C, m, k, n], Slot.A);
-    ctrl.set(transposeA ? [4, m * 4] : [k * 4, 4], Slot.A_ROW);
-    ctrl.set([aBytes, bBytes, cBytes, chunkRows, totalRows], Slot.A_BATCH);
-    Atomics.store(ctrl, Slot.DONE, 0);
-    Atomics.store(ctrl, Slot.TICKET, openTicket(++pool.seq, chunks));
-    Atomics.notify(ctrl, Slot.TICKET);
-    runChunks(ctrl, pool.gemm);
-    for (let done; (done = Atomics.load(ctrl, Slot.DONE)) < chunks;) {
-      Atomics.wait(ctrl, Slot.DONE, done, 100); // a helper is finishing a chunk
+    ctrl.set([m, k, n], Slot.M);
+    ctrl.set(transposeA ? [4, ROW_BLOCK * 4] : [k * 4, 4], Slot.A_ROW);
+    ctrl.set([aBytes, bBytes, cBytes, chunkRows, perMatrix, ROW_BLOCK * k * 4], Slot.A_BATCH);
+    // One job per group of matrices whose chunks fit in a ticket.
+    const groupSize = Math.floor(MAX_CHUNKS / perMatrix);
+    for (let t = 0; t < batch; t += groupSize) {
+      const chunks = Math.min(groupSize, batch - t) * perMatrix;
+      ctrl.set([A + t * aBytes, B + t * bBytes, C + t * cBytes], Slot.A);
+      Atomics.store(ctrl, Slot.DONE, 0);
+      Atomics.store(ctrl, Slot.TICKET, openTicket(++pool.seq, chunks));
+      Atomics.notify(ctrl, Slot.TICKET);
+      runChunks(ctrl, pool.gemm);
+      for (let done; (done = Atomics.load(ctrl, Slot.DONE)) < chunks;) {
+        Atomics.wait(ctrl, Slot.DONE, done, 100); // a helper is finishing a chunk
+      }
     }
 
     const out = wasm.makeOutput([...lead, m, n], "float32"); // (..., m, n)
-    heap().set(new Float32Array(pool.memory.buffer, C, batch * m * n), offsetOf(out));
+    // makeOutput may have grown tfjs's memory: a fresh view.
+    new Float32Array(wasm.wasm.asm.memory.buffer).set(
+      new Float32Array(pool.memory.buffer, C, batch * m * n),
+      offsetOf(out),
+    );
     return out;
   },
 });
-
-/** Copies `batch` matrices (rows, cols) from `src` at `from` into `dst` at `to`, each transposed. */
-function transposeInto(
-  src: Float32Array,
-  from: number,
-  dst: Float32Array,
-  to: number,
-  batch: number,
-  rows: number,
-  cols: number,
-): void {
-  for (let t = 0; t < batch; t++) {
-    const [s, d] = [from + t * rows * cols, to + t * rows * cols];
-    for (let r = 0; r < rows; r++) {
-      for (let c = 0; c < cols; c++) dst[d + c * rows + r] = src[s + r * cols + c];
-    }
-  }
-}

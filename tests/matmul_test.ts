@@ -8,14 +8,19 @@ const size = (shape: number[]) => shape.reduce((p, q) => p * q, 1);
 
 Deno.test("matMul on WASM: our threaded SIMD kernel matches tf.matMul, values and gradients, every layout", async () => {
   await initBackend("wasm");
-  // Sizes cover the 4×8 blocks, the leftover rows (m % 4) and columns (n % 8),
-  // k = 1, m = 1, a batch, and a product big enough to be cut into many chunks.
+  // Sizes cover the 6×8 blocks, the leftover rows (m % 6: 4 + 1) and columns
+  // (n % 8), k = 1, m = 1, batches (attention's shape, with 64 = 6·10 + 4 rows
+  // per matrix; and more matrices than one job's 4095 chunks), k over two
+  // blocks of 256, and a product big enough to be cut into many chunks.
   const cases: { m: number; k: number; n: number; lead: number[] }[] = [
     { m: 5, k: 7, n: 19, lead: [2, 3] },
     { m: 33, k: 20, n: 32, lead: [4] },
     { m: 1, k: 1, n: 33, lead: [3] },
     { m: 7, k: 3, n: 8, lead: [] },
     { m: 203, k: 130, n: 65, lead: [] },
+    { m: 64, k: 32, n: 64, lead: [3, 4] },
+    { m: 13, k: 600, n: 21, lead: [] },
+    { m: 2, k: 3, n: 5, lead: [4100] },
   ];
   const rng = new Rng(4);
   const random = (shape: number[]) => tf.tensor(rng.normals(size(shape), 1), shape);
