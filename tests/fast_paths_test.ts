@@ -47,15 +47,18 @@ async function trainLosses(flags: string[], steps: number): Promise<number[]> {
   return losses;
 }
 
-for (const backend of ["wasm", "cpu"]) {
+for (const backend of ["wasm", "cpu", "webgpu"]) {
   for (const flags of MODELS) {
     const name = flags[0].split("=")[1];
+    // On WebGPU the models share their fast layers with WASM and cpu (tested
+    // layer by layer in nn_test.ts); only bigramLM's loss is its own there.
+    if (backend === "webgpu" && name !== "bigramLM") continue;
     Deno.test(`${backend}: 50 seeded ${name} steps give the same losses on the fast and the plain paths`, async () => {
       await initBackend(backend);
-      // The cpu backend is ~20× slower: smaller batches keep the test short.
-      // (Not for mlpLM: BatchNorm over 4 rows turns float rounding into
-      // visible loss changes on any two paths; it is quick at 32 anyway.)
-      const run = backend === "cpu" && name !== "mlpLM" ? [...flags, "--batch_size=4"] : flags;
+      // cpu and WebGPU (llvmpipe) are slower: smaller batches keep the test
+      // short. (Not for mlpLM: BatchNorm over 4 rows turns float rounding
+      // into visible loss changes on any two paths; it is quick at 32 anyway.)
+      const run = backend !== "wasm" && name !== "mlpLM" ? [...flags, "--batch_size=4"] : flags;
       const fast = await withFastPaths(true, () => trainLosses(run, 50));
       const plain = await withFastPaths(false, () => trainLosses(run, 50));
       // Relative: the plain loss is a float32 mean of B·T values, itself off
@@ -69,7 +72,7 @@ for (const backend of ["wasm", "cpu"]) {
   }
 }
 
-for (const backend of ["wasm", "cpu"]) {
+for (const backend of ["wasm", "cpu", "webgpu"]) {
   Deno.test(`${backend}: bigramLM's counted loss equals a float64 reference to 1e-5`, async () => {
     await initBackend(backend);
     const { config } = parseTrainConfig(["--model_name=bigramLM"]);
