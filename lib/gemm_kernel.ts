@@ -14,6 +14,43 @@
  * @module
  */
 
+import {
+  add,
+  assemble,
+  type Code,
+  divU,
+  eqz,
+  F32,
+  f32Add,
+  f32Load,
+  f32Mul,
+  f32Store,
+  f32Zero,
+  get,
+  geU,
+  gtU,
+  I32,
+  i32,
+  ifElse,
+  minU,
+  mul,
+  relaxedMadd,
+  remU,
+  set,
+  shl,
+  shr,
+  sub,
+  uleb,
+  V128,
+  vAdd,
+  vLoad,
+  vLoadSplat,
+  vMul,
+  vStore,
+  vZero,
+  whileNot,
+} from "./wasm_asm.ts";
+
 /** Slots of the control block, an Int32Array at byte 0 of the shared memory. */
 export const Slot = {
   /** `seq << 24 | chunkCount << 12 | nextChunk`: the job's claim counter. */
@@ -51,7 +88,7 @@ export const MAX_CHUNKS = 0xfff;
 /** `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel)`: see {@link gemmModule}. */
 export type Gemm = (...args: number[]) => void;
 
-/** `pack(src, dst, k, count, pStride, width)`: see {@link packFunction}. */
+/** `pack(src, dst, k, count, pStride, width)`: see {@link packBody}. */
 export type Pack = (...args: number[]) => void;
 
 /** Bytes `pack` may read past its source and write past its panels. */
@@ -152,68 +189,6 @@ export function packPanels(
     }
   }
 }
-
-// The module, assembled from WAT-like helpers (one per instruction, operands
-// first as in WAT's folded form); wabt's wat2wasm gives the same bytes.
-type Code = number[];
-function uleb(n: number): Code {
-  const out: Code = [];
-  do {
-    const low = n & 0x7f;
-    n >>>= 7;
-    out.push(n ? low | 0x80 : low);
-  } while (n);
-  return out;
-}
-const vec = (items: Code[]): Code => [...uleb(items.length), ...items.flat()];
-const section = (id: number, body: Code): Code => [id, ...uleb(body.length), ...body];
-const name = (s: string): Code => vec([...s].map((ch) => [ch.charCodeAt(0)]));
-const [I32, F32, V128, BLOCK_VOID, SIMD] = [0x7f, 0x7d, 0x7b, 0x40, 0xfd];
-const op = (code: Code) => (...args: Code[]): Code => [...args.flat(), ...code];
-const get = (local: number): Code => [0x20, local];
-const set = (local: number, value: Code): Code => [...value, 0x21, local];
-/** i32.const of a non-negative x, signed LEB128. */
-const i32 = (x: number): Code => {
-  const out: Code = [0x41];
-  for (; x >= 64; x >>>= 7) out.push((x & 0x7f) | 0x80);
-  return [...out, x];
-};
-const [add, sub, mul, shl, shr] = [op([0x6a]), op([0x6b]), op([0x6c]), op([0x74]), op([0x76])];
-const [eqz, ltU, gtU, geU] = [op([0x45]), op([0x49]), op([0x4b]), op([0x4f])];
-const [divU, remU] = [op([0x6e]), op([0x70])];
-const f32Zero: Code = [0x43, 0, 0, 0, 0];
-const f32Load = (addr: Code): Code => [...addr, 0x2a, 2, 0]; // align 4, offset 0
-const f32Store = (addr: Code, value: Code): Code => [...addr, ...value, 0x38, 2, 0];
-const [f32Add, f32Mul] = [op([0x92]), op([0x94])];
-const vZero: Code = [SIMD, 0x0c, ...new Array(16).fill(0)]; // v128.const 0
-const vLoad = (addr: Code, offset: number): Code => [...addr, SIMD, 0x00, 4, ...uleb(offset)];
-const vStore = (addr: Code, value: Code, offset: number): Code => [
-  ...addr,
-  ...value,
-  ...[SIMD, 0x0b, 4, ...uleb(offset)],
-];
-const [vAdd, vMul] = [op([SIMD, 0xe4, 0x01]), op([SIMD, 0xe6, 0x01])];
-const relaxedMadd = op([SIMD, 0x85, 0x02]); // f32x4.relaxed_madd(a, b, c) = a·b + c, fused or not
-const vLoadSplat = (addr: Code): Code => [...addr, SIMD, 0x09, 2, 0]; // v128.load32_splat: one broadcast load
-/** `(if cond (then …) (else …))`. */
-const ifElse = (cond: Code, then: Code[], otherwise: Code[]): Code => [
-  ...cond,
-  ...[0x04, BLOCK_VOID],
-  ...then.flat(),
-  0x05,
-  ...otherwise.flat(),
-  0x0b,
-];
-/** The smaller of two unsigned i32. */
-const minU = (x: Code, y: Code): Code => [...x, ...y, ...ltU(x, y), 0x1b]; // select
-/** `block (loop (br_if 1 exitWhen) body… (br 0)))`: a while loop. */
-const whileNot = (exitWhen: Code, ...body: Code[]): Code => [
-  ...[0x02, BLOCK_VOID, 0x03, BLOCK_VOID],
-  ...exitWhen,
-  ...[0x0d, 1],
-  ...body.flat(),
-  ...[0x0c, 0, 0x0b, 0x0b],
-];
 
 /**
  * `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel)`: rows
@@ -357,28 +332,16 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
       rowBlock(1),
       set(ROW, add(get(ROW), i32(1))),
     ),
-    0x0b, // end
   ];
-  const locals = vec([[15, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]]);
   const { initial, maximum } = MEMORY_PAGES;
-  const gemm = [...locals, ...body];
-  const pack = packFunction();
-  return new Uint8Array([
-    ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00], // "\0asm", version 1
-    ...section(
-      1,
-      vec([
-        [0x60, ...vec(new Array(10).fill([I32])), ...vec([])], // type 0: (i32 ×10) → ()
-        [0x60, ...vec(new Array(6).fill([I32])), ...vec([])], // type 1: (i32 ×6) → ()
-      ]),
-    ),
-    ...section(
-      2,
-      vec([[...name("env"), ...name("memory"), 0x02, 0x03, ...uleb(initial), ...uleb(maximum)]]),
-    ), // shared memory import
-    ...section(3, vec([[0], [1]])), // function 0 has type 0, function 1 type 1
-    ...section(7, vec([[...name("gemm"), 0x00, 0], [...name("pack"), 0x00, 1]])), // exports
-    ...section(10, vec([[...uleb(gemm.length), ...gemm], [...uleb(pack.length), ...pack]])),
+  return assemble([0x03, ...uleb(initial), ...uleb(maximum)], [ // shared, with a maximum
+    {
+      name: "gemm",
+      params: new Array(10).fill(I32),
+      locals: [[15, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]],
+      body,
+    },
+    { name: "pack", params: new Array(6).fill(I32), locals: [[6, I32]], body: packBody() },
   ]);
 }
 
@@ -389,7 +352,7 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
  * panel's extra floats land in the next slot, rewritten next, and the last
  * ones up to 32 bytes past `dst`'s panels, as the reads may go past `src`.
  */
-function packFunction(): Code {
+function packBody(): Code {
   const [SRC, DST, K, COUNT, P_STRIDE, WIDTH] = [0, 1, 2, 3, 4, 5]; // parameters
   const [X, S, D, P, ROW_BYTES, PANEL_BYTES] = [6, 7, 8, 9, 10, 11]; // i32 locals
   const body: Code = [
@@ -411,7 +374,6 @@ function packFunction(): Code {
       ),
       set(X, add(get(X), get(WIDTH))),
     ),
-    0x0b, // end
   ];
-  return [...vec([[6, I32]]), ...body];
+  return body;
 }

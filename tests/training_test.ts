@@ -12,15 +12,16 @@ import { modelConfig, preparedWorkdir, runScript, shakespeareData } from "./help
 for (const backend of ["cpu", "wasm", "webgpu"]) {
   Deno.test(`${backend}: AdamW matches PyTorch's update formula, step by step`, async () => {
     await initBackend(backend);
-    const p = tf.variable(tf.tensor1d([1.0, -2.0, 0.5]));
+    // Seven values: one four-lane SIMD step and three single ones on WASM.
+    const p = tf.variable(tf.tensor1d([1.0, -2.0, 0.5, 0.25, -1.5, 3.0, 0.0]));
     const opt = new AdamW([p], { lr: 0.1, weightDecay: 0.01 });
-    const grads = [[0.5, 0.1, -3.0], [-0.2, 0.4, 1.0]];
+    const grads = [[0.5, 0.1, -3.0, 0.02, 1.5, -0.7, 0.3], [-0.2, 0.4, 1.0, -0.05, 2.0, 0.6, -0.3]];
     // PyTorch torch.optim.AdamW (single-tensor path), in float64:
-    const expected = [1.0, -2.0, 0.5];
-    const m = [0, 0, 0], v = [0, 0, 0];
+    const expected = [1.0, -2.0, 0.5, 0.25, -1.5, 3.0, 0.0];
+    const m = new Array(7).fill(0), v = new Array(7).fill(0);
     for (let t = 1; t <= grads.length; t++) {
       opt.applyGradients({ [p.name]: tf.tensor1d(grads[t - 1]) });
-      for (let i = 0; i < 3; i++) {
+      for (let i = 0; i < 7; i++) {
         const g = grads[t - 1][i];
         expected[i] *= 1 - 0.1 * 0.01;
         m[i] = 0.9 * m[i] + 0.1 * g;
@@ -30,7 +31,7 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
         expected[i] -= stepSize * m[i] / denom;
       }
       const got = await p.data();
-      for (let i = 0; i < 3; i++) {
+      for (let i = 0; i < 7; i++) {
         assert.ok(
           Math.abs(got[i] - expected[i]) < 1e-6,
           `step ${t}[${i}]: ${got[i]} vs ${expected[i]}`,

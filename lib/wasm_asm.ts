@@ -1,0 +1,139 @@
+/**
+ * A WebAssembly assembler small enough to read: one helper per instruction,
+ * operands first as in WAT's folded form (`add(get(X), i32(4))` is
+ * `(i32.add (local.get $x) (i32.const 4))`), so the kernels of
+ * `gemm_kernel.ts` and `adamw.ts` are written as code, not as bytes. wabt's
+ * `wat2wasm` gives the same bytes for the same WAT.
+ *
+ * @module
+ */
+
+/** Bytes of WebAssembly code. */
+export type Code = number[];
+
+/** Unsigned LEB128. */
+export function uleb(n: number): Code {
+  const out: Code = [];
+  do {
+    const low = n & 0x7f;
+    n >>>= 7;
+    out.push(n ? low | 0x80 : low);
+  } while (n);
+  return out;
+}
+
+/** A length-prefixed vector of items. */
+export const vec = (items: Code[]): Code => [...uleb(items.length), ...items.flat()];
+/** A size-prefixed section. */
+export const section = (id: number, body: Code): Code => [id, ...uleb(body.length), ...body];
+/** A name (ASCII). */
+export const name = (s: string): Code => vec([...s].map((ch) => [ch.charCodeAt(0)]));
+/** Value types, the void block type and the SIMD prefix. */
+export const [I32, F32, V128, BLOCK_VOID, SIMD] = [0x7f, 0x7d, 0x7b, 0x40, 0xfd];
+
+/** An instruction taking its operands from the stack, as a function of their code. */
+export const op = (code: Code) => (...args: Code[]): Code => [...args.flat(), ...code];
+/** `local.get` and `local.set`. */
+export const get = (local: number): Code => [0x20, local];
+export const set = (local: number, value: Code): Code => [...value, 0x21, local];
+
+/** i32.const of a non-negative x, signed LEB128. */
+export const i32 = (x: number): Code => {
+  const out: Code = [0x41];
+  for (; x >= 64; x >>>= 7) out.push((x & 0x7f) | 0x80);
+  return [...out, x];
+};
+export const [add, sub, mul, shl, shr] = [
+  op([0x6a]),
+  op([0x6b]),
+  op([0x6c]),
+  op([0x74]),
+  op([0x76]),
+];
+export const [eqz, ltU, gtU, geU] = [op([0x45]), op([0x49]), op([0x4b]), op([0x4f])];
+export const [divU, remU] = [op([0x6e]), op([0x70])];
+
+/** f32 scalars: memory is addressed with align 4, offset 0. */
+export const f32Zero: Code = [0x43, 0, 0, 0, 0];
+export const f32Load = (addr: Code): Code => [...addr, 0x2a, 2, 0];
+export const f32Store = (addr: Code, value: Code): Code => [...addr, ...value, 0x38, 2, 0];
+export const [f32Sqrt, f32Add, f32Sub, f32Mul, f32Div] = [
+  op([0x91]),
+  op([0x92]),
+  op([0x93]),
+  op([0x94]),
+  op([0x95]),
+];
+
+/** f32x4 vectors. */
+export const vZero: Code = [SIMD, 0x0c, ...new Array(16).fill(0)]; // v128.const 0
+export const vLoad = (addr: Code, offset: number): Code => [
+  ...addr,
+  ...[SIMD, 0x00, 4, ...uleb(offset)],
+];
+export const vStore = (addr: Code, value: Code, offset: number): Code => [
+  ...addr,
+  ...value,
+  ...[SIMD, 0x0b, 4, ...uleb(offset)],
+];
+export const vSplat = op([SIMD, 0x13]); // f32x4.splat
+export const [vSqrt, vAdd, vSub, vMul, vDiv] = [
+  op([SIMD, 0xe3, 0x01]),
+  op([SIMD, 0xe4, 0x01]),
+  op([SIMD, 0xe5, 0x01]),
+  op([SIMD, 0xe6, 0x01]),
+  op([SIMD, 0xe7, 0x01]),
+];
+/** f32x4.relaxed_madd(a, b, c) = a·b + c, fused or not (relaxed SIMD). */
+export const relaxedMadd = op([SIMD, 0x85, 0x02]);
+/** v128.load32_splat: one f32 loaded into every lane. */
+export const vLoadSplat = (addr: Code): Code => [...addr, SIMD, 0x09, 2, 0];
+
+/** `(if cond (then …) (else …))`. */
+export const ifElse = (cond: Code, then: Code[], otherwise: Code[]): Code => [
+  ...cond,
+  ...[0x04, BLOCK_VOID],
+  ...then.flat(),
+  0x05,
+  ...otherwise.flat(),
+  0x0b,
+];
+/** The smaller of two unsigned i32. */
+export const minU = (x: Code, y: Code): Code => [...x, ...y, ...ltU(x, y), 0x1b]; // select
+/** `block (loop (br_if 1 exitWhen) body… (br 0)))`: a while loop. */
+export const whileNot = (exitWhen: Code, ...body: Code[]): Code => [
+  ...[0x02, BLOCK_VOID, 0x03, BLOCK_VOID],
+  ...exitWhen,
+  ...[0x0d, 1],
+  ...body.flat(),
+  ...[0x0c, 0, 0x0b, 0x0b],
+];
+
+/** One function of a module: its parameter types, extra locals and body (without `end`). */
+export interface WasmFunction {
+  name: string;
+  params: number[];
+  locals: [count: number, type: number][];
+  body: Code;
+}
+
+/**
+ * A module that imports `env.memory` (`memoryType`: limits flag, initial and
+ * maximum pages as the binary format writes them) and exports `functions`.
+ */
+export function assemble(memoryType: Code, functions: WasmFunction[]): Uint8Array<ArrayBuffer> {
+  return new Uint8Array([
+    ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00], // "\0asm", version 1
+    ...section(1, vec(functions.map((f) => [0x60, ...vec(f.params.map((t) => [t])), 0]))), // one type each: (params) → ()
+    ...section(2, vec([[...name("env"), ...name("memory"), 0x02, ...memoryType]])),
+    ...section(3, vec(functions.map((_, i) => uleb(i)))), // function i has type i
+    ...section(7, vec(functions.map((f, i) => [...name(f.name), 0x00, ...uleb(i)]))),
+    ...section(
+      10,
+      vec(functions.map((f) => {
+        const code = [...vec(f.locals.map(([n, t]) => [...uleb(n), t])), ...f.body, 0x0b];
+        return [...uleb(code.length), ...code];
+      })),
+    ),
+  ]);
+}
