@@ -88,7 +88,7 @@ export const MAX_CHUNKS = 0xfff;
 /** `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel)`: see {@link gemmModule}. */
 export type Gemm = (...args: number[]) => void;
 
-/** `pack(src, dst, k, count, pStride, width)`: see {@link packBody}. */
+/** `pack(src, dst, k, count, pStride, xStride, width)`: see {@link packBody}. */
 export type Pack = (...args: number[]) => void;
 
 /** Bytes `pack` may read past its source and write past its panels. */
@@ -162,35 +162,6 @@ export const COL_BLOCK = 8;
 const K_BLOCK = 256;
 
 /**
- * Copies the matrix whose element (p, x) is `src[from + p·pStride + x·xStride]`,
- * p < k and x < count, into panels of `width` consecutive x: panel j holds
- * elements (p, j·width + l) at `dst[to + j·k·width + p·width + l]`, so the
- * kernel reads it in order. B (k, n) goes in panels of COL_BLOCK columns;
- * a transposed A, stored (k, m), in panels of ROW_BLOCK rows.
- */
-export function packPanels(
-  src: Float32Array,
-  from: number,
-  pStride: number,
-  xStride: number,
-  dst: Float32Array,
-  to: number,
-  k: number,
-  count: number,
-  width: number,
-): void {
-  for (let j = 0; j * width < count; j++) {
-    const lanes = Math.min(width, count - j * width);
-    const panel = to + j * k * width;
-    for (let p = 0; p < k; p++) {
-      const s = from + p * pStride + j * width * xStride;
-      const d = panel + p * width;
-      for (let l = 0; l < lanes; l++) dst[d + l] = src[s + l * xStride];
-    }
-  }
-}
-
-/**
  * `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel)`: rows
  * firstRow…endRow−1 of C = A @ B, f32 at byte addresses a, b and c.
  *
@@ -198,8 +169,8 @@ export function packPanels(
  * - A is read in panels of ROW_BLOCK rows, `aPanel` bytes apart; within a
  *   panel A[i, p] is at `i·aRow + p·aCol`. A row-major A is one such layout
  *   (aRow = 4k, aCol = 4, aPanel = 24k); a transposed A is packed by
- *   {@link packPanels} into another (aRow = 4, aCol = 24, aPanel = 24k).
- * - B is packed by {@link packPanels} in panels of COL_BLOCK columns, so
+ *   `pack` into another (aRow = 4, aCol = 24, aPanel = 24k).
+ * - B is packed by `pack` in panels of COL_BLOCK columns, so
  *   the kernel reads it in order (B's own rows, 4n bytes apart, would fall
  *   into a few cache sets when n is a power of two: ~1.5× slower at n = 512).
  *
@@ -341,39 +312,60 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
       locals: [[15, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]],
       body,
     },
-    { name: "pack", params: new Array(6).fill(I32), locals: [[6, I32]], body: packBody() },
+    { name: "pack", params: new Array(7).fill(I32), locals: [[6, I32]], body: packBody() },
   ]);
 }
 
 /**
- * `pack(src, dst, k, count, pStride, width)`: {@link packPanels} with
- * xStride 1 (each row's elements side by side), as two 16-byte copies per
- * row and panel. Those copy eight floats whatever the width: a narrower
- * panel's extra floats land in the next slot, rewritten next, and the last
- * ones up to 32 bytes past `dst`'s panels, as the reads may go past `src`.
+ * `pack(src, dst, k, count, pStride, xStride, width)`: copies the matrix
+ * whose element (p, x), p < k and x < count, is at byte `src + p·pStride +
+ * x·xStride` into panels of `width` consecutive x: panel j holds (p, j·width
+ * + l) at `dst + 4·(j·k·width + p·width + l)`, so the kernel reads it in
+ * order. B (k, n) goes in panels of COL_BLOCK columns; a transposed A,
+ * stored (k, m), in panels of ROW_BLOCK rows.
+ *
+ * When each row's elements sit side by side (xStride 4) a row of a panel is
+ * two 16-byte copies. Those copy eight floats whatever the width: a
+ * narrower panel's extra floats land in the next slot, rewritten next, and
+ * the last ones up to 32 bytes past `dst`'s panels, as the reads may go
+ * past `src`. Otherwise (a transposed B) elements go one at a time.
  */
 function packBody(): Code {
-  const [SRC, DST, K, COUNT, P_STRIDE, WIDTH] = [0, 1, 2, 3, 4, 5]; // parameters
-  const [X, S, D, P, ROW_BYTES, PANEL_BYTES] = [6, 7, 8, 9, 10, 11]; // i32 locals
-  const body: Code = [
-    ...set(ROW_BYTES, shl(get(WIDTH), i32(2))),
-    ...set(PANEL_BYTES, mul(get(K), get(ROW_BYTES))),
-    ...set(X, i32(0)),
-    ...whileNot(
+  const [SRC, DST, K, COUNT, P_STRIDE, X_STRIDE, WIDTH] = [0, 1, 2, 3, 4, 5, 6]; // parameters
+  const [X, S, D, P, ROW_BYTES, PANEL_BYTES] = [7, 8, 9, 10, 11, 12]; // i32 locals
+  /** The loop over x, each x (or each panel's x) copied for every p by `copy`. */
+  const overX = (xStep: Code, copy: Code[]): Code =>
+    whileNot(
       geU(get(X), get(COUNT)),
-      set(S, add(get(SRC), shl(get(X), i32(2)))), // element (0, x)
-      set(D, add(get(DST), mul(divU(get(X), get(WIDTH)), get(PANEL_BYTES)))), // its panel
+      set(S, add(get(SRC), mul(get(X), get(X_STRIDE)))), // element (0, x)
+      set(
+        D,
+        add(
+          add(get(DST), mul(divU(get(X), get(WIDTH)), get(PANEL_BYTES))), // its panel
+          shl(remU(get(X), get(WIDTH)), i32(2)), // its lane
+        ),
+      ),
       set(P, get(K)),
       whileNot(
         eqz(get(P)),
-        vStore(get(D), vLoad(get(S), 0), 0),
-        vStore(get(D), vLoad(get(S), 16), 16),
+        ...copy,
         set(S, add(get(S), get(P_STRIDE))),
         set(D, add(get(D), get(ROW_BYTES))),
         set(P, sub(get(P), i32(1))),
       ),
-      set(X, add(get(X), get(WIDTH))),
+      set(X, add(get(X), xStep)),
+    );
+  return [
+    ...set(ROW_BYTES, shl(get(WIDTH), i32(2))),
+    ...set(PANEL_BYTES, mul(get(K), get(ROW_BYTES))),
+    ...set(X, i32(0)),
+    ...ifElse(
+      eqz(sub(get(X_STRIDE), i32(4))),
+      [overX(get(WIDTH), [
+        vStore(get(D), vLoad(get(S), 0), 0),
+        vStore(get(D), vLoad(get(S), 16), 16),
+      ])],
+      [overX(i32(1), [f32Store(get(D), f32Load(get(S)))])],
     ),
   ];
-  return body;
 }

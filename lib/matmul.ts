@@ -7,9 +7,10 @@
  * that one uses one core, runs every batched or transposed product as a
  * scalar loop (~1.5 GFLOP/s, ten times slower than its plain 2-D path), and
  * repacks its right operand whenever that tensor is new — every step, for a
- * weight. Operands are copied into a shared `WebAssembly.Memory`, the rows
- * of the result are shared out between this thread and helper threads
- * (`gemm_worker.ts`), and the result is copied back. Elsewhere (WebGPU,
+ * weight. Operands are copied into a shared `WebAssembly.Memory` (B, and
+ * a transposed A, repacked there into the panels the kernel reads in
+ * order), the rows of the result are shared out between this thread and
+ * helper threads (`gemm_worker.ts`), and the result is copied back. Elsewhere (WebGPU,
  * cpu), or with the fast paths off, it is `tf.matMul`.
  *
  * It relies on internals of tfjs-backend-wasm 4.22 (`wasm.asm.memory`,
@@ -31,7 +32,6 @@ import {
   openTicket,
   type Pack,
   PACK_SLACK,
-  packPanels,
   ROW_BLOCK,
   runChunks,
   Slot,
@@ -182,23 +182,19 @@ tf.registerKernel({
     const offsetOf = (t: tf.TensorInfo) => wasm.dataIdMap.get(t.dataId).memoryOffset / 4;
     const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
     const [aFrom, bFrom] = [offsetOf(a), offsetOf(b)];
-    if (transposeA) { // stored (k, m): row p of the stored matrix is A[·, p]
+    if (transposeA) { // stored (k, m): element (i, p) at p·m + i
       shared.set(heap.subarray(aFrom, aFrom + batch * m * k), STAGE / 4);
       for (let t = 0; t < batch; t++) {
-        pool.pack(STAGE + t * m * k * 4, A + t * aBytes, k, m, m * 4, ROW_BLOCK);
+        pool.pack(STAGE + t * m * k * 4, A + t * aBytes, k, m, m * 4, 4, ROW_BLOCK);
       }
     } else {
       shared.set(heap.subarray(aFrom, aFrom + batch * m * k), A / 4);
     }
-    if (transposeB) { // stored (n, k): element (p, j) at j·k + p, gathered here
-      for (let t = 0; t < batch; t++) {
-        packPanels(heap, bFrom + t * k * n, 1, k, shared, (B + t * bBytes) / 4, k, n, COL_BLOCK);
-      }
-    } else {
-      shared.set(heap.subarray(bFrom, bFrom + batch * k * n), STAGE / 4);
-      for (let t = 0; t < batch; t++) {
-        pool.pack(STAGE + t * k * n * 4, B + t * bBytes, k, n, n * 4, COL_BLOCK);
-      }
+    // Stored (n, k), element (p, j) at j·k + p; or (k, n), at p·n + j.
+    const [pStride, jStride] = transposeB ? [4, k * 4] : [n * 4, 4];
+    shared.set(heap.subarray(bFrom, bFrom + batch * k * n), STAGE / 4);
+    for (let t = 0; t < batch; t++) {
+      pool.pack(STAGE + t * k * n * 4, B + t * bBytes, k, n, pStride, jStride, COL_BLOCK);
     }
 
     // A few chunks per thread balance the load; a chunk never spans two matrices.
