@@ -42,6 +42,7 @@ import {
   vSub,
   whileNot,
 } from "./wasm_asm.ts";
+import { heapAddress, onHeap, wasmBackend } from "./wasm_heap.ts";
 
 /** AdamW settings; names follow PyTorch. */
 export interface AdamWOptions {
@@ -169,32 +170,20 @@ interface HostMemory {
   update?: (...args: number[]) => void;
 }
 
-/** tfjs-backend-wasm 4.22's internals used here (see also matmul.ts). */
-interface WasmBackendInternals {
-  wasm: { asm: { memory: WebAssembly.Memory } };
-  dataIdMap: { get(dataId: object): { memoryOffset: number } };
-}
-
-/** The AdamW kernel, instantiated once on tfjs-backend-wasm's memory. */
-let wasmUpdate: { memory: WebAssembly.Memory; update: (...args: number[]) => void } | null = null;
+/** The AdamW kernel on tfjs-backend-wasm's heap. */
+const adamwOnHeap = onHeap(adamwModule);
 
 /** The backend's memory on `wasm` and `cpu`; null on WebGPU (GPU memory). */
 function hostMemoryOf(): HostMemory | null {
   switch (tf.getBackend()) {
     case "wasm": {
-      const backend = tf.backend() as unknown as WasmBackendInternals;
-      const memory = backend.wasm.asm.memory;
-      if (wasmUpdate?.memory !== memory) {
-        const module = new WebAssembly.Module(adamwModule());
-        const instance = new WebAssembly.Instance(module, { env: { memory } });
-        wasmUpdate = { memory, update: instance.exports.adamw as (...args: number[]) => void };
-      }
+      const backend = wasmBackend();
       return {
         view: () => {
           throw new Error("unused on WASM");
         },
-        address: (t) => backend.dataIdMap.get(t.dataId).memoryOffset,
-        update: wasmUpdate.update,
+        address: (t) => heapAddress(backend, t),
+        update: adamwOnHeap().adamw as (...args: number[]) => void,
       };
     }
     case "cpu": {

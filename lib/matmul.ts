@@ -13,15 +13,14 @@
  * helper threads (`gemm_worker.ts`), and the result is copied back. Elsewhere (WebGPU,
  * cpu), or with the fast paths off, it is `tf.matMul`.
  *
- * It relies on internals of tfjs-backend-wasm 4.22 (`wasm.asm.memory`,
- * `dataIdMap`, `makeOutput`), pinned in deno.json; tests/nn_test.ts fails if
- * they change.
+ * It relies on internals of tfjs-backend-wasm 4.22 (see `wasm_heap.ts`).
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { Worker } from "node:worker_threads";
 import { fastPaths } from "./fast_paths.ts";
+import { heapAddress, type WasmBackendInternals } from "./wasm_heap.ts";
 import {
   COL_BLOCK,
   compileGemm,
@@ -91,13 +90,6 @@ function wasmMatMul(
 
 const KERNEL = "SimpleLMMatMul";
 
-/** The parts of tfjs-backend-wasm 4.22's `BackendWasm` that its own kernels use. */
-interface WasmBackendInternals {
-  wasm: { asm: { memory: WebAssembly.Memory } };
-  dataIdMap: { get(dataId: object): { memoryOffset: number } };
-  makeOutput(shape: number[], dtype: "float32"): tf.TensorInfo;
-}
-
 /** Our shared memory, this thread's kernel and the helper threads. */
 interface Pool {
   memory: WebAssembly.Memory;
@@ -145,7 +137,7 @@ tf.registerKernel({
   kernelName: KERNEL,
   backendName: "wasm",
   kernelFunc: ({ inputs, attrs, backend }) => {
-    const wasm = backend as unknown as WasmBackendInternals;
+    const wasm = backend as unknown as WasmBackendInternals; // the "wasm" backend: this kernel's
     const { a, b } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
     const { transposeA, transposeB } = attrs as unknown as {
       transposeA: boolean;
@@ -179,7 +171,7 @@ tf.registerKernel({
       pool.memory.grow(Math.ceil((end - pool.memory.buffer.byteLength) / 65536));
     }
     const shared = new Float32Array(pool.memory.buffer);
-    const offsetOf = (t: tf.TensorInfo) => wasm.dataIdMap.get(t.dataId).memoryOffset / 4;
+    const offsetOf = (t: tf.TensorInfo) => heapAddress(wasm, t) / 4;
     const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
     const [aFrom, bFrom] = [offsetOf(a), offsetOf(b)];
     if (transposeA) { // stored (k, m): element (i, p) at p·m + i

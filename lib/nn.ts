@@ -10,6 +10,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { fastPaths, hostFastPaths } from "./fast_paths.ts";
+import { layerNormWasm, layerNormWasmFits } from "./layer_norm_kernel.ts";
 import { matMul } from "./matmul.ts";
 import type { Rng } from "./rng.ts";
 
@@ -124,7 +125,10 @@ export function layerNorm(
   bias: tf.Tensor,
   eps = 1e-5,
 ): tf.Tensor {
-  if (hostFastPaths()) return hostLayerNorm(eps)(x, weight, bias);
+  if (hostFastPaths()) {
+    const onWasm = tf.getBackend() === "wasm" && layerNormWasmFits(x.shape[x.shape.length - 1]);
+    return (onWasm ? layerNormWasm(eps) : hostLayerNorm(eps))(x, weight, bias);
+  }
   const mean = x.mean(-1, true); // (..., 1)
   const centered = x.sub(mean); // (..., C)
   const variance = centered.square().mean(-1, true); // (..., 1)
@@ -134,7 +138,9 @@ export function layerNorm(
 /**
  * {@link layerNorm} as one loop over rows on the CPU-side backends, whose
  * tensors live in CPU memory: tfjs's composition is ~30 kernels forward and
- * backward, each a pass over the activations. Sums are float64. Per row,
+ * backward, each a pass over the activations. On WASM, rows whose width is
+ * a multiple of 4 take the SIMD loops of `layer_norm_kernel.ts` instead;
+ * this JavaScript loop serves the rest and cpu. Sums are float64. Per row,
  * with x̂ = (x − mean)·rstd and g = dy·w:
  *
  *   y = x̂·w + b      dx = rstd · (g − mean(g) − x̂·mean(g·x̂))

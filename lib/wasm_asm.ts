@@ -55,6 +55,10 @@ export const [divU, remU] = [op([0x6e]), op([0x70])];
 
 /** f32 scalars: memory is addressed with align 4, offset 0. */
 export const f32Zero: Code = [0x43, 0, 0, 0, 0];
+/** f32.const x. */
+export const f32 = (x: number): Code => [0x43, ...new Uint8Array(new Float32Array([x]).buffer)];
+/** f32.convert_i32_u. */
+export const f32FromU32 = op([0xb3]);
 export const f32Load = (addr: Code): Code => [...addr, 0x2a, 2, 0];
 export const f32Store = (addr: Code, value: Code): Code => [...addr, ...value, 0x38, 2, 0];
 export const [f32Sqrt, f32Add, f32Sub, f32Mul, f32Div] = [
@@ -77,6 +81,11 @@ export const vStore = (addr: Code, value: Code, offset: number): Code => [
   ...[SIMD, 0x0b, 4, ...uleb(offset)],
 ];
 export const vSplat = op([SIMD, 0x13]); // f32x4.splat
+/** f32x4.extract_lane. */
+export const vLane = (v: Code, lane: number): Code => [...v, SIMD, 0x1f, lane];
+/** The sum of a vector's four lanes. */
+export const vLaneSum = (v: Code): Code =>
+  f32Add(f32Add(vLane(v, 0), vLane(v, 1)), f32Add(vLane(v, 2), vLane(v, 3)));
 export const [vSqrt, vAdd, vSub, vMul, vDiv] = [
   op([SIMD, 0xe3, 0x01]),
   op([SIMD, 0xe4, 0x01]),

@@ -60,29 +60,33 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
     assert.ok(await maxDiff(ours(logits), theirs(logits)) < 1e-5);
     assert.ok(await maxDiff(tf.grad(ours)(logits), tf.grad(theirs)(logits)) < 1e-5);
 
-    // layer norm: the host loop vs tfjs's composition, then mean 0 and
-    // biased variance 1 per row before the affine part.
-    const [lnW, lnB, lnDy] = [
-      randomTensor([5], rng),
-      randomTensor([5], rng),
-      randomTensor([2, 3, 5], rng),
-    ];
-    const viaLayerNorm = (on: boolean) => {
-      setFastPaths(on);
-      try {
-        const f = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
-          layerNorm(xx, ww, bb).mul(lnDy).sum();
-        return [layerNorm(x, lnW, lnB), ...tf.grads(f)([x, lnW, lnB])];
-      } finally {
-        setFastPaths(true);
+    // layer norm: the fast path vs tfjs's composition, at a width of 5 (the
+    // JavaScript loop) and 8 (on WASM, the SIMD kernel), 7 rows; then mean
+    // 0 and biased variance 1 per row before the affine part.
+    for (const C of [5, 8]) {
+      const [lnX, lnW, lnB, lnDy] = [
+        randomTensor([7, C], rng),
+        randomTensor([C], rng),
+        randomTensor([C], rng),
+        randomTensor([7, C], rng),
+      ];
+      const viaLayerNorm = (on: boolean) => {
+        setFastPaths(on);
+        try {
+          const f = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
+            layerNorm(xx, ww, bb).mul(lnDy).sum();
+          return [layerNorm(lnX, lnW, lnB), ...tf.grads(f)([lnX, lnW, lnB])];
+        } finally {
+          setFastPaths(true);
+        }
+      };
+      const [lnFast, lnPlain] = [viaLayerNorm(true), viaLayerNorm(false)];
+      for (let i = 0; i < 4; i++) {
+        assert.ok(
+          await maxDiff(lnFast[i], lnPlain[i]) < 1e-4,
+          `layerNorm (C = ${C}) ${["value", "dx", "dw", "db"][i]}`,
+        );
       }
-    };
-    const [lnFast, lnPlain] = [viaLayerNorm(true), viaLayerNorm(false)];
-    for (let i = 0; i < 4; i++) {
-      assert.ok(
-        await maxDiff(lnFast[i], lnPlain[i]) < 1e-4,
-        `layerNorm ${["value", "dx", "dw", "db"][i]}`,
-      );
     }
     const normed = layerNorm(x, tf.ones([5]), tf.zeros([5]));
 
