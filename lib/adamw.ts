@@ -90,63 +90,21 @@ export class AdamW {
   /** Applies one update from gradients keyed by variable name. */
   applyGradients(grads: Record<string, tf.Tensor>): void {
     this.step++;
-    const hostMemory = fastPaths() ? hostMemoryOf() : null;
+    const { lr, weightDecay, beta1, beta2, eps, step } = this;
+    const constants: StepConstants = {
+      beta1,
+      beta2,
+      eps,
+      decay: 1 - lr * weightDecay,
+      stepSize: lr / (1 - beta1 ** step),
+      bc2Sqrt: Math.sqrt(1 - beta2 ** step),
+    };
+    const inPlace = fastPaths() ? inPlaceUpdate() : null;
     for (const [param, moments] of this.moments) {
       const grad = grads[param.name];
       if (!grad) continue; // like PyTorch: a parameter without gradient is left alone
-      if (hostMemory) this.#updateOnHost(param, grad, moments, hostMemory);
-      else this.#updateWithOps(param, grad, moments);
-    }
-  }
-
-  /** The update as tensor ops: 13 elementwise kernels, fine on a GPU. */
-  #updateWithOps(param: tf.Variable, g: tf.Tensor, { expAvg, expAvgSq }: Moments): void {
-    const { lr, weightDecay, beta1, beta2, eps, step } = this;
-    const stepSize = lr / (1 - beta1 ** step);
-    const bc2Sqrt = Math.sqrt(1 - beta2 ** step);
-    tf.tidy(() => {
-      const m = expAvg.mul(beta1).add(g.mul(1 - beta1));
-      const v = expAvgSq.mul(beta2).add(g.square().mul(1 - beta2));
-      const denom = v.sqrt().div(bc2Sqrt).add(eps);
-      param.assign(param.mul(1 - lr * weightDecay).sub(m.div(denom).mul(stepSize)));
-      expAvg.assign(m);
-      expAvgSq.assign(v);
-    });
-  }
-
-  /**
-   * The same update in place, as one pass over the backend's own memory:
-   * an order of magnitude faster there than 13 kernels, each a pass over
-   * every parameter. On WASM it is a SIMD loop on tfjs's heap (float32, as
-   * PyTorch), on cpu a JavaScript loop.
-   */
-  #updateOnHost(param: tf.Variable, grad: tf.Tensor, moments: Moments, memory: HostMemory): void {
-    const { lr, weightDecay, beta1, beta2, eps, step } = this;
-    const stepSize = lr / (1 - beta1 ** step);
-    const bc2Sqrt = Math.sqrt(1 - beta2 ** step);
-    const decay = 1 - lr * weightDecay;
-    const tensors = [param, grad, moments.expAvg, moments.expAvgSq];
-    if (memory.update) {
-      memory.update(
-        ...tensors.map(memory.address),
-        param.size,
-        beta1,
-        beta2,
-        1 - beta1,
-        1 - beta2,
-        decay,
-        stepSize,
-        bc2Sqrt,
-        eps,
-      );
-      return;
-    }
-    const [p, g, m, v] = tensors.map(memory.view);
-    for (let i = 0; i < p.length; i++) {
-      const gi = g[i];
-      const mi = m[i] = beta1 * m[i] + (1 - beta1) * gi;
-      const vi = v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
-      p[i] = p[i] * decay - (stepSize * mi) / (Math.sqrt(vi) / bc2Sqrt + eps);
+      if (inPlace) inPlace([param, grad, moments.expAvg, moments.expAvgSq], constants);
+      else updateWithOps(param, grad, moments, constants);
     }
   }
 
@@ -159,41 +117,83 @@ export class AdamW {
   }
 }
 
-/**
- * The memory a CPU-side backend keeps tensors in: on cpu, views of its
- * arrays; on WASM, byte addresses in its heap and {@link adamwModule} run
- * on that heap.
- */
-interface HostMemory {
-  view: (t: tf.Tensor) => Float32Array;
-  address: (t: tf.Tensor) => number;
-  update?: (...args: number[]) => void;
+/** What one step's update uses, the same for every parameter. */
+interface StepConstants {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** 1 − lr·weight_decay. */
+  decay: number;
+  /** lr / (1 − β1ᵗ). */
+  stepSize: number;
+  /** √(1 − β2ᵗ). */
+  bc2Sqrt: number;
 }
+
+/** The update as tensor ops: 13 elementwise kernels, fine on a GPU. */
+function updateWithOps(
+  param: tf.Variable,
+  g: tf.Tensor,
+  { expAvg, expAvgSq }: Moments,
+  { beta1, beta2, eps, decay, stepSize, bc2Sqrt }: StepConstants,
+): void {
+  tf.tidy(() => {
+    const m = expAvg.mul(beta1).add(g.mul(1 - beta1));
+    const v = expAvgSq.mul(beta2).add(g.square().mul(1 - beta2));
+    const denom = v.sqrt().div(bc2Sqrt).add(eps);
+    param.assign(param.mul(decay).sub(m.div(denom).mul(stepSize)));
+    expAvg.assign(m);
+    expAvgSq.assign(v);
+  });
+}
+
+/** The update of one parameter in place, from its tensors [p, g, m, v]. */
+type InPlaceUpdate = (tensors: tf.Tensor[], constants: StepConstants) => void;
 
 /** The AdamW kernel on tfjs-backend-wasm's heap. */
 const adamwOnHeap = onHeap(adamwModule);
 
-/** The backend's memory on `wasm` and `cpu`; null on WebGPU (GPU memory). */
-function hostMemoryOf(): HostMemory | null {
+/**
+ * The same update as one pass over the backend's own memory, in place: an
+ * order of magnitude faster there than 13 kernels, each a pass over every
+ * parameter. On WASM, {@link adamwModule} on tfjs's heap (float32, as
+ * PyTorch); on cpu, a JavaScript loop over its arrays (float64); on WebGPU
+ * (GPU memory), null.
+ */
+function inPlaceUpdate(): InPlaceUpdate | null {
   switch (tf.getBackend()) {
     case "wasm": {
       const backend = wasmBackend();
-      return {
-        view: () => {
-          throw new Error("unused on WASM");
-        },
-        address: (t) => heapAddress(backend, t),
-        update: adamwOnHeap().adamw as (...args: number[]) => void,
-      };
+      const adamw = adamwOnHeap().adamw as (...args: number[]) => void;
+      return (tensors, { beta1, beta2, eps, decay, stepSize, bc2Sqrt }) =>
+        adamw(
+          ...tensors.map((t) => heapAddress(backend, t)),
+          tensors[0].size,
+          ...[beta1, beta2, 1 - beta1, 1 - beta2, decay, stepSize, bc2Sqrt, eps],
+        );
     }
     case "cpu": {
       const backend = tf.backend() as unknown as {
         data: { get(id: object): { values: Float32Array } };
       };
-      return { view: (t) => backend.data.get(t.dataId).values, address: () => 0 };
+      return (tensors, constants) =>
+        updateArrays(tensors.map((t) => backend.data.get(t.dataId).values), constants);
     }
     default:
       return null;
+  }
+}
+
+/** The update over plain arrays [p, g, m, v], in float64. */
+function updateArrays(
+  [p, g, m, v]: Float32Array[],
+  { beta1, beta2, eps, decay, stepSize, bc2Sqrt }: StepConstants,
+): void {
+  for (let i = 0; i < p.length; i++) {
+    const gi = g[i];
+    const mi = m[i] = beta1 * m[i] + (1 - beta1) * gi;
+    const vi = v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
+    p[i] = p[i] * decay - (stepSize * mi) / (Math.sqrt(vi) / bc2Sqrt + eps);
   }
 }
 
