@@ -170,9 +170,10 @@ const K_BLOCK = 256;
  *   panel A[i, p] is at `i·aRow + p·aCol`. A row-major A is one such layout
  *   (aRow = 4k, aCol = 4, aPanel = 24k); a transposed A is packed by
  *   `pack` into another (aRow = 4, aCol = 24, aPanel = 24k).
- * - B is packed by `pack` in panels of COL_BLOCK columns, so
- *   the kernel reads it in order (B's own rows, 4n bytes apart, would fall
- *   into a few cache sets when n is a power of two: ~1.5× slower at n = 512).
+ * - B is packed by `pack` in panels of COL_BLOCK columns, so the kernel
+ *   reads it in order: unpacked, a strip of 8 columns over k rows touches k
+ *   cache lines and uses half of each, which at k = 768 (weight gradients)
+ *   no longer fits L1 (packed, with k in blocks, ~1.6× faster there).
  *
  * Rows go six at a time, columns eight at a time: a 6×8 block of C sits in
  * twelve f32x4 accumulators while p runs over k, so each step loads two

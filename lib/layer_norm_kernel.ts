@@ -55,7 +55,7 @@ export function layerNormWasmFits(C: number): boolean {
 
 /**
  * `LayerNorm(x) · w + b` over the last axis of x (..., C), on WASM with
- * C a multiple of 4; the gradient by {@link BACKWARD}.
+ * C a multiple of 4; the gradient by the backward kernel.
  */
 export function layerNormWasm(eps: number) {
   return tf.customGrad((x, w, b, save) => {

@@ -7,11 +7,11 @@
  * that one uses one core, runs every batched or transposed product as a
  * scalar loop (~1.5 GFLOP/s, ten times slower than its plain 2-D path), and
  * repacks its right operand whenever that tensor is new — every step, for a
- * weight. Operands are copied into a shared `WebAssembly.Memory` (B, and
- * a transposed A, repacked there into the panels the kernel reads in
- * order), the rows of the result are shared out between this thread and
- * helper threads (`gemm_worker.ts`), and the result is copied back. Elsewhere (WebGPU,
- * cpu), or with the fast paths off, it is `tf.matMul`.
+ * weight. Operands are copied into a shared `WebAssembly.Memory` (B, and a
+ * transposed A, repacked there into the panels the kernel reads in order),
+ * the rows of the result are shared out between this thread and helper
+ * threads (`gemm_worker.ts`), and the result is copied back. Elsewhere
+ * (WebGPU, cpu), or with the fast paths off, it is `tf.matMul`.
  *
  * It relies on internals of tfjs-backend-wasm 4.22 (see `wasm_heap.ts`).
  *
