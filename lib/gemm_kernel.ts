@@ -50,6 +50,7 @@ import {
   vZero,
   whileNot,
 } from "./wasm_asm.ts";
+import { attentionFunctions } from "./attention_kernel.ts";
 
 /** Slots of the control block, an Int32Array at byte 0 of the shared memory. */
 export const Slot = {
@@ -77,10 +78,34 @@ export const Slot = {
   CHUNKS_PER_MATRIX: 14,
   /** Byte distance between A's consecutive panels of ROW_BLOCK rows. */
   A_PANEL: 15,
+  /** What the job's chunks are: one of {@link Job}. */
+  JOB: 16,
+  /**
+   * Attention, one (batch, head) pair a chunk: byte addresses of q, k, v
+   * (B, T, C), P (B, H, T, T), y or dy (B, T, C), dq, dk, dv (B, T, C).
+   */
+  ATT_Q: 17,
+  ATT_K: 18,
+  ATT_V: 19,
+  ATT_P: 20,
+  ATT_Y: 21,
+  ATT_DQ: 22,
+  ATT_DK: 23,
+  ATT_DV: 24,
+  /** Its T, C and heads; each thread's scratch (its thread index·SCRATCH_BYTES on) and the panels' share. */
+  ATT_T: 25,
+  ATT_C: 26,
+  ATT_HEADS: 27,
+  ATT_SCRATCH: 28,
+  ATT_SCRATCH_BYTES: 29,
+  ATT_PANEL_BYTES: 30,
 } as const;
 
+/** The kinds of job. */
+export const Job = { PRODUCT: 0, ATTENTION: 1, ATTENTION_GRAD: 2 } as const;
+
 /** Bytes reserved for the control block; operands start after it. */
-export const CONTROL_BYTES = 64;
+export const CONTROL_BYTES = 128;
 
 /** Chunk counts and indices live in 12 bits of the ticket. */
 export const MAX_CHUNKS = 0xfff;
@@ -104,36 +129,76 @@ export function allClaimed(ticket: number): boolean {
   return (ticket & 0xfff) >= ((ticket >>> 12) & 0xfff);
 }
 
+/** The module's functions a thread runs chunks of. */
+export interface Kernels {
+  gemm: Gemm;
+  attentionForward: (...args: number[]) => void;
+  attentionBackward: (...args: number[]) => void;
+}
+
+/** The {@link Kernels} of an instance of {@link compileGemm}'s module. */
+export function kernelsOf(instance: WebAssembly.Instance): Kernels {
+  const { gemm, attentionForward, attentionBackward } = instance.exports;
+  return { gemm, attentionForward, attentionBackward } as unknown as Kernels;
+}
+
 /**
- * Claims and runs chunks of the published job until none are left. Job
- * parameters are read after a successful claim: the publisher rewrites them
- * only once every claimed chunk is done, so they are the claimed job's.
+ * Claims and runs chunks of the published job until none are left; the
+ * main thread is `thread` 0, helpers 1, 2, …. Job parameters are read after
+ * a successful claim: the publisher rewrites them only once every claimed
+ * chunk is done, so they are the claimed job's.
  */
-export function runChunks(ctrl: Int32Array, gemm: Gemm): void {
+export function runChunks(ctrl: Int32Array, kernels: Kernels, thread: number): void {
   for (;;) {
     const ticket = Atomics.load(ctrl, Slot.TICKET);
     if (allClaimed(ticket)) return;
     if (Atomics.compareExchange(ctrl, Slot.TICKET, ticket, ticket + 1) !== ticket) continue;
     const chunk = ticket & 0xfff;
-    // A chunk is rows first…first+CHUNK_ROWS of one matrix of the batch.
-    const perMatrix = ctrl[Slot.CHUNKS_PER_MATRIX];
-    const t = Math.floor(chunk / perMatrix);
-    const first = (chunk - t * perMatrix) * ctrl[Slot.CHUNK_ROWS];
-    gemm(
-      ctrl[Slot.A] + t * ctrl[Slot.A_BATCH],
-      ctrl[Slot.B] + t * ctrl[Slot.B_BATCH],
-      ctrl[Slot.C] + t * ctrl[Slot.C_BATCH],
-      first,
-      Math.min(ctrl[Slot.M], first + ctrl[Slot.CHUNK_ROWS]),
-      ctrl[Slot.K],
-      ctrl[Slot.N],
-      ctrl[Slot.A_ROW],
-      ctrl[Slot.A_COL],
-      ctrl[Slot.A_PANEL],
-    );
+    if (ctrl[Slot.JOB] === Job.PRODUCT) runProductChunk(ctrl, kernels.gemm, chunk);
+    else runAttentionChunk(ctrl, kernels, chunk, thread);
     Atomics.add(ctrl, Slot.DONE, 1);
     Atomics.notify(ctrl, Slot.DONE);
   }
+}
+
+/** One (batch, head) pair of an attention job, forward or backward. */
+function runAttentionChunk(ctrl: Int32Array, kernels: Kernels, pair: number, thread: number) {
+  const [T, C, heads] = [ctrl[Slot.ATT_T], ctrl[Slot.ATT_C], ctrl[Slot.ATT_HEADS]];
+  const hs = C / heads;
+  const b = Math.floor(pair / heads);
+  const at = (b * T * C + (pair - b * heads) * hs) * 4; // (b, 0, h·hs) in a (B, T, C)
+  const p = ctrl[Slot.ATT_P] + pair * T * T * 4;
+  const panel = ctrl[Slot.ATT_SCRATCH] + thread * ctrl[Slot.ATT_SCRATCH_BYTES];
+  const scratch = panel + ctrl[Slot.ATT_PANEL_BYTES];
+  const [q, k, v, y] = [Slot.ATT_Q, Slot.ATT_K, Slot.ATT_V, Slot.ATT_Y].map((s) => ctrl[s] + at);
+  if (ctrl[Slot.JOB] === Job.ATTENTION) {
+    kernels.attentionForward(q, k, v, y, p, T, C, hs, hs ** -0.5, panel, scratch);
+  } else {
+    const [dq, dk, dv] = [Slot.ATT_DQ, Slot.ATT_DK, Slot.ATT_DV].map((s) => ctrl[s] + at);
+    const dScores = scratch;
+    const out = scratch + T * T * 4;
+    kernels.attentionBackward(q, k, v, p, y, dq, dk, dv, T, C, hs, hs ** -0.5, panel, dScores, out);
+  }
+}
+
+/** Rows of one matrix of a product job. */
+function runProductChunk(ctrl: Int32Array, gemm: Gemm, chunk: number) {
+  // A chunk is rows first…first+CHUNK_ROWS of one matrix of the batch.
+  const perMatrix = ctrl[Slot.CHUNKS_PER_MATRIX];
+  const t = Math.floor(chunk / perMatrix);
+  const first = (chunk - t * perMatrix) * ctrl[Slot.CHUNK_ROWS];
+  gemm(
+    ctrl[Slot.A] + t * ctrl[Slot.A_BATCH],
+    ctrl[Slot.B] + t * ctrl[Slot.B_BATCH],
+    ctrl[Slot.C] + t * ctrl[Slot.C_BATCH],
+    first,
+    Math.min(ctrl[Slot.M], first + ctrl[Slot.CHUNK_ROWS]),
+    ctrl[Slot.K],
+    ctrl[Slot.N],
+    ctrl[Slot.A_ROW],
+    ctrl[Slot.A_COL],
+    ctrl[Slot.A_PANEL],
+  );
 }
 
 /**
@@ -314,6 +379,7 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
       body,
     },
     { name: "pack", params: new Array(7).fill(I32), locals: [[6, I32]], body: packBody() },
+    ...attentionFunctions(0, 1, 2, ROW_BLOCK, COL_BLOCK),
   ]);
 }
 

@@ -1,19 +1,25 @@
 /**
- * The helper thread of {@link ./matmul.ts}: instantiates the SIMD product on
- * the shared memory it is given, then claims chunks of every published job
- * until the process ends (the thread is unref'd: it never keeps it alive).
+ * A helper thread of {@link ./matmul.ts}: instantiates the SIMD product
+ * module on the shared memory it is given, then claims chunks of every
+ * published job (products, attention) until the process ends (the thread is unref'd: it never keeps it alive).
  *
  * @module
  */
 import { workerData } from "node:worker_threads";
-import { allClaimed, compileGemm, type Gemm, runChunks, Slot } from "./gemm_kernel.ts";
+import {
+  allClaimed,
+  compileGemm,
+  CONTROL_BYTES,
+  kernelsOf,
+  runChunks,
+  Slot,
+} from "./gemm_kernel.ts";
 
-const memory = (workerData as { memory: WebAssembly.Memory }).memory;
-const instance = new WebAssembly.Instance(compileGemm(), { env: { memory } });
-const gemm = instance.exports.gemm as Gemm;
-const ctrl = new Int32Array(memory.buffer, 0, 16);
+const { memory, thread } = workerData as { memory: WebAssembly.Memory; thread: number };
+const kernels = kernelsOf(new WebAssembly.Instance(compileGemm(), { env: { memory } }));
+const ctrl = new Int32Array(memory.buffer, 0, CONTROL_BYTES / 4);
 for (;;) {
-  runChunks(ctrl, gemm);
+  runChunks(ctrl, kernels, thread);
   const ticket = Atomics.load(ctrl, Slot.TICKET);
   if (allClaimed(ticket)) Atomics.wait(ctrl, Slot.TICKET, ticket);
 }

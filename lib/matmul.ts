@@ -25,7 +25,9 @@ import {
   COL_BLOCK,
   compileGemm,
   CONTROL_BYTES,
-  type Gemm,
+  Job,
+  type Kernels,
+  kernelsOf,
   MAX_CHUNKS,
   MEMORY_PAGES,
   openTicket,
@@ -90,16 +92,49 @@ function wasmMatMul(
 
 const KERNEL = "SimpleLMMatMul";
 
-/** Our shared memory, this thread's kernel and the helper threads. */
-interface Pool {
+/** Our shared memory, this thread's kernels and the helper threads. */
+export interface Pool {
   memory: WebAssembly.Memory;
   ctrl: Int32Array;
-  gemm: Gemm;
+  kernels: Kernels;
   pack: Pack;
+  /** This thread and the helpers that started. */
   threads: number;
   seq: number;
 }
 let pool: Pool | null = null;
+
+/** The pool, started on first use. */
+export function sharedPool(): Pool {
+  return pool ??= startPool();
+}
+
+/**
+ * The shared memory as floats, grown first to at least `bytes`: views made
+ * before a growth see only the old size.
+ */
+export function sharedFloats(pool: Pool, bytes: number): Float32Array {
+  const { memory } = pool;
+  if (bytes > memory.buffer.byteLength) {
+    memory.grow(Math.ceil((bytes - memory.buffer.byteLength) / 65536));
+  }
+  return new Float32Array(memory.buffer);
+}
+
+/**
+ * Publishes the job written in the control block, with `chunks` chunks,
+ * runs chunks here too, and returns when all are done.
+ */
+export function runJob(pool: Pool, chunks: number): void {
+  const { ctrl } = pool;
+  Atomics.store(ctrl, Slot.DONE, 0);
+  Atomics.store(ctrl, Slot.TICKET, openTicket(++pool.seq, chunks));
+  Atomics.notify(ctrl, Slot.TICKET);
+  runChunks(ctrl, pool.kernels, 0);
+  for (let done; (done = Atomics.load(ctrl, Slot.DONE)) < chunks;) {
+    Atomics.wait(ctrl, Slot.DONE, done, 100); // a helper is finishing a chunk
+  }
+}
 
 /**
  * Starts the pool on first use: one helper thread per core beyond this one
@@ -108,13 +143,13 @@ let pool: Pool | null = null;
  */
 function startPool(): Pool {
   const memory = new WebAssembly.Memory({ ...MEMORY_PAGES, shared: true });
-  const { exports } = new WebAssembly.Instance(compileGemm(), { env: { memory } });
+  const instance = new WebAssembly.Instance(compileGemm(), { env: { memory } });
   const helpers = Math.max(0, Math.min(7, (navigator.hardwareConcurrency ?? 1) - 1));
   let started = 0;
   for (let i = 0; i < helpers; i++) {
     try {
       const worker = new Worker(new URL("./gemm_worker.ts", import.meta.url), {
-        workerData: { memory },
+        workerData: { memory, thread: 1 + started },
       });
       worker.unref(); // a helper never keeps the process alive
       worker.on("error", () => {}); // one that fails to load never claims a chunk: no harm
@@ -125,9 +160,9 @@ function startPool(): Pool {
   }
   return {
     memory,
-    ctrl: new Int32Array(memory.buffer, 0, 16),
-    gemm: exports.gemm as Gemm,
-    pack: exports.pack as Pack,
+    ctrl: new Int32Array(memory.buffer, 0, CONTROL_BYTES / 4),
+    kernels: kernelsOf(instance),
+    pack: instance.exports.pack as Pack,
     threads: 1 + started,
     seq: 0,
   };
@@ -155,7 +190,7 @@ tf.registerKernel({
       );
     }
     const batch = lead.reduce((x, y) => x * y, 1);
-    pool ??= startPool();
+    const pool = sharedPool();
     // Per matrix: A as it is, or packed in panels of ROW_BLOCK rows when
     // transposed; B packed in panels of COL_BLOCK columns (see gemm_kernel.ts).
     // Operands to pack are first copied as they are to STAGE.
@@ -167,10 +202,7 @@ tf.registerKernel({
     const C = B + batch * bBytes + PACK_SLACK;
     const STAGE = C + batch * cBytes;
     const end = STAGE + batch * Math.max(m * k, n * k) * 4 + PACK_SLACK;
-    if (end > pool.memory.buffer.byteLength) {
-      pool.memory.grow(Math.ceil((end - pool.memory.buffer.byteLength) / 65536));
-    }
-    const shared = new Float32Array(pool.memory.buffer);
+    const shared = sharedFloats(pool, end);
     const offsetOf = (t: tf.TensorInfo) => heapAddress(wasm, t) / 4;
     const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
     const [aFrom, bFrom] = [offsetOf(a), offsetOf(b)];
@@ -194,6 +226,7 @@ tf.registerKernel({
       Math.max(1, Math.ceil(batch * m / (4 * pool.threads) / ROW_BLOCK));
     const perMatrix = Math.ceil(m / chunkRows);
     const { ctrl } = pool;
+    ctrl[Slot.JOB] = Job.PRODUCT;
     ctrl.set([m, k, n], Slot.M);
     ctrl.set(transposeA ? [4, ROW_BLOCK * 4] : [k * 4, 4], Slot.A_ROW);
     ctrl.set([aBytes, bBytes, cBytes, chunkRows, perMatrix, ROW_BLOCK * k * 4], Slot.A_BATCH);
@@ -202,13 +235,7 @@ tf.registerKernel({
     for (let t = 0; t < batch; t += groupSize) {
       const chunks = Math.min(groupSize, batch - t) * perMatrix;
       ctrl.set([A + t * aBytes, B + t * bBytes, C + t * cBytes], Slot.A);
-      Atomics.store(ctrl, Slot.DONE, 0);
-      Atomics.store(ctrl, Slot.TICKET, openTicket(++pool.seq, chunks));
-      Atomics.notify(ctrl, Slot.TICKET);
-      runChunks(ctrl, pool.gemm);
-      for (let done; (done = Atomics.load(ctrl, Slot.DONE)) < chunks;) {
-        Atomics.wait(ctrl, Slot.DONE, done, 100); // a helper is finishing a chunk
-      }
+      runJob(pool, chunks);
     }
 
     const out = wasm.makeOutput([...lead, m, n], "float32"); // (..., m, n)

@@ -9,6 +9,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { attentionWasm } from "./attention.ts";
 import { fastPaths, hostFastPaths } from "./fast_paths.ts";
 import { layerNormWasm, layerNormWasmFits } from "./layer_norm_kernel.ts";
 import { matMul } from "./matmul.ts";
@@ -34,6 +35,37 @@ export function linear(x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor): tf.Tensor {
   let y = matMul(flat, w); // (N, in) @ (in, out) -> (N, out)
   if (b) y = fastPaths() ? addBias(y, b) : y.add(b);
   return y.reshape([...x.shape.slice(0, -1) as number[], outFeatures]); // (..., out)
+}
+
+/**
+ * Causal multi-head self-attention with the heads side by side: q, k, v
+ * (B, T, C), head h in columns h·hs…(h+1)·hs, and maskBias (T, T), 0 on and
+ * below the diagonal and −∞ above → (B, T, C), each head's
+ * `softmax(q kᵀ · hs^-½ + maskBias) v`. `dropWeights`, given in training
+ * with dropout, is applied to the attention weights.
+ *
+ * On WASM with the fast paths on and no dropout, one kernel per direction
+ * (`attention.ts`); otherwise tfjs's composition, heads split by transposes.
+ */
+export function causalSelfAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  nHead: number,
+  maskBias: tf.Tensor,
+  dropWeights?: (weights: tf.Tensor) => tf.Tensor,
+): tf.Tensor {
+  if (tf.getBackend() === "wasm" && fastPaths() && !dropWeights) {
+    return attentionWasm(nHead)(q, k, v);
+  }
+  const [B, T, C] = q.shape as [number, number, number];
+  const hs = C / nHead;
+  const split = (x: tf.Tensor) => x.reshape([B, T, nHead, hs]).transpose([0, 2, 1, 3]); // (B, H, T, hs)
+  const scores = matMul(split(q), split(k), false, true).mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
+  let weights = tf.softmax(scores.add(maskBias)); // (B, H, T, T)
+  if (dropWeights) weights = dropWeights(weights);
+  const heads = matMul(weights, split(v)); // (B, H, T, hs)
+  return heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)
 }
 
 /**

@@ -69,6 +69,17 @@ export const [f32Sqrt, f32Add, f32Sub, f32Mul, f32Div] = [
   op([0x95]),
 ];
 
+/** f32.max and f32.nearest (to the nearest integer, ties to even). */
+export const [f32Max, f32Nearest] = [op([0x97]), op([0x90])];
+/** i32.trunc_f32_s, and f32.reinterpret_i32: the float whose bits are the i32. */
+export const [i32FromF32, f32FromBits] = [op([0xa8]), op([0xbe])];
+
+/** `call` of the module's function `index`, with its arguments. */
+export const call = (
+  index: number,
+  ...args: Code[]
+): Code => [...args.flat(), 0x10, ...uleb(index)];
+
 /** f32x4 vectors. */
 export const vZero: Code = [SIMD, 0x0c, ...new Array(16).fill(0)]; // v128.const 0
 export const vLoad = (addr: Code, offset: number): Code => [
@@ -92,6 +103,15 @@ export const [vSqrt, vAdd, vSub, vMul, vDiv] = [
   op([SIMD, 0xe5, 0x01]),
   op([SIMD, 0xe6, 0x01]),
   op([SIMD, 0xe7, 0x01]),
+];
+/** f32x4.pmax (`b < a ? a : b` lane-wise: no NaN handling, one instruction) and f32x4.nearest. */
+export const [vMax, vNearest] = [op([SIMD, 0xeb, 0x01]), op([SIMD, 0x6a])];
+/** i32x4 lanes: splat, i32x4.trunc_sat_f32x4_s, add, and shift left by an i32. */
+export const [iSplat, iFromF32, iAdd, iShl] = [
+  op([SIMD, 0x11]),
+  op([SIMD, 0xf8, 0x01]),
+  op([SIMD, 0xae, 0x01]),
+  op([SIMD, 0xab, 0x01]),
 ];
 /** f32x4.relaxed_madd(a, b, c) = a·b + c, fused or not (relaxed SIMD). */
 export const relaxedMadd = op([SIMD, 0x85, 0x02]);

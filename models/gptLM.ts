@@ -7,15 +7,15 @@
  * The original keeps one `key`/`query`/`value` Linear per head; so do the
  * parameters here, under the same names. The forward pass concatenates the
  * heads' queries (and keys, and values) into one (C, C) weight, so all heads
- * share one 2-D product, and runs attention batched over (batch, head);
- * autodiff splits the gradient back into the per-head weights.
+ * share one 2-D product, and runs attention over every (batch, head) at
+ * once; autodiff splits the gradient back into the per-head weights.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../lib/errors.ts";
-import { matMul } from "../lib/matmul.ts";
 import {
+  causalSelfAttention,
   concatColumns,
   crossEntropy,
   dropout,
@@ -127,26 +127,19 @@ export function createGptLM(
   const drop = (x: tf.Tensor, mode: Mode) =>
     mode.training ? dropout(x, config.dropout, mode.rng) : x;
 
-  /** Heads side by side, `(B, T, C) → (B, H, T, hs)`: head h is columns h·hs…(h+1)·hs. */
-  const splitHeads = (x: tf.Tensor, B: number, T: number) =>
-    x.reshape([B, T, H, hs]).transpose([0, 2, 1, 3]);
-
   /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C). */
   function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
-    const [B, T] = x.shape as [number, number, number];
     // The per-head (C, hs) weights side by side: one 2-D product for all heads.
     // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
     const project = (weights: tf.Variable[]) => linear(x, concatColumns(weights as tf.Tensor2D[])); // (B, T, C)
     const q = project(blk.heads.map((h) => h.query));
     const k = project(blk.heads.map((h) => h.key));
     const v = project(blk.heads.map((h) => h.value));
-    const qh = splitHeads(q, B, T); // (B, H, T, hs)
-    const scores = matMul(qh, splitHeads(k, B, T), false, true).mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
-    const weights = drop(tf.softmax(scores.add(maskBias)), mode); // (B, H, T, T)
-    const vh = splitHeads(v, B, T); // (B, H, T, hs)
-    const heads = matMul(weights, vh); // (B, H, T, hs)
-    const concat = heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)
-    return drop(linear(concat, blk.projW, blk.projB), mode); // (B, T, C)
+    const dropWeights = mode.training && config.dropout > 0
+      ? (weights: tf.Tensor) => drop(weights, mode)
+      : undefined;
+    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights); // every head, side by side: (B, T, C)
+    return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
   }
 
   /** `Block.forward`: x (B, T, C) → (B, T, C). */

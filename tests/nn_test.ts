@@ -2,7 +2,15 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../lib/backend.ts";
 import { setFastPaths } from "../lib/fast_paths.ts";
-import { concatColumns, crossEntropy, dropout, embedding, layerNorm, linear } from "../lib/nn.ts";
+import {
+  causalSelfAttention,
+  concatColumns,
+  crossEntropy,
+  dropout,
+  embedding,
+  layerNorm,
+  linear,
+} from "../lib/nn.ts";
 import { Rng } from "../lib/rng.ts";
 
 /** Largest absolute difference between two tensors' values. */
@@ -111,6 +119,45 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
     assert.ok((await variance.sub(1).abs().max().data())[0] < 1e-3);
   });
 }
+
+Deno.test("wasm: causal self-attention's kernels equal the plain tfjs composition, values and gradients", async () => {
+  await initBackend("wasm");
+  const rng = new Rng(7);
+  // gptLM's CPU shape; rows and heads that fill no block (T = 13 = 6 + 6 + 1,
+  // hs = 5); one row; and more (batch, head) pairs than one job's 4095.
+  const cases = [
+    { B: 12, T: 64, C: 128, H: 4 },
+    { B: 3, T: 13, C: 10, H: 2 },
+    { B: 2, T: 1, C: 8, H: 1 },
+    { B: 1100, T: 3, C: 8, H: 4 },
+  ];
+  for (const { B, T, C, H } of cases) {
+    const [q, k, v, dy] = [0, 1, 2, 3].map(() => randomTensor([B, T, C], rng));
+    const maskBias = tf.where(
+      tf.linalg.bandPart(tf.ones([T, T]), -1, 0).equal(0),
+      tf.fill([T, T], -Infinity),
+      tf.zeros([T, T]),
+    );
+    const run = (on: boolean) => {
+      setFastPaths(on);
+      try {
+        const f = (qq: tf.Tensor, kk: tf.Tensor, vv: tf.Tensor) =>
+          causalSelfAttention(qq, kk, vv, H, maskBias).mul(dy).sum();
+        return [causalSelfAttention(q, k, v, H, maskBias), ...tf.grads(f)([q, k, v])];
+      } finally {
+        setFastPaths(true);
+      }
+    };
+    const [fast, plain] = [run(true), run(false)];
+    for (let i = 0; i < 4; i++) {
+      assert.ok(
+        await maxDiff(fast[i], plain[i]) < 1e-4,
+        `attention (B ${B}, T ${T}, C ${C}, H ${H}) ${["value", "dq", "dk", "dv"][i]}`,
+      );
+    }
+    tf.dispose([q, k, v, dy, maskBias, ...fast, ...plain]);
+  }
+});
 
 Deno.test("dropout zeroes about p of the values and scales the rest by 1/(1-p)", async () => {
   await initBackend("cpu");

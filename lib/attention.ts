@@ -1,0 +1,144 @@
+/**
+ * Causal multi-head self-attention on WASM as one kernel per direction
+ * (`attention_kernel.ts`), each (batch, head) pair a chunk for this thread
+ * and the product's helper threads (`matmul.ts`). tfjs's composition is ~25
+ * kernels a layer (transposes to split and merge the heads, six batched
+ * products, the scale, the mask, the softmax and its gradient), most of
+ * them a pass over (B, H, T, T) values; here the heads are read where they
+ * are and each pair's work stays in cache.
+ *
+ * It relies on internals of tfjs-backend-wasm 4.22 (see `wasm_heap.ts`).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { COL_BLOCK, CONTROL_BYTES, Job, MAX_CHUNKS, PACK_SLACK, Slot } from "./gemm_kernel.ts";
+import { runJob, sharedFloats, sharedPool } from "./matmul.ts";
+import { heapAddress, type WasmBackendInternals } from "./wasm_heap.ts";
+
+const FORWARD = "SimpleLMAttention";
+const BACKWARD = "SimpleLMAttentionGrad";
+
+/**
+ * `softmax(q kᵀ · hs^-½ + causal mask) v` for every head: q, k, v (B, T, C)
+ * with the heads side by side → (B, T, C), on WASM, with its gradient.
+ */
+export function attentionWasm(nHead: number) {
+  return tf.customGrad((q, k, v, save) => {
+    const inputs = { q: q as tf.Tensor, k: k as tf.Tensor, v: v as tf.Tensor };
+    const [y, p] = tf.engine().runKernel(FORWARD, inputs, { nHead }) as tf.Tensor[];
+    (save as tf.GradSaveFunc)([inputs.q, inputs.k, inputs.v, p]);
+    return {
+      value: y, // (B, T, C)
+      gradFunc: (dy, saved) => {
+        const [sq, sk, sv, sp] = saved as tf.Tensor[];
+        return tf.engine().runKernel(
+          BACKWARD,
+          { q: sq, k: sk, v: sv, p: sp, dy: dy as tf.Tensor },
+          {
+            nHead,
+          },
+        ) as tf.Tensor[]; // dq, dk, dv (B, T, C)
+      },
+    };
+  }) as (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
+}
+
+/**
+ * Runs an attention job over every (batch, head) pair: `inputs` are copied
+ * into the shared memory, then `outputs` (each of `outputShapes`) out of it,
+ * P among them in the forward direction. Slots are given in the order the
+ * kernels take them.
+ */
+function attentionJob(
+  wasm: WasmBackendInternals,
+  job: number,
+  nHead: number,
+  inputs: [slot: number, tensor: tf.TensorInfo][],
+  outputs: [slot: number, shape: number[]][],
+): tf.TensorInfo[] {
+  const [B, T, C] = inputs[0][1].shape;
+  const hs = C / nHead;
+  const pool = sharedPool();
+  const size = (shape: number[]) => shape.reduce((x, y) => x * y, 1) * 4;
+  // Regions one after another, each with room for pack's reads past its end.
+  let end = CONTROL_BYTES;
+  const region = (bytes: number) => {
+    const at = end;
+    end += Math.ceil((bytes + PACK_SLACK) / 64) * 64;
+    return at;
+  };
+  const inputAt = inputs.map(([, t]) => region(size(t.shape)));
+  const outputAt = outputs.map(([, shape]) => region(size(shape)));
+  const panelBytes = Math.ceil(
+    (Math.max(Math.ceil(T / COL_BLOCK) * hs, Math.ceil(hs / COL_BLOCK) * T) * COL_BLOCK * 4 +
+      PACK_SLACK) / 64,
+  ) * 64;
+  const scratchBytes = panelBytes + (T * T + T * hs) * 4;
+  const scratch = region(pool.threads * scratchBytes);
+  const shared = sharedFloats(pool, end);
+
+  const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
+  inputs.forEach(([, t], i) => {
+    const from = heapAddress(wasm, t) / 4;
+    shared.set(heap.subarray(from, from + size(t.shape) / 4), inputAt[i] / 4);
+  });
+  const { ctrl } = pool;
+  ctrl[Slot.JOB] = job;
+  inputs.forEach(([slot], i) => ctrl[slot] = inputAt[i]);
+  outputs.forEach(([slot], i) => ctrl[slot] = outputAt[i]);
+  ctrl.set([T, C, nHead, scratch, scratchBytes, panelBytes], Slot.ATT_T);
+  // A job's chunks are counted in 12 bits: whole batches at a time.
+  const batches = Math.floor(MAX_CHUNKS / nHead);
+  for (let b = 0; b < B; b += batches) {
+    const count = Math.min(batches, B - b);
+    runJob(pool, count * nHead);
+    // The next group's pairs: every address one group further on.
+    for (const [slot] of [...inputs, ...outputs]) {
+      ctrl[slot] += count * (slot === Slot.ATT_P ? nHead * T * T : T * C) * 4;
+    }
+  }
+
+  return outputs.map(([, shape], i) => {
+    const out = wasm.makeOutput(shape, "float32");
+    // makeOutput may have grown tfjs's memory: a fresh view.
+    new Float32Array(wasm.wasm.asm.memory.buffer).set(
+      new Float32Array(pool.memory.buffer, outputAt[i], size(shape) / 4),
+      heapAddress(wasm, out) / 4,
+    );
+    return out;
+  });
+}
+
+tf.registerKernel({
+  kernelName: FORWARD,
+  backendName: "wasm",
+  kernelFunc: ({ inputs, attrs, backend }) => {
+    const { q, k, v } = inputs as Record<string, tf.TensorInfo>;
+    const { nHead } = attrs as unknown as { nHead: number };
+    const [B, T] = q.shape;
+    return attentionJob(
+      backend as unknown as WasmBackendInternals,
+      Job.ATTENTION,
+      nHead,
+      [[Slot.ATT_Q, q], [Slot.ATT_K, k], [Slot.ATT_V, v]],
+      [[Slot.ATT_Y, q.shape], [Slot.ATT_P, [B, nHead, T, T]]], // y (B, T, C), P (B, H, T, T)
+    );
+  },
+});
+
+tf.registerKernel({
+  kernelName: BACKWARD,
+  backendName: "wasm",
+  kernelFunc: ({ inputs, attrs, backend }) => {
+    const { q, k, v, p, dy } = inputs as Record<string, tf.TensorInfo>;
+    const { nHead } = attrs as unknown as { nHead: number };
+    return attentionJob(
+      backend as unknown as WasmBackendInternals,
+      Job.ATTENTION_GRAD,
+      nHead,
+      [[Slot.ATT_Q, q], [Slot.ATT_K, k], [Slot.ATT_V, v], [Slot.ATT_P, p], [Slot.ATT_Y, dy]],
+      [[Slot.ATT_DQ, q.shape], [Slot.ATT_DK, q.shape], [Slot.ATT_DV, q.shape]],
+    );
+  },
+});

@@ -1,0 +1,409 @@
+/**
+ * Causal self-attention of one (batch, head) pair as WebAssembly functions
+ * of the product module (`gemm_kernel.ts`), which calls them one pair per
+ * chunk on both threads. No tfjs here: the helper thread imports this file.
+ *
+ * q, k, v, y and their gradients are (B, T, C) with the heads side by side
+ * (head h is columns h·hs…(h+1)·hs), read and written in place with a row
+ * stride of C; P, the attention weights, is (T, T) per pair. With s the
+ * scale hs^-½ and M the causal mask (−∞ above the diagonal):
+ *
+ *   S = s·Q Kᵀ + M     P = softmax(S) by rows     Y = P V
+ *   dP = dY Vᵀ         dS = s·P ∘ (dP − rowsum(P ∘ dP))
+ *   dV = Pᵀ dY         dQ = dS K                  dK = dSᵀ Q
+ *
+ * The five products run on the module's `gemm`, each operand packed by its
+ * `pack` or read where it is; rows of the softmax and its gradient are plain
+ * loops, with exp as a polynomial (Cephes' expf: within 2 ulp).
+ *
+ * @module
+ */
+import {
+  add,
+  call,
+  type Code,
+  eqz,
+  F32,
+  f32,
+  f32Add,
+  f32Div,
+  f32FromBits,
+  f32Load,
+  f32Max,
+  f32Mul,
+  f32Nearest,
+  f32Store,
+  f32Sub,
+  f32Zero,
+  get,
+  geU,
+  gtU,
+  I32,
+  i32,
+  i32FromF32,
+  iAdd,
+  iFromF32,
+  iShl,
+  iSplat,
+  mul,
+  set,
+  shl,
+  sub,
+  V128,
+  vAdd,
+  vDiv,
+  vLane,
+  vLaneSum,
+  vLoad,
+  vMax,
+  vMul,
+  vNearest,
+  vSplat,
+  vStore,
+  vSub,
+  type WasmFunction,
+  whileNot,
+} from "./wasm_asm.ts";
+
+/** The f32 operations that {@link exp} needs, on one float or on four lanes. */
+interface Lanes {
+  add: (a: Code, b: Code) => Code;
+  sub: (a: Code, b: Code) => Code;
+  mul: (a: Code, b: Code) => Code;
+  max: (a: Code, b: Code) => Code;
+  nearest: (a: Code) => Code;
+  constant: (c: number) => Code;
+  /** 2^n for an integral n in [−126, 127]. */
+  pow2: (n: Code) => Code;
+}
+const SCALAR: Lanes = {
+  add: f32Add,
+  sub: f32Sub,
+  mul: f32Mul,
+  max: f32Max,
+  nearest: f32Nearest,
+  constant: f32,
+  pow2: (n) => f32FromBits(shl(add(i32FromF32(n), i32(127)), i32(23))),
+};
+const VECTOR: Lanes = {
+  add: vAdd,
+  sub: vSub,
+  mul: vMul,
+  max: vMax,
+  nearest: vNearest,
+  constant: (c) => vSplat(f32(c)),
+  pow2: (n) => iShl(iAdd(iFromF32(n), iSplat(i32(127))), i32(23)),
+};
+
+/**
+ * `e^x` for x ≤ 0 (below −87.3, e^−87.3 ≈ 1e-38), leaving it on the stack;
+ * X, N and Y are locals (f32, or v128 for VECTOR) it may use. x = n·ln 2 +
+ * r with |r| ≤ ½ ln 2, e^r by a degree-7 polynomial, 2^n from its exponent
+ * bits.
+ */
+function exp(x: Code, ops: Lanes, X: number, N: number, Y: number): Code {
+  const { add, sub, mul, constant } = ops;
+  const horner = [
+    1.3981999507e-3,
+    8.3334519073e-3,
+    4.1665795894e-2,
+    1.6666665459e-1,
+    5.0000001201e-1,
+  ]
+    .reduce((y: Code, c) => add(mul(y, get(X)), constant(c)), constant(1.98756915e-4));
+  return [
+    ...set(X, ops.max(x, constant(-87.3))),
+    ...set(N, ops.nearest(mul(get(X), constant(Math.LOG2E)))),
+    // r = x − n·ln 2, ln 2 in two parts so that n·ln2Hi is exact.
+    ...set(
+      X,
+      sub(sub(get(X), mul(get(N), constant(0.693359375))), mul(get(N), constant(-2.12194440e-4))),
+    ),
+    ...set(Y, horner),
+    ...mul(add(add(mul(get(Y), mul(get(X), get(X))), get(X)), constant(1)), ops.pow2(get(N))), // e^r · 2^n
+  ];
+}
+
+/**
+ * Elements J…END−1 of a row, J and END i32 locals: `vector` four at a time
+ * while four remain, then `scalar` one at a time; each address local in
+ * `addrs` moves along with J.
+ */
+function rowPass(J: number, END: number, addrs: number[], vector: Code[], scalar: Code[]): Code {
+  const step = (bytes: number) => addrs.map((a) => set(a, add(get(a), i32(bytes))));
+  return [
+    ...whileNot(
+      gtU(add(get(J), i32(4)), get(END)),
+      ...vector,
+      ...step(16),
+      set(J, add(get(J), i32(4))),
+    ),
+    ...whileNot(geU(get(J), get(END)), ...scalar, ...step(4), set(J, add(get(J), i32(1)))),
+  ];
+}
+
+/** The largest of a vector's four lanes. */
+const laneMax = (v: Code): Code =>
+  f32Max(f32Max(vLane(v, 0), vLane(v, 1)), f32Max(vLane(v, 2), vLane(v, 3)));
+
+/**
+ * `softmaxCausal(p, T, scale)`: row t of the (T, T) scores at p becomes
+ * softmax(scale · row[0…t]) followed by zeros, in place.
+ */
+function softmaxCausal(): WasmFunction {
+  const [P, T, SCALE] = [0, 1, 2]; // parameters
+  const [ROW, TT, J, AT, COUNT] = [3, 4, 5, 6, 7]; // i32 locals: row address, t, j, element address, t + 1
+  const [MAX, SUM, S, X, N, Y] = [8, 9, 10, 11, 12, 13]; // f32 locals
+  const [VMAX, VSUM, VS, VX, VN, VY] = [14, 15, 16, 17, 18, 19]; // v128 locals
+  /** Keys 0…t of row t. */
+  const overKeys = (vector: Code[], scalar: Code[]): Code => [
+    ...set(J, i32(0)),
+    ...set(AT, get(ROW)),
+    ...rowPass(J, COUNT, [AT], vector, scalar),
+  ];
+  const body: Code = [
+    ...set(ROW, get(P)),
+    ...set(TT, i32(0)),
+    ...whileNot(
+      geU(get(TT), get(T)),
+      set(COUNT, add(get(TT), i32(1))),
+      // Scale, and the row's largest score.
+      set(MAX, f32(-Infinity)),
+      set(VMAX, vSplat(get(MAX))),
+      overKeys([
+        set(VS, vMul(vLoad(get(AT), 0), vSplat(get(SCALE)))),
+        vStore(get(AT), get(VS), 0),
+        set(VMAX, vMax(get(VMAX), get(VS))),
+      ], [
+        set(S, f32Mul(f32Load(get(AT)), get(SCALE))),
+        f32Store(get(AT), get(S)),
+        set(MAX, f32Max(get(MAX), get(S))),
+      ]),
+      set(MAX, f32Max(get(MAX), laneMax(get(VMAX)))),
+      // e^(s − max), and their sum.
+      set(VMAX, vSplat(get(MAX))),
+      set(SUM, f32Zero),
+      set(VSUM, vSplat(f32Zero)),
+      overKeys([
+        set(VS, exp(vSub(vLoad(get(AT), 0), get(VMAX)), VECTOR, VX, VN, VY)),
+        vStore(get(AT), get(VS), 0),
+        set(VSUM, vAdd(get(VSUM), get(VS))),
+      ], [
+        set(S, exp(f32Sub(f32Load(get(AT)), get(MAX)), SCALAR, X, N, Y)),
+        f32Store(get(AT), get(S)),
+        set(SUM, f32Add(get(SUM), get(S))),
+      ]),
+      set(SUM, f32Add(get(SUM), vLaneSum(get(VSUM)))),
+      set(VSUM, vSplat(get(SUM))),
+      overKeys(
+        [vStore(get(AT), vDiv(vLoad(get(AT), 0), get(VSUM)), 0)],
+        [f32Store(get(AT), f32Div(f32Load(get(AT)), get(SUM)))],
+      ),
+      // The masked keys, t+1…T−1: weight 0.
+      rowPass(J, T, [AT], [vStore(get(AT), vSplat(f32Zero), 0)], [f32Store(get(AT), f32Zero)]),
+      set(ROW, add(get(ROW), shl(get(T), i32(2)))),
+      set(TT, get(COUNT)),
+    ),
+  ];
+  return {
+    name: "softmaxCausal",
+    params: [I32, I32, F32],
+    locals: [[5, I32], [6, F32], [6, V128]],
+    body,
+  };
+}
+
+/**
+ * `softmaxGrad(p, d, T, scale)`: the (T, T) dP at d becomes dS = scale · P ∘
+ * (dP − rowsum(P ∘ dP)), in place; P is zero above the diagonal, so is dS.
+ */
+function softmaxGrad(): WasmFunction {
+  const [P, D, T, SCALE] = [0, 1, 2, 3]; // parameters
+  const [ROW_P, ROW_D, TT, J, AP, AD, COUNT] = [4, 5, 6, 7, 8, 9, 10]; // i32 locals
+  const SUM = 11; // f32 local
+  const [VSUM, VSCALE] = [12, 13]; // v128 locals
+  const body: Code = [
+    ...set(ROW_P, get(P)),
+    ...set(ROW_D, get(D)),
+    ...set(VSCALE, vSplat(get(SCALE))),
+    ...set(TT, i32(0)),
+    ...whileNot(
+      geU(get(TT), get(T)),
+      set(COUNT, add(get(TT), i32(1))),
+      // rowsum(P ∘ dP) over keys 0…t (P is 0 beyond).
+      set(SUM, f32Zero),
+      set(VSUM, vSplat(f32Zero)),
+      set(J, i32(0)),
+      set(AP, get(ROW_P)),
+      set(AD, get(ROW_D)),
+      rowPass(
+        J,
+        COUNT,
+        [AP, AD],
+        [set(VSUM, vAdd(get(VSUM), vMul(vLoad(get(AP), 0), vLoad(get(AD), 0))))],
+        [set(SUM, f32Add(get(SUM), f32Mul(f32Load(get(AP)), f32Load(get(AD)))))],
+      ),
+      set(SUM, f32Add(get(SUM), vLaneSum(get(VSUM)))),
+      set(VSUM, vSplat(get(SUM))),
+      set(J, i32(0)),
+      set(AP, get(ROW_P)),
+      set(AD, get(ROW_D)),
+      rowPass(J, T, [AP, AD], [
+        vStore(
+          get(AD),
+          vMul(vMul(vLoad(get(AP), 0), vSub(vLoad(get(AD), 0), get(VSUM))), get(VSCALE)),
+          0,
+        ),
+      ], [
+        f32Store(
+          get(AD),
+          f32Mul(f32Mul(f32Load(get(AP)), f32Sub(f32Load(get(AD)), get(SUM))), get(SCALE)),
+        ),
+      ]),
+      set(ROW_P, add(get(ROW_P), shl(get(T), i32(2)))),
+      set(ROW_D, add(get(ROW_D), shl(get(T), i32(2)))),
+      set(TT, get(COUNT)),
+    ),
+  ];
+  return {
+    name: "softmaxGrad",
+    params: [I32, I32, I32, F32],
+    locals: [[7, I32], [1, F32], [2, V128]],
+    body,
+  };
+}
+
+/**
+ * `copyRows(src, dst, rows, cols, srcRow, dstRow)`: a (rows, cols) block of
+ * floats whose rows are srcRow and dstRow bytes apart, four at a time.
+ */
+function copyRows(): WasmFunction {
+  const [SRC, DST, ROWS, COLS, SRC_ROW, DST_ROW] = [0, 1, 2, 3, 4, 5]; // parameters
+  const [I] = [6]; // i32 local: byte in the row
+  const body: Code = whileNot(
+    eqz(get(ROWS)),
+    set(I, i32(0)),
+    whileNot(
+      gtU(add(get(I), i32(16)), shl(get(COLS), i32(2))),
+      vStore(add(get(DST), get(I)), vLoad(add(get(SRC), get(I)), 0), 0),
+      set(I, add(get(I), i32(16))),
+    ),
+    whileNot(
+      geU(get(I), shl(get(COLS), i32(2))),
+      f32Store(add(get(DST), get(I)), f32Load(add(get(SRC), get(I)))),
+      set(I, add(get(I), i32(4))),
+    ),
+    set(SRC, add(get(SRC), get(SRC_ROW))),
+    set(DST, add(get(DST), get(DST_ROW))),
+    set(ROWS, sub(get(ROWS), i32(1))),
+  );
+  return { name: "copyRows", params: new Array(6).fill(I32), locals: [[1, I32]], body };
+}
+
+/**
+ * The attention functions, to be the module's functions `first`…`first+4`;
+ * `gemm` and `pack` are the indices of the product and of the packing
+ * (their signatures in `gemm_kernel.ts`), with `rowBlock` and `colBlock` its
+ * panel sizes.
+ *
+ * - `attentionForward(q, k, v, y, p, T, C, hs, scale, panel, out)`: Y and P
+ *   of one pair; `panel` and `out` are scratch of (T + 8)·(hs + 8) and T·hs
+ *   floats (and pack's slack).
+ * - `attentionBackward(q, k, v, p, dy, dq, dk, dv, T, C, hs, scale, panel,
+ *   dScores, out)`: dQ, dK and dV of one pair; `dScores` is scratch of T·T
+ *   floats.
+ */
+export function attentionFunctions(
+  gemm: number,
+  pack: number,
+  first: number,
+  rowBlock: number,
+  colBlock: number,
+): WasmFunction[] {
+  const [softmax, softmaxBack, copy] = [first, first + 1, first + 2];
+  /** Bytes of x's row of `count` floats. */
+  const bytes = (count: Code): Code => shl(count, i32(2));
+
+  // attentionForward: parameters, then one i32 local.
+  const [Q, K, V, Y, P, T, C, HS, SCALE, PANEL, OUT] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
+  const ROW = 11; // C·4: the row stride of q, k, v and y
+  const forward: Code = [
+    ...set(ROW, bytes(get(C))),
+    // S = Q Kᵀ (T, T) into P: Kᵀ (hs, T) packed from k read down its columns.
+    ...call(pack, get(K), get(PANEL), get(HS), get(T), i32(4), get(ROW), i32(colBlock)),
+    ...call(
+      gemm,
+      ...[get(Q), get(PANEL), get(P), i32(0), get(T), get(HS), get(T)],
+      ...[get(ROW), i32(4), mul(get(ROW), i32(rowBlock))], // Q in place
+    ),
+    ...call(softmax, get(P), get(T), get(SCALE)),
+    // Y = P V (T, hs), then into y's columns of this head.
+    ...call(pack, get(V), get(PANEL), get(T), get(HS), get(ROW), i32(4), i32(colBlock)),
+    ...call(
+      gemm,
+      ...[get(P), get(PANEL), get(OUT), i32(0), get(T), get(T), get(HS)],
+      ...[bytes(get(T)), i32(4), mul(bytes(get(T)), i32(rowBlock))],
+    ),
+    ...call(copy, get(OUT), get(Y), get(T), get(HS), bytes(get(HS)), get(ROW)),
+  ];
+
+  // attentionBackward: parameters, then one i32 local.
+  const [BQ, BK, BV, BP, DY, DQ, DK, DV, BT, BC, BHS, BSCALE, BPANEL, DS, BOUT] = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+    14,
+  ];
+  const BROW = 15;
+  /** out = A @ (T, hs) operand `b` packed, copied to `to`'s columns of this head. */
+  const productInto = (a: Code[], b: number, to: number): Code => [
+    ...call(pack, get(b), get(BPANEL), get(BT), get(BHS), get(BROW), i32(4), i32(colBlock)),
+    ...call(gemm, a[0], get(BPANEL), get(BOUT), i32(0), get(BT), get(BT), get(BHS), ...a.slice(1)),
+    ...call(copy, get(BOUT), get(to), get(BT), get(BHS), bytes(get(BHS)), get(BROW)),
+  ];
+  const tRow = bytes(get(BT)); // a (T, T) matrix's row stride
+  const backward: Code = [
+    ...set(BROW, bytes(get(BC))),
+    // dP = dY Vᵀ (T, T), then dS in place.
+    ...call(pack, get(BV), get(BPANEL), get(BHS), get(BT), i32(4), get(BROW), i32(colBlock)),
+    ...call(
+      gemm,
+      ...[get(DY), get(BPANEL), get(DS), i32(0), get(BT), get(BHS), get(BT)],
+      ...[get(BROW), i32(4), mul(get(BROW), i32(rowBlock))],
+    ),
+    ...call(softmaxBack, get(BP), get(DS), get(BT), get(BSCALE)),
+    // dV = Pᵀ dY, dQ = dS K, dK = dSᵀ Q; a transposed (T, T) is read in place.
+    ...productInto([get(BP), i32(4), tRow, i32(4 * rowBlock)], DY, DV),
+    ...productInto([get(DS), tRow, i32(4), mul(tRow, i32(rowBlock))], BK, DQ),
+    ...productInto([get(DS), i32(4), tRow, i32(4 * rowBlock)], BQ, DK),
+  ];
+
+  return [
+    softmaxCausal(),
+    softmaxGrad(),
+    copyRows(),
+    {
+      name: "attentionForward",
+      params: [...new Array(8).fill(I32), F32, I32, I32],
+      locals: [[1, I32]],
+      body: forward,
+    },
+    {
+      name: "attentionBackward",
+      params: [...new Array(11).fill(I32), F32, I32, I32, I32],
+      locals: [[1, I32]],
+      body: backward,
+    },
+  ];
+}
