@@ -45,9 +45,11 @@ import {
   iFromF32,
   iShl,
   iSplat,
+  minU,
   mul,
   set,
   shl,
+  shr,
   sub,
   V128,
   vAdd,
@@ -215,7 +217,8 @@ function softmaxCausal(): WasmFunction {
 
 /**
  * `softmaxGrad(p, d, T, scale)`: the (T, T) dP at d becomes dS = scale · P ∘
- * (dP − rowsum(P ∘ dP)), in place; P is zero above the diagonal, so is dS.
+ * (dP − rowsum(P ∘ dP)), in place, on and below the diagonal; 0 above it,
+ * as P is.
  */
 function softmaxGrad(): WasmFunction {
   const [P, D, T, SCALE] = [0, 1, 2, 3]; // parameters
@@ -248,7 +251,7 @@ function softmaxGrad(): WasmFunction {
       set(J, i32(0)),
       set(AP, get(ROW_P)),
       set(AD, get(ROW_D)),
-      rowPass(J, T, [AP, AD], [
+      rowPass(J, COUNT, [AP, AD], [
         vStore(
           get(AD),
           vMul(vMul(vLoad(get(AP), 0), vSub(vLoad(get(AD), 0), get(VSUM))), get(VSCALE)),
@@ -260,6 +263,8 @@ function softmaxGrad(): WasmFunction {
           f32Mul(f32Mul(f32Load(get(AP)), f32Sub(f32Load(get(AD)), get(SUM))), get(SCALE)),
         ),
       ]),
+      // Above the diagonal dS is 0, whatever dP holds there (the product may not have written it).
+      rowPass(J, T, [AD], [vStore(get(AD), vSplat(f32Zero), 0)], [f32Store(get(AD), f32Zero)]),
       set(ROW_P, add(get(ROW_P), shl(get(T), i32(2)))),
       set(ROW_D, add(get(ROW_D), shl(get(T), i32(2)))),
       set(TT, get(COUNT)),
@@ -312,6 +317,11 @@ function copyRows(): WasmFunction {
  * - `attentionBackward(q, k, v, p, dy, dq, dk, dv, T, C, hs, scale, panel,
  *   dScores, out)`: dQ, dK and dV of one pair; `dScores` is scratch of T·T
  *   floats.
+ *
+ * The products skip what the mask makes zero: they run over rows in chunks
+ * of CHUNK_ROWS, and a chunk of rows r0…r1−1 of S or dP needs only keys
+ * below r1 (rounded up to whole panels), of P V or dS K only keys below r1,
+ * and of Pᵀ dY or dSᵀ Q only queries from r0 on: about half the work.
  */
 export function attentionFunctions(
   gemm: number,
@@ -321,33 +331,81 @@ export function attentionFunctions(
   colBlock: number,
 ): WasmFunction[] {
   const [softmax, softmaxBack, copy] = [first, first + 1, first + 2];
-  /** Bytes of x's row of `count` floats. */
+  /** Bytes of `count` floats. */
   const bytes = (count: Code): Code => shl(count, i32(2));
+  const CHUNK_ROWS = 2 * rowBlock;
+  /**
+   * `body` for each chunk of rows R0…R1−1 of T (i32 locals), then the
+   * product's rows as they are.
+   */
+  const overChunks = (R0: number, R1: number, T: number, ...body: Code[]): Code => [
+    ...set(R0, i32(0)),
+    ...whileNot(
+      geU(get(R0), get(T)),
+      set(R1, minU(add(get(R0), i32(CHUNK_ROWS)), get(T))),
+      ...body,
+      set(R0, get(R1)),
+    ),
+  ];
+  /** `gemm` over rows R0…R1−1, from the chunk's first row of A and C. */
+  const gemmRows = (
+    R0: number,
+    R1: number,
+    { a, b, c, k, n, aRow, aCol, aPanel, cRow, bPanel }: Record<string, Code>,
+  ): Code =>
+    call(gemm, a, b, c, i32(0), sub(get(R1), get(R0)), k, n, aRow, aCol, aPanel, cRow, bPanel);
+  /** Keys 0…r1−1 in whole panels, at most T. */
+  const keysBelow = (R1: number, T: number): Code =>
+    minU(shl(shr(add(get(R1), i32(colBlock - 1)), i32(3)), i32(3)), get(T));
 
-  // attentionForward: parameters, then one i32 local.
+  // attentionForward: parameters, then i32 locals.
   const [Q, K, V, Y, P, T, C, HS, SCALE, PANEL, OUT] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
-  const ROW = 11; // C·4: the row stride of q, k, v and y
+  const [ROW, R0, R1] = [11, 12, 13]; // C·4, the row stride of q, k, v and y; the chunk's rows
   const forward: Code = [
     ...set(ROW, bytes(get(C))),
     // S = Q Kᵀ (T, T) into P: Kᵀ (hs, T) packed from k read down its columns.
     ...call(pack, get(K), get(PANEL), get(HS), get(T), i32(4), get(ROW), i32(colBlock)),
-    ...call(
-      gemm,
-      ...[get(Q), get(PANEL), get(P), i32(0), get(T), get(HS), get(T)],
-      ...[get(ROW), i32(4), mul(get(ROW), i32(rowBlock))], // Q in place
+    ...overChunks(
+      R0,
+      R1,
+      T,
+      gemmRows(R0, R1, {
+        a: add(get(Q), mul(get(R0), get(ROW))), // Q in place
+        b: get(PANEL),
+        c: add(get(P), mul(get(R0), bytes(get(T)))),
+        k: get(HS),
+        n: keysBelow(R1, T),
+        aRow: get(ROW),
+        aCol: i32(4),
+        aPanel: mul(get(ROW), i32(rowBlock)),
+        cRow: bytes(get(T)),
+        bPanel: mul(get(HS), i32(4 * colBlock)),
+      }),
     ),
     ...call(softmax, get(P), get(T), get(SCALE)),
     // Y = P V (T, hs), then into y's columns of this head.
     ...call(pack, get(V), get(PANEL), get(T), get(HS), get(ROW), i32(4), i32(colBlock)),
-    ...call(
-      gemm,
-      ...[get(P), get(PANEL), get(OUT), i32(0), get(T), get(T), get(HS)],
-      ...[bytes(get(T)), i32(4), mul(bytes(get(T)), i32(rowBlock))],
+    ...overChunks(
+      R0,
+      R1,
+      T,
+      gemmRows(R0, R1, {
+        a: add(get(P), mul(get(R0), bytes(get(T)))),
+        b: get(PANEL),
+        c: add(get(OUT), mul(get(R0), bytes(get(HS)))),
+        k: get(R1),
+        n: get(HS),
+        aRow: bytes(get(T)),
+        aCol: i32(4),
+        aPanel: mul(bytes(get(T)), i32(rowBlock)),
+        cRow: bytes(get(HS)),
+        bPanel: mul(get(T), i32(4 * colBlock)),
+      }),
     ),
     ...call(copy, get(OUT), get(Y), get(T), get(HS), bytes(get(HS)), get(ROW)),
   ];
 
-  // attentionBackward: parameters, then one i32 local.
+  // attentionBackward: parameters, then i32 locals.
   const [BQ, BK, BV, BP, DY, DQ, DK, DV, BT, BC, BHS, BSCALE, BPANEL, DS, BOUT] = [
     0,
     1,
@@ -365,28 +423,67 @@ export function attentionFunctions(
     13,
     14,
   ];
-  const BROW = 15;
-  /** out = A @ (T, hs) operand `b` packed, copied to `to`'s columns of this head. */
-  const productInto = (a: Code[], b: number, to: number): Code => [
+  const [BROW, BR0, BR1] = [15, 16, 17];
+  const tRow = bytes(get(BT)); // a (T, T) matrix's row stride
+  /** BOUT = (T, T) `m` @ (T, hs) `b` packed, copied to `to`'s columns of this head. */
+  const productInto = (m: number, transposed: boolean, b: number, to: number): Code => [
     ...call(pack, get(b), get(BPANEL), get(BT), get(BHS), get(BROW), i32(4), i32(colBlock)),
-    ...call(gemm, a[0], get(BPANEL), get(BOUT), i32(0), get(BT), get(BT), get(BHS), ...a.slice(1)),
+    ...overChunks(
+      BR0,
+      BR1,
+      BT,
+      gemmRows(BR0, BR1, {
+        ...(transposed
+          ? { // rows are keys j, read down m's columns from query r0 on: m[t, j] = 0 for t < j
+            a: add(add(get(m), mul(get(BR0), tRow)), bytes(get(BR0))),
+            b: add(get(BPANEL), mul(get(BR0), i32(4 * colBlock))),
+            k: sub(get(BT), get(BR0)),
+            aRow: i32(4),
+            aCol: tRow,
+            aPanel: i32(4 * rowBlock),
+          }
+          : { // rows are queries t, over keys below r1: m[t, j] = 0 for j > t
+            a: add(get(m), mul(get(BR0), tRow)),
+            b: get(BPANEL),
+            k: get(BR1),
+            aRow: tRow,
+            aCol: i32(4),
+            aPanel: mul(tRow, i32(rowBlock)),
+          }),
+        c: add(get(BOUT), mul(get(BR0), bytes(get(BHS)))),
+        n: get(BHS),
+        cRow: bytes(get(BHS)),
+        bPanel: mul(get(BT), i32(4 * colBlock)),
+      }),
+    ),
     ...call(copy, get(BOUT), get(to), get(BT), get(BHS), bytes(get(BHS)), get(BROW)),
   ];
-  const tRow = bytes(get(BT)); // a (T, T) matrix's row stride
   const backward: Code = [
     ...set(BROW, bytes(get(BC))),
     // dP = dY Vᵀ (T, T), then dS in place.
     ...call(pack, get(BV), get(BPANEL), get(BHS), get(BT), i32(4), get(BROW), i32(colBlock)),
-    ...call(
-      gemm,
-      ...[get(DY), get(BPANEL), get(DS), i32(0), get(BT), get(BHS), get(BT)],
-      ...[get(BROW), i32(4), mul(get(BROW), i32(rowBlock))],
+    ...overChunks(
+      BR0,
+      BR1,
+      BT,
+      gemmRows(BR0, BR1, {
+        a: add(get(DY), mul(get(BR0), get(BROW))),
+        b: get(BPANEL),
+        c: add(get(DS), mul(get(BR0), tRow)),
+        k: get(BHS),
+        n: keysBelow(BR1, BT),
+        aRow: get(BROW),
+        aCol: i32(4),
+        aPanel: mul(get(BROW), i32(rowBlock)),
+        cRow: tRow,
+        bPanel: mul(get(BHS), i32(4 * colBlock)),
+      }),
     ),
     ...call(softmaxBack, get(BP), get(DS), get(BT), get(BSCALE)),
-    // dV = Pᵀ dY, dQ = dS K, dK = dSᵀ Q; a transposed (T, T) is read in place.
-    ...productInto([get(BP), i32(4), tRow, i32(4 * rowBlock)], DY, DV),
-    ...productInto([get(DS), tRow, i32(4), mul(tRow, i32(rowBlock))], BK, DQ),
-    ...productInto([get(DS), i32(4), tRow, i32(4 * rowBlock)], BQ, DK),
+    // dV = Pᵀ dY, dQ = dS K, dK = dSᵀ Q.
+    ...productInto(BP, true, DY, DV),
+    ...productInto(DS, false, BK, DQ),
+    ...productInto(DS, true, BQ, DK),
   ];
 
   return [
@@ -396,13 +493,13 @@ export function attentionFunctions(
     {
       name: "attentionForward",
       params: [...new Array(8).fill(I32), F32, I32, I32],
-      locals: [[1, I32]],
+      locals: [[3, I32]],
       body: forward,
     },
     {
       name: "attentionBackward",
       params: [...new Array(11).fill(I32), F32, I32, I32, I32],
-      locals: [[1, I32]],
+      locals: [[3, I32]],
       body: backward,
     },
   ];

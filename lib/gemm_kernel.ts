@@ -110,7 +110,7 @@ export const CONTROL_BYTES = 128;
 /** Chunk counts and indices live in 12 bits of the ticket. */
 export const MAX_CHUNKS = 0xfff;
 
-/** `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel)`: see {@link gemmModule}. */
+/** `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel, cRow, bPanel)`: see {@link gemmModule}. */
 export type Gemm = (...args: number[]) => void;
 
 /** `pack(src, dst, k, count, pStride, xStride, width)`: see {@link packBody}. */
@@ -198,6 +198,8 @@ function runProductChunk(ctrl: Int32Array, gemm: Gemm, chunk: number) {
     ctrl[Slot.A_ROW],
     ctrl[Slot.A_COL],
     ctrl[Slot.A_PANEL],
+    ctrl[Slot.N] * 4,
+    ctrl[Slot.K] * 4 * COL_BLOCK,
   );
 }
 
@@ -227,18 +229,21 @@ export const COL_BLOCK = 8;
 const K_BLOCK = 256;
 
 /**
- * `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel)`: rows
- * firstRow…endRow−1 of C = A @ B, f32 at byte addresses a, b and c.
+ * `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel, cRow, bPanel)`:
+ * rows firstRow…endRow−1 of C = A @ B, f32 at byte addresses a, b and c.
  *
- * - C (·, n) is row-major. firstRow is a multiple of ROW_BLOCK.
+ * - C (·, n) is row-major with rows `cRow` bytes apart (4n for a whole
+ *   matrix). firstRow is a multiple of ROW_BLOCK.
  * - A is read in panels of ROW_BLOCK rows, `aPanel` bytes apart; within a
  *   panel A[i, p] is at `i·aRow + p·aCol`. A row-major A is one such layout
  *   (aRow = 4k, aCol = 4, aPanel = 24k); a transposed A is packed by
  *   `pack` into another (aRow = 4, aCol = 24, aPanel = 24k).
- * - B is packed by `pack` in panels of COL_BLOCK columns, so the kernel
- *   reads it in order: unpacked, a strip of 8 columns over k rows touches k
- *   cache lines and uses half of each, which at k = 768 (weight gradients)
- *   no longer fits L1 (packed, with k in blocks, ~1.6× faster there).
+ * - B is packed by `pack` in panels of COL_BLOCK columns, `bPanel` bytes
+ *   apart (32k for a whole matrix; attention reads k rows of a taller one),
+ *   so the kernel reads it in order: unpacked, a strip of 8 columns over k
+ *   rows touches k cache lines and uses half of each, which at k = 768
+ *   (weight gradients) no longer fits L1 (packed, with k in blocks, ~1.6×
+ *   faster there).
  *
  * Rows go six at a time, columns eight at a time: a 6×8 block of C sits in
  * twelve f32x4 accumulators while p runs over k, so each step loads two
@@ -250,10 +255,21 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
   /** acc + a·b, lane-wise. */
   const multiplyAdd = (a: Code, b: Code, acc: Code): Code =>
     fused ? relaxedMadd(a, b, acc) : vAdd(acc, vMul(a, b));
-  const [A, B, C, FIRST_ROW, END_ROW, K, N, A_ROW, A_COL, A_PANEL] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9]; // parameters
-  const [ROW, COL, P, AP, BP, B_PANEL, B_PANEL_BYTES, CP, TAIL_COL, A_START, KB] = [
+  const [A, B, C, FIRST_ROW, END_ROW, K, N, A_ROW, A_COL, A_PANEL, C_ROW, B_PANEL_BYTES] = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
     10,
     11,
+  ]; // parameters
+  const [ROW, COL, P, AP, BP, B_PANEL, CP, TAIL_COL, A_START, KB] = [
     12,
     13,
     14,
@@ -263,16 +279,17 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
     18,
     19,
     20,
+    21,
   ]; // i32 locals
-  const A_ROWS = [21, 22, 23, 24]; // i32 locals: 2·aRow … 5·aRow
-  const [AV, B0, B1] = [25, 26, 27]; // v128 locals: A[row + i, p] splatted, B[p, col…col+8]
-  const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 28 + i); // v128 locals: C[row + i, col…col+8] as ACC[2i], ACC[2i+1]
-  const SUM = 28 + 2 * ROW_BLOCK; // f32 local
+  const A_ROWS = [22, 23, 24, 25]; // i32 locals: 2·aRow … 5·aRow
+  const [AV, B0, B1] = [26, 27, 28]; // v128 locals: A[row + i, p] splatted, B[p, col…col+8]
+  const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 29 + i); // v128 locals: C[row + i, col…col+8] as ACC[2i], ACC[2i+1]
+  const SUM = 29 + 2 * ROW_BLOCK; // f32 local
   const rowOffsets = [null, A_ROW, ...A_ROWS];
   /** &A[row + i, p] from AP = &A[row, p]. */
   const aOfRow = (i: number, ap = get(AP)): Code => (i === 0 ? ap : add(ap, get(rowOffsets[i]!)));
   const outAddr = (i: number, col: Code): Code =>
-    add(get(C), shl(add(mul(add(get(ROW), i32(i)), get(N)), col), i32(2))); // &C[row + i, col]
+    add(add(get(C), mul(add(get(ROW), i32(i)), get(C_ROW))), shl(col, i32(2))); // &C[row + i, col]
   const nextP = [
     set(AP, add(get(AP), get(A_COL))), // A[·, p + 1]
     set(BP, add(get(BP), i32(4 * COL_BLOCK))), // B[p + 1, ·] in the panel
@@ -353,7 +370,6 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
   ];
 
   const body: Code = [
-    ...set(B_PANEL_BYTES, mul(get(K), i32(4 * COL_BLOCK))),
     ...A_ROWS.flatMap((local, i) => set(local, add(get(rowOffsets[i + 1]!), get(A_ROW)))),
     ...set(ROW, get(FIRST_ROW)),
     // Blocks of six rows, then of four (a 64-row matrix ends 6·10 + 4), then single rows.
@@ -374,8 +390,8 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
   return assemble([0x03, ...uleb(initial), ...uleb(maximum)], [ // shared, with a maximum
     {
       name: "gemm",
-      params: new Array(10).fill(I32),
-      locals: [[15, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]],
+      params: new Array(12).fill(I32),
+      locals: [[14, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]],
       body,
     },
     { name: "pack", params: new Array(7).fill(I32), locals: [[6, I32]], body: packBody() },
