@@ -353,7 +353,22 @@ export function attentionFunctions(
     R1: number,
     { a, b, c, k, n, aRow, aCol, aPanel, cRow, bPanel }: Record<string, Code>,
   ): Code =>
-    call(gemm, a, b, c, i32(0), sub(get(R1), get(R0)), k, n, aRow, aCol, aPanel, cRow, bPanel);
+    call(
+      gemm,
+      a,
+      b,
+      c,
+      i32(0),
+      sub(get(R1), get(R0)),
+      k,
+      n,
+      aRow,
+      aCol,
+      aPanel,
+      cRow,
+      bPanel,
+      i32(0),
+    );
   /** Keys 0…r1−1 in whole panels, at most T. */
   const keysBelow = (R1: number, T: number): Code =>
     minU(shl(shr(add(get(R1), i32(colBlock - 1)), i32(3)), i32(3)), get(T));

@@ -99,6 +99,8 @@ export const Slot = {
   ATT_SCRATCH: 28,
   ATT_SCRATCH_BYTES: 29,
   ATT_PANEL_BYTES: 30,
+  /** A product's bias (N floats added to every row of C), or 0 for none. */
+  BIAS: 31,
 } as const;
 
 /** The kinds of job. */
@@ -110,7 +112,7 @@ export const CONTROL_BYTES = 128;
 /** Chunk counts and indices live in 12 bits of the ticket. */
 export const MAX_CHUNKS = 0xfff;
 
-/** `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel, cRow, bPanel)`: see {@link gemmModule}. */
+/** `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel, cRow, bPanel, bias)`: see {@link gemmModule}. */
 export type Gemm = (...args: number[]) => void;
 
 /** `pack(src, dst, k, count, pStride, xStride, width)`: see {@link packBody}. */
@@ -200,6 +202,7 @@ function runProductChunk(ctrl: Int32Array, gemm: Gemm, chunk: number) {
     ctrl[Slot.A_PANEL],
     ctrl[Slot.N] * 4,
     ctrl[Slot.K] * 4 * COL_BLOCK,
+    ctrl[Slot.BIAS],
   );
 }
 
@@ -229,8 +232,9 @@ export const COL_BLOCK = 8;
 const K_BLOCK = 256;
 
 /**
- * `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel, cRow, bPanel)`:
- * rows firstRow…endRow−1 of C = A @ B, f32 at byte addresses a, b and c.
+ * `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel, cRow, bPanel,
+ * bias)`: rows firstRow…endRow−1 of C = A @ B (+ bias on every row, if its
+ * address is not 0), f32 at byte addresses a, b, c and bias.
  *
  * - C (·, n) is row-major with rows `cRow` bytes apart (4n for a whole
  *   matrix). firstRow is a multiple of ROW_BLOCK.
@@ -255,7 +259,7 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
   /** acc + a·b, lane-wise. */
   const multiplyAdd = (a: Code, b: Code, acc: Code): Code =>
     fused ? relaxedMadd(a, b, acc) : vAdd(acc, vMul(a, b));
-  const [A, B, C, FIRST_ROW, END_ROW, K, N, A_ROW, A_COL, A_PANEL, C_ROW, B_PANEL_BYTES] = [
+  const [A, B, C, FIRST_ROW, END_ROW, K, N, A_ROW, A_COL, A_PANEL, C_ROW, B_PANEL_BYTES, BIAS] = [
     0,
     1,
     2,
@@ -268,9 +272,9 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
     9,
     10,
     11,
+    12,
   ]; // parameters
   const [ROW, COL, P, AP, BP, B_PANEL, CP, TAIL_COL, A_START, KB] = [
-    12,
     13,
     14,
     15,
@@ -280,11 +284,12 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
     19,
     20,
     21,
+    22,
   ]; // i32 locals
-  const A_ROWS = [22, 23, 24, 25]; // i32 locals: 2·aRow … 5·aRow
-  const [AV, B0, B1] = [26, 27, 28]; // v128 locals: A[row + i, p] splatted, B[p, col…col+8]
-  const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 29 + i); // v128 locals: C[row + i, col…col+8] as ACC[2i], ACC[2i+1]
-  const SUM = 29 + 2 * ROW_BLOCK; // f32 local
+  const A_ROWS = [23, 24, 25, 26]; // i32 locals: 2·aRow … 5·aRow
+  const [AV, B0, B1] = [27, 28, 29]; // v128 locals: A[row + i, p] splatted, B[p, col…col+8]
+  const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 30 + i); // v128 locals: C[row + i, col…col+8] as ACC[2i], ACC[2i+1]
+  const SUM = 30 + 2 * ROW_BLOCK; // f32 local
   const rowOffsets = [null, A_ROW, ...A_ROWS];
   /** &A[row + i, p] from AP = &A[row, p]. */
   const aOfRow = (i: number, ap = get(AP)): Code => (i === 0 ? ap : add(ap, get(rowOffsets[i]!)));
@@ -317,7 +322,14 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
         gtU(add(get(COL), i32(COL_BLOCK)), get(N)),
         ifElse(
           eqz(get(KB)),
-          ACC.slice(0, 2 * R).map((acc) => set(acc, vZero)),
+          // The first block of k starts from the bias, or from 0.
+          [ifElse(
+            eqz(get(BIAS)),
+            ACC.slice(0, 2 * R).map((acc) => set(acc, vZero)),
+            ACC.slice(0, 2 * R).map((acc, j) =>
+              set(acc, vLoad(add(get(BIAS), shl(get(COL), i32(2))), 16 * (j % 2)))
+            ),
+          )],
           Array.from({ length: R }, (_, i) => [
             ...set(CP, outAddr(i, get(COL))),
             ...set(ACC[2 * i], vLoad(get(CP), 0)),
@@ -355,6 +367,7 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
       ...whileNot(
         geU(get(TAIL_COL), get(N)),
         set(SUM, f32Zero),
+        ifElse(eqz(get(BIAS)), [], [set(SUM, f32Load(add(get(BIAS), shl(get(TAIL_COL), i32(2)))))]),
         set(AP, aOfRow(i, get(A_START))),
         set(BP, add(get(B_PANEL), shl(sub(get(TAIL_COL), get(COL)), i32(2)))),
         set(P, get(K)),
@@ -390,7 +403,7 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
   return assemble([0x03, ...uleb(initial), ...uleb(maximum)], [ // shared, with a maximum
     {
       name: "gemm",
-      params: new Array(12).fill(I32),
+      params: new Array(13).fill(I32),
       locals: [[14, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]],
       body,
     },

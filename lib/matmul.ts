@@ -90,6 +90,35 @@ function wasmMatMul(
   }) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
 }
 
+/**
+ * `x @ w + bias` on WASM: x (N, in), w (in, out), bias (out) → (N, out), one
+ * product whose sums start from the bias, and its gradient:
+ *
+ *   dx = dy wᵀ    dw = xᵀ dy    dbias = (1, N) @ dy
+ *
+ * the last a product too, as tfjs-wasm's sum over rows transposes dy first
+ * (~2 ms at (768, 512)). Call only with the fast paths on, on WASM.
+ */
+export const matMulAddBias = tf.customGrad((x, w, bias, save) => {
+  const [xt, wt] = [x as tf.Tensor, w as tf.Tensor];
+  (save as tf.GradSaveFunc)([xt, wt]);
+  return {
+    value: tf.engine().runKernel(KERNEL, { a: xt, b: wt, bias: bias as tf.Tensor }, {
+      transposeA: false,
+      transposeB: false,
+    }) as tf.Tensor, // (N, out)
+    gradFunc: (dy, saved) => {
+      const [xs, ws] = saved as [tf.Tensor, tf.Tensor];
+      const d = dy as tf.Tensor; // (N, out)
+      return [
+        matMul(d, ws, false, true), // (N, out) @ (out, in) -> (N, in)
+        matMul(xs, d, true, false), // (in, N) @ (N, out) -> (in, out)
+        matMul(tf.ones([1, d.shape[0]]), d).reshape([-1]), // (1, N) @ (N, out) -> (out)
+      ];
+    },
+  };
+}) as (x: tf.Tensor, w: tf.Tensor, bias: tf.Tensor) => tf.Tensor;
+
 const KERNEL = "SimpleLMMatMul";
 
 /** Our shared memory, this thread's kernels and the helper threads. */
@@ -173,7 +202,7 @@ tf.registerKernel({
   backendName: "wasm",
   kernelFunc: ({ inputs, attrs, backend }) => {
     const wasm = backend as unknown as WasmBackendInternals; // the "wasm" backend: this kernel's
-    const { a, b } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo };
+    const { a, b, bias } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
     const { transposeA, transposeB } = attrs as unknown as {
       transposeA: boolean;
       transposeB: boolean;
@@ -200,11 +229,13 @@ tf.registerKernel({
     const A = CONTROL_BYTES;
     const B = A + batch * aBytes + PACK_SLACK;
     const C = B + batch * bBytes + PACK_SLACK;
-    const STAGE = C + batch * cBytes;
+    const BIAS = C + batch * cBytes;
+    const STAGE = BIAS + n * 4;
     const end = STAGE + batch * Math.max(m * k, n * k) * 4 + PACK_SLACK;
     const shared = sharedFloats(pool, end);
     const offsetOf = (t: tf.TensorInfo) => heapAddress(wasm, t) / 4;
     const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
+    if (bias) shared.set(heap.subarray(offsetOf(bias), offsetOf(bias) + n), BIAS / 4);
     const [aFrom, bFrom] = [offsetOf(a), offsetOf(b)];
     if (transposeA) { // stored (k, m): element (i, p) at p·m + i
       shared.set(heap.subarray(aFrom, aFrom + batch * m * k), STAGE / 4);
@@ -227,6 +258,7 @@ tf.registerKernel({
     const perMatrix = Math.ceil(m / chunkRows);
     const { ctrl } = pool;
     ctrl[Slot.JOB] = Job.PRODUCT;
+    ctrl[Slot.BIAS] = bias ? BIAS : 0;
     ctrl.set([m, k, n], Slot.M);
     ctrl.set(transposeA ? [4, ROW_BLOCK * 4] : [k * 4, 4], Slot.A_ROW);
     ctrl.set([aBytes, bBytes, cBytes, chunkRows, perMatrix, ROW_BLOCK * k * 4], Slot.A_BATCH);

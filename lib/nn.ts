@@ -12,7 +12,7 @@ import * as tf from "@tensorflow/tfjs";
 import { attentionWasm } from "./attention.ts";
 import { fastPaths, hostFastPaths } from "./fast_paths.ts";
 import { layerNormWasm, layerNormWasmFits } from "./layer_norm_kernel.ts";
-import { matMul } from "./matmul.ts";
+import { matMul, matMulAddBias } from "./matmul.ts";
 import type { Rng } from "./rng.ts";
 
 /**
@@ -32,8 +32,13 @@ const addBias = tf.customGrad((y, b) => ({
 export function linear(x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor): tf.Tensor {
   const [inFeatures, outFeatures] = w.shape as [number, number];
   const flat = x.reshape([-1, inFeatures]); // (N, in)
-  let y = matMul(flat, w); // (N, in) @ (in, out) -> (N, out)
-  if (b) y = fastPaths() ? addBias(y, b) : y.add(b);
+  let y: tf.Tensor; // (N, in) @ (in, out) + (out) -> (N, out)
+  if (b && fastPaths() && tf.getBackend() === "wasm") {
+    y = matMulAddBias(flat, w, b);
+  } else {
+    y = matMul(flat, w);
+    if (b) y = fastPaths() ? addBias(y, b) : y.add(b);
+  }
   return y.reshape([...x.shape.slice(0, -1) as number[], outFeatures]); // (..., out)
 }
 

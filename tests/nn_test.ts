@@ -36,15 +36,25 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
     const table = randomTensor([7, 4], rng);
     const ids = tf.tensor2d([[1, 6, 1], [0, 3, 3]], [2, 3], "int32");
 
-    // linear: custom gradient vs tfjs's own matMul gradient.
-    const fast = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) => linear(xx, ww, bb).square().sum();
-    const plain = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
-      xx.reshape([6, 5]).matMul(ww).add(bb).reshape([2, 3, 4]).square().sum();
-    const gFast = tf.grads(fast)([x, w, b]);
-    const gPlain = tf.grads(plain)([x, w, b]);
-    assert.ok(await maxDiff(fast(x, w, b), plain(x, w, b)) < 1e-4);
-    for (let i = 0; i < 3; i++) {
-      assert.ok(await maxDiff(gFast[i], gPlain[i]) < 1e-4, `linear grad ${i}`);
+    // linear: custom gradient vs tfjs's own matMul gradient; also with 13
+    // rows and 19 outputs (on WASM, the bias starts whole column blocks and
+    // the leftover columns' sums).
+    const linearCases = [
+      [x, w, b],
+      [randomTensor([13, 7], rng), randomTensor([7, 19], rng), randomTensor([19], rng)],
+    ];
+    for (const [lx, lw, lb] of linearCases) {
+      const outShape = [...lx.shape.slice(0, -1), lw.shape[1]] as number[];
+      const dOut = randomTensor(outShape, rng);
+      const fast = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) => linear(xx, ww, bb);
+      const plain = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
+        xx.reshape([-1, ww.shape[0]]).matMul(ww).add(bb).reshape(outShape);
+      const gFast = tf.grads((xx, ww, bb) => fast(xx, ww, bb).mul(dOut).sum())([lx, lw, lb]);
+      const gPlain = tf.grads((xx, ww, bb) => plain(xx, ww, bb).mul(dOut).sum())([lx, lw, lb]);
+      assert.ok(await maxDiff(fast(lx, lw, lb), plain(lx, lw, lb)) < 1e-4, `linear ${lw.shape}`);
+      for (let i = 0; i < 3; i++) {
+        assert.ok(await maxDiff(gFast[i], gPlain[i]) < 1e-4, `linear ${lw.shape} grad ${i}`);
+      }
     }
 
     // embedding: vs a one-hot product (differentiable everywhere).
