@@ -16,30 +16,19 @@ import {
   assemble,
   type Code,
   F32,
-  f32Add,
-  f32Div,
-  f32Load,
-  f32Mul,
-  f32Sqrt,
-  f32Store,
-  f32Sub,
   get,
   geU,
   I32,
   i32,
+  type Lanes,
+  SCALAR,
   set,
   shl,
   shr,
   uleb,
   V128,
-  vAdd,
-  vDiv,
-  vLoad,
-  vMul,
+  VECTOR,
   vSplat,
-  vSqrt,
-  vStore,
-  vSub,
   whileNot,
 } from "./wasm_asm.ts";
 import { heapAddress, onHeap, wasmBackend } from "./wasm_heap.ts";
@@ -220,33 +209,18 @@ function adamwModule(): Uint8Array<ArrayBuffer> {
   const vector = (x: number) => get(lanes(x));
   const scalar = (x: number) => get(x);
 
-  /** One step of the update in vector (f32x4) or scalar (f32) operations. */
-  const update = (
-    ops: {
-      load: (addr: Code) => Code;
-      store: (addr: Code, value: Code) => Code;
-      add: (a: Code, b: Code) => Code;
-      sub: (a: Code, b: Code) => Code;
-      mul: (a: Code, b: Code) => Code;
-      div: (a: Code, b: Code) => Code;
-      sqrt: (a: Code) => Code;
-      param: (x: number) => Code;
-    },
-    [g, m, v]: number[],
-  ): Code[] => [
+  /** One step of the update in vector (f32x4) or scalar (f32) operations; `param` reads a parameter. */
+  const update = (ops: Lanes, param: (x: number) => Code, [g, m, v]: number[]): Code[] => [
     set(g, ops.load(at(G))),
     set(
       m,
-      ops.add(
-        ops.mul(ops.param(BETA1), ops.load(at(M))),
-        ops.mul(ops.param(ONE_MINUS_BETA1), get(g)),
-      ),
+      ops.add(ops.mul(param(BETA1), ops.load(at(M))), ops.mul(param(ONE_MINUS_BETA1), get(g))),
     ),
     set(
       v,
       ops.add(
-        ops.mul(ops.param(BETA2), ops.load(at(V))),
-        ops.mul(ops.param(ONE_MINUS_BETA2), ops.mul(get(g), get(g))),
+        ops.mul(param(BETA2), ops.load(at(V))),
+        ops.mul(param(ONE_MINUS_BETA2), ops.mul(get(g), get(g))),
       ),
     ),
     ops.store(at(M), get(m)),
@@ -254,10 +228,10 @@ function adamwModule(): Uint8Array<ArrayBuffer> {
     ops.store(
       at(P),
       ops.sub(
-        ops.mul(ops.load(at(P)), ops.param(DECAY)),
+        ops.mul(ops.load(at(P)), param(DECAY)),
         ops.div(
-          ops.mul(ops.param(STEP_SIZE), get(m)),
-          ops.add(ops.div(ops.sqrt(get(v)), ops.param(BC2_SQRT)), ops.param(EPS)),
+          ops.mul(param(STEP_SIZE), get(m)),
+          ops.add(ops.div(ops.sqrt(get(v)), param(BC2_SQRT)), param(EPS)),
         ),
       ),
     ),
@@ -270,30 +244,12 @@ function adamwModule(): Uint8Array<ArrayBuffer> {
     ...set(OFFSET, i32(0)),
     ...whileNot(
       geU(get(OFFSET), get(VECTOR_END)),
-      ...update({
-        load: (addr) => vLoad(addr, 0),
-        store: (addr, value) => vStore(addr, value, 0),
-        add: vAdd,
-        sub: vSub,
-        mul: vMul,
-        div: vDiv,
-        sqrt: vSqrt,
-        param: vector,
-      }, [GV, MV, VV]),
+      ...update(VECTOR, vector, [GV, MV, VV]),
       set(OFFSET, add(get(OFFSET), i32(16))),
     ),
     ...whileNot(
       geU(get(OFFSET), get(END)),
-      ...update({
-        load: f32Load,
-        store: f32Store,
-        add: f32Add,
-        sub: f32Sub,
-        mul: f32Mul,
-        div: f32Div,
-        sqrt: f32Sqrt,
-        param: scalar,
-      }, [GS, MS, VS]),
+      ...update(SCALAR, scalar, [GS, MS, VS]),
       set(OFFSET, add(get(OFFSET), i32(4))),
     ),
   ];

@@ -27,11 +27,9 @@ import {
   f32,
   f32Add,
   f32Div,
-  f32FromBits,
   f32Load,
   f32Max,
   f32Mul,
-  f32Nearest,
   f32Store,
   f32Sub,
   f32Zero,
@@ -40,13 +38,10 @@ import {
   gtU,
   I32,
   i32,
-  i32FromF32,
-  iAdd,
-  iFromF32,
-  iShl,
-  iSplat,
+  type Lanes,
   minU,
   mul,
+  SCALAR,
   set,
   shl,
   shr,
@@ -54,12 +49,12 @@ import {
   V128,
   vAdd,
   vDiv,
+  VECTOR,
   vLane,
   vLaneSum,
   vLoad,
   vMax,
   vMul,
-  vNearest,
   vSplat,
   vStore,
   vSub,
@@ -67,39 +62,9 @@ import {
   whileNot,
 } from "./wasm_asm.ts";
 
-/** The f32 operations that {@link exp} needs, on one float or on four lanes. */
-interface Lanes {
-  add: (a: Code, b: Code) => Code;
-  sub: (a: Code, b: Code) => Code;
-  mul: (a: Code, b: Code) => Code;
-  max: (a: Code, b: Code) => Code;
-  nearest: (a: Code) => Code;
-  constant: (c: number) => Code;
-  /** 2^n for an integral n in [−126, 127]. */
-  pow2: (n: Code) => Code;
-}
-const SCALAR: Lanes = {
-  add: f32Add,
-  sub: f32Sub,
-  mul: f32Mul,
-  max: f32Max,
-  nearest: f32Nearest,
-  constant: f32,
-  pow2: (n) => f32FromBits(shl(add(i32FromF32(n), i32(127)), i32(23))),
-};
-const VECTOR: Lanes = {
-  add: vAdd,
-  sub: vSub,
-  mul: vMul,
-  max: vMax,
-  nearest: vNearest,
-  constant: (c) => vSplat(f32(c)),
-  pow2: (n) => iShl(iAdd(iFromF32(n), iSplat(i32(127))), i32(23)),
-};
-
 /**
  * `e^x` for x ≤ 0 (below −87.3, e^−87.3 ≈ 1e-38), leaving it on the stack;
- * X, N and Y are locals (f32, or v128 for VECTOR) it may use. x = n·ln 2 +
+ * X, N and Y are locals (f32 for SCALAR, v128 for VECTOR) it may use. x = n·ln 2 +
  * r with |r| ≤ ½ ln 2, e^r by a degree-7 polynomial, 2^n from its exponent
  * bits.
  */
@@ -373,51 +338,87 @@ export function attentionFunctions(
   const keysBelow = (R1: number, T: number): Code =>
     minU(shl(shr(add(get(R1), i32(colBlock - 1)), i32(3)), i32(3)), get(T));
 
+  /** Where a function keeps T, hs, C·4 (the row stride of the (B, T, C) tensors), its scratch and its chunk's rows. */
+  interface Frame {
+    T: number;
+    HS: number;
+    ROW: number;
+    PANEL: number;
+    OUT: number;
+    R0: number;
+    R1: number;
+  }
+  /** (T, T) `out` = `x` Kᵀ for the (T, hs) head `keys`, on and below the diagonal. */
+  const scoresInto = (f: Frame, x: number, keys: number, out: number): Code => [
+    // Kᵀ (hs, T) packed from the head read down its columns.
+    ...call(pack, get(keys), get(f.PANEL), get(f.HS), get(f.T), i32(4), get(f.ROW), i32(colBlock)),
+    ...overChunks(
+      f.R0,
+      f.R1,
+      f.T,
+      gemmRows(f.R0, f.R1, {
+        a: add(get(x), mul(get(f.R0), get(f.ROW))), // x's head in place
+        b: get(f.PANEL),
+        c: add(get(out), mul(get(f.R0), bytes(get(f.T)))),
+        k: get(f.HS),
+        n: keysBelow(f.R1, f.T),
+        aRow: get(f.ROW),
+        aCol: i32(4),
+        aPanel: mul(get(f.ROW), i32(rowBlock)),
+        cRow: bytes(get(f.T)),
+        bPanel: mul(get(f.HS), i32(4 * colBlock)),
+      }),
+    ),
+  ];
+  /**
+   * (T, hs) `m` @ `b`, or `m`ᵀ @ `b` when `transposed`, for a (T, T) m zero
+   * above its diagonal and the (T, hs) head `b`, into the head `to`.
+   */
+  const productInto = (f: Frame, m: number, transposed: boolean, b: number, to: number): Code => {
+    const tRow = bytes(get(f.T)); // m's row stride
+    return [
+      ...call(pack, get(b), get(f.PANEL), get(f.T), get(f.HS), get(f.ROW), i32(4), i32(colBlock)),
+      ...overChunks(
+        f.R0,
+        f.R1,
+        f.T,
+        gemmRows(f.R0, f.R1, {
+          ...(transposed
+            ? { // rows are keys j, read down m's columns from query r0 on: m[t, j] = 0 for t < j
+              a: add(add(get(m), mul(get(f.R0), tRow)), bytes(get(f.R0))),
+              b: add(get(f.PANEL), mul(get(f.R0), i32(4 * colBlock))),
+              k: sub(get(f.T), get(f.R0)),
+              aRow: i32(4),
+              aCol: tRow,
+              aPanel: i32(4 * rowBlock),
+            }
+            : { // rows are queries t, over keys below r1: m[t, j] = 0 for j > t
+              a: add(get(m), mul(get(f.R0), tRow)),
+              b: get(f.PANEL),
+              k: get(f.R1),
+              aRow: tRow,
+              aCol: i32(4),
+              aPanel: mul(tRow, i32(rowBlock)),
+            }),
+          c: add(get(f.OUT), mul(get(f.R0), bytes(get(f.HS)))),
+          n: get(f.HS),
+          cRow: bytes(get(f.HS)),
+          bPanel: mul(get(f.T), i32(4 * colBlock)),
+        }),
+      ),
+      ...call(copy, get(f.OUT), get(to), get(f.T), get(f.HS), bytes(get(f.HS)), get(f.ROW)),
+    ];
+  };
+
   // attentionForward: parameters, then i32 locals.
   const [Q, K, V, Y, P, T, C, HS, SCALE, PANEL, OUT] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
-  const [ROW, R0, R1] = [11, 12, 13]; // C·4, the row stride of q, k, v and y; the chunk's rows
+  const [ROW, R0, R1] = [11, 12, 13];
+  const fwd: Frame = { T, HS, ROW, PANEL, OUT, R0, R1 };
   const forward: Code = [
     ...set(ROW, bytes(get(C))),
-    // S = Q Kᵀ (T, T) into P: Kᵀ (hs, T) packed from k read down its columns.
-    ...call(pack, get(K), get(PANEL), get(HS), get(T), i32(4), get(ROW), i32(colBlock)),
-    ...overChunks(
-      R0,
-      R1,
-      T,
-      gemmRows(R0, R1, {
-        a: add(get(Q), mul(get(R0), get(ROW))), // Q in place
-        b: get(PANEL),
-        c: add(get(P), mul(get(R0), bytes(get(T)))),
-        k: get(HS),
-        n: keysBelow(R1, T),
-        aRow: get(ROW),
-        aCol: i32(4),
-        aPanel: mul(get(ROW), i32(rowBlock)),
-        cRow: bytes(get(T)),
-        bPanel: mul(get(HS), i32(4 * colBlock)),
-      }),
-    ),
-    ...call(softmax, get(P), get(T), get(SCALE)),
-    // Y = P V (T, hs), then into y's columns of this head.
-    ...call(pack, get(V), get(PANEL), get(T), get(HS), get(ROW), i32(4), i32(colBlock)),
-    ...overChunks(
-      R0,
-      R1,
-      T,
-      gemmRows(R0, R1, {
-        a: add(get(P), mul(get(R0), bytes(get(T)))),
-        b: get(PANEL),
-        c: add(get(OUT), mul(get(R0), bytes(get(HS)))),
-        k: get(R1),
-        n: get(HS),
-        aRow: bytes(get(T)),
-        aCol: i32(4),
-        aPanel: mul(bytes(get(T)), i32(rowBlock)),
-        cRow: bytes(get(HS)),
-        bPanel: mul(get(T), i32(4 * colBlock)),
-      }),
-    ),
-    ...call(copy, get(OUT), get(Y), get(T), get(HS), bytes(get(HS)), get(ROW)),
+    ...scoresInto(fwd, Q, K, P), // S = Q Kᵀ
+    ...call(softmax, get(P), get(T), get(SCALE)), // P
+    ...productInto(fwd, P, false, V, Y), // Y = P V
   ];
 
   // attentionBackward: parameters, then i32 locals.
@@ -439,66 +440,14 @@ export function attentionFunctions(
     14,
   ];
   const [BROW, BR0, BR1] = [15, 16, 17];
-  const tRow = bytes(get(BT)); // a (T, T) matrix's row stride
-  /** BOUT = (T, T) `m` @ (T, hs) `b` packed, copied to `to`'s columns of this head. */
-  const productInto = (m: number, transposed: boolean, b: number, to: number): Code => [
-    ...call(pack, get(b), get(BPANEL), get(BT), get(BHS), get(BROW), i32(4), i32(colBlock)),
-    ...overChunks(
-      BR0,
-      BR1,
-      BT,
-      gemmRows(BR0, BR1, {
-        ...(transposed
-          ? { // rows are keys j, read down m's columns from query r0 on: m[t, j] = 0 for t < j
-            a: add(add(get(m), mul(get(BR0), tRow)), bytes(get(BR0))),
-            b: add(get(BPANEL), mul(get(BR0), i32(4 * colBlock))),
-            k: sub(get(BT), get(BR0)),
-            aRow: i32(4),
-            aCol: tRow,
-            aPanel: i32(4 * rowBlock),
-          }
-          : { // rows are queries t, over keys below r1: m[t, j] = 0 for j > t
-            a: add(get(m), mul(get(BR0), tRow)),
-            b: get(BPANEL),
-            k: get(BR1),
-            aRow: tRow,
-            aCol: i32(4),
-            aPanel: mul(tRow, i32(rowBlock)),
-          }),
-        c: add(get(BOUT), mul(get(BR0), bytes(get(BHS)))),
-        n: get(BHS),
-        cRow: bytes(get(BHS)),
-        bPanel: mul(get(BT), i32(4 * colBlock)),
-      }),
-    ),
-    ...call(copy, get(BOUT), get(to), get(BT), get(BHS), bytes(get(BHS)), get(BROW)),
-  ];
+  const bwd: Frame = { T: BT, HS: BHS, ROW: BROW, PANEL: BPANEL, OUT: BOUT, R0: BR0, R1: BR1 };
   const backward: Code = [
     ...set(BROW, bytes(get(BC))),
-    // dP = dY Vᵀ (T, T), then dS in place.
-    ...call(pack, get(BV), get(BPANEL), get(BHS), get(BT), i32(4), get(BROW), i32(colBlock)),
-    ...overChunks(
-      BR0,
-      BR1,
-      BT,
-      gemmRows(BR0, BR1, {
-        a: add(get(DY), mul(get(BR0), get(BROW))),
-        b: get(BPANEL),
-        c: add(get(DS), mul(get(BR0), tRow)),
-        k: get(BHS),
-        n: keysBelow(BR1, BT),
-        aRow: get(BROW),
-        aCol: i32(4),
-        aPanel: mul(get(BROW), i32(rowBlock)),
-        cRow: tRow,
-        bPanel: mul(get(BHS), i32(4 * colBlock)),
-      }),
-    ),
-    ...call(softmaxBack, get(BP), get(DS), get(BT), get(BSCALE)),
-    // dV = Pᵀ dY, dQ = dS K, dK = dSᵀ Q.
-    ...productInto(BP, true, DY, DV),
-    ...productInto(DS, false, BK, DQ),
-    ...productInto(DS, true, BQ, DK),
+    ...scoresInto(bwd, DY, BV, DS), // dP = dY Vᵀ
+    ...call(softmaxBack, get(BP), get(DS), get(BT), get(BSCALE)), // dS
+    ...productInto(bwd, BP, true, DY, DV), // dV = Pᵀ dY
+    ...productInto(bwd, DS, false, BK, DQ), // dQ = dS K
+    ...productInto(bwd, DS, true, BQ, DK), // dK = dSᵀ Q
   ];
 
   return [

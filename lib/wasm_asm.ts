@@ -118,6 +118,52 @@ export const relaxedMadd = op([SIMD, 0x85, 0x02]);
 /** v128.load32_splat: one f32 loaded into every lane. */
 export const vLoadSplat = (addr: Code): Code => [...addr, SIMD, 0x09, 2, 0];
 
+/**
+ * f32 arithmetic written once for one float (`SCALAR`) or four lanes
+ * (`VECTOR`, f32x4): the loops of a kernel run four at a time, then the
+ * leftovers one at a time, from the same code.
+ */
+export interface Lanes {
+  load: (addr: Code) => Code;
+  store: (addr: Code, value: Code) => Code;
+  add: (a: Code, b: Code) => Code;
+  sub: (a: Code, b: Code) => Code;
+  mul: (a: Code, b: Code) => Code;
+  div: (a: Code, b: Code) => Code;
+  sqrt: (a: Code) => Code;
+  max: (a: Code, b: Code) => Code;
+  nearest: (a: Code) => Code;
+  constant: (c: number) => Code;
+  /** 2^n for an integral n in [−126, 127]. */
+  pow2: (n: Code) => Code;
+}
+export const SCALAR: Lanes = {
+  load: f32Load,
+  store: f32Store,
+  add: f32Add,
+  sub: f32Sub,
+  mul: f32Mul,
+  div: f32Div,
+  sqrt: f32Sqrt,
+  max: f32Max,
+  nearest: f32Nearest,
+  constant: f32,
+  pow2: (n) => f32FromBits(shl(add(i32FromF32(n), i32(127)), i32(23))),
+};
+export const VECTOR: Lanes = {
+  load: (addr) => vLoad(addr, 0),
+  store: (addr, value) => vStore(addr, value, 0),
+  add: vAdd,
+  sub: vSub,
+  mul: vMul,
+  div: vDiv,
+  sqrt: vSqrt,
+  max: vMax,
+  nearest: vNearest,
+  constant: (c) => vSplat(f32(c)),
+  pow2: (n) => iShl(iAdd(iFromF32(n), iSplat(i32(127))), i32(23)),
+};
+
 /** `(if cond (then …) (else …))`. */
 export const ifElse = (cond: Code, then: Code[], otherwise: Code[]): Code => [
   ...cond,

@@ -22,6 +22,19 @@ async function maxDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {
   return worst;
 }
 
+/** `f()` with the fast paths on, then off (the plain tfjs composition). */
+function fastAndPlain<T>(f: () => T): [fast: T, plain: T] {
+  const run = (on: boolean) => {
+    setFastPaths(on);
+    try {
+      return f();
+    } finally {
+      setFastPaths(true);
+    }
+  };
+  return [run(true), run(false)];
+}
+
 function randomTensor(shape: number[], rng: Rng): tf.Tensor {
   return tf.tensor(rng.normals(shape.reduce((a, b) => a * b, 1), 1), shape);
 }
@@ -88,17 +101,11 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
         randomTensor([C], rng),
         randomTensor([7, C], rng),
       ];
-      const viaLayerNorm = (on: boolean) => {
-        setFastPaths(on);
-        try {
-          const f = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
-            layerNorm(xx, ww, bb).mul(lnDy).sum();
-          return [layerNorm(lnX, lnW, lnB), ...tf.grads(f)([lnX, lnW, lnB])];
-        } finally {
-          setFastPaths(true);
-        }
-      };
-      const [lnFast, lnPlain] = [viaLayerNorm(true), viaLayerNorm(false)];
+      const [lnFast, lnPlain] = fastAndPlain(() => {
+        const f = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
+          layerNorm(xx, ww, bb).mul(lnDy).sum();
+        return [layerNorm(lnX, lnW, lnB), ...tf.grads(f)([lnX, lnW, lnB])];
+      });
       for (let i = 0; i < 4; i++) {
         assert.ok(
           await maxDiff(lnFast[i], lnPlain[i]) < 1e-4,
@@ -111,16 +118,10 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
     // concatColumns: its host-loop gradient vs tf.concat's SplitV.
     const parts = [randomTensor([3, 2], rng), randomTensor([3, 4], rng), randomTensor([3, 1], rng)];
     const catDy = randomTensor([3, 7], rng);
-    const viaConcat = (on: boolean) => {
-      setFastPaths(on);
-      try {
-        const f = (...ps: tf.Tensor[]) => concatColumns(ps as tf.Tensor2D[]).mul(catDy).sum();
-        return [concatColumns(parts as tf.Tensor2D[]), ...tf.grads(f)(parts)];
-      } finally {
-        setFastPaths(true);
-      }
-    };
-    const [catFast, catPlain] = [viaConcat(true), viaConcat(false)];
+    const [catFast, catPlain] = fastAndPlain(() => {
+      const f = (...ps: tf.Tensor[]) => concatColumns(ps as tf.Tensor2D[]).mul(catDy).sum();
+      return [concatColumns(parts as tf.Tensor2D[]), ...tf.grads(f)(parts)];
+    });
     for (let i = 0; i < 4; i++) {
       assert.equal(await maxDiff(catFast[i], catPlain[i]), 0, `concat ${i}`);
     }
@@ -148,17 +149,11 @@ Deno.test("wasm: causal self-attention's kernels equal the plain tfjs compositio
       tf.fill([T, T], -Infinity),
       tf.zeros([T, T]),
     );
-    const run = (on: boolean) => {
-      setFastPaths(on);
-      try {
-        const f = (qq: tf.Tensor, kk: tf.Tensor, vv: tf.Tensor) =>
-          causalSelfAttention(qq, kk, vv, H, maskBias).mul(dy).sum();
-        return [causalSelfAttention(q, k, v, H, maskBias), ...tf.grads(f)([q, k, v])];
-      } finally {
-        setFastPaths(true);
-      }
-    };
-    const [fast, plain] = [run(true), run(false)];
+    const [fast, plain] = fastAndPlain(() => {
+      const f = (qq: tf.Tensor, kk: tf.Tensor, vv: tf.Tensor) =>
+        causalSelfAttention(qq, kk, vv, H, maskBias).mul(dy).sum();
+      return [causalSelfAttention(q, k, v, H, maskBias), ...tf.grads(f)([q, k, v])];
+    });
     for (let i = 0; i < 4; i++) {
       assert.ok(
         await maxDiff(fast[i], plain[i]) < 1e-4,
