@@ -101,13 +101,16 @@ export const Slot = {
   ATT_PANEL_BYTES: 30,
   /** A product's bias (N floats added to every row of C), or 0 for none. */
   BIAS: 31,
+  /** Set to 1 when the process ends: helpers leave their loop, each then adding 1 to STOPPED. */
+  STOP: 32,
+  STOPPED: 33,
 } as const;
 
 /** The kinds of job. */
 export const Job = { PRODUCT: 0, ATTENTION: 1, ATTENTION_GRAD: 2 } as const;
 
 /** Bytes reserved for the control block; operands start after it. */
-export const CONTROL_BYTES = 128;
+export const CONTROL_BYTES = 256;
 
 /** Chunk counts and indices live in 12 bits of the ticket. */
 export const MAX_CHUNKS = 0xfff;

@@ -1,7 +1,8 @@
 /**
  * A helper thread of {@link ./matmul.ts}: instantiates the SIMD product
  * module on the shared memory it is given, then claims chunks of every
- * published job (products, attention) until the process ends (the thread is unref'd: it never keeps it alive).
+ * published job (products, attention) until the pool stops it, as the
+ * process ends (the thread is unref'd: it never keeps the process alive).
  *
  * @module
  */
@@ -18,8 +19,10 @@ import {
 const { memory, thread } = workerData as { memory: WebAssembly.Memory; thread: number };
 const kernels = kernelsOf(new WebAssembly.Instance(compileGemm(), { env: { memory } }));
 const ctrl = new Int32Array(memory.buffer, 0, CONTROL_BYTES / 4);
-for (;;) {
+while (!Atomics.load(ctrl, Slot.STOP)) {
   runChunks(ctrl, kernels, thread);
   const ticket = Atomics.load(ctrl, Slot.TICKET);
   if (allClaimed(ticket)) Atomics.wait(ctrl, Slot.TICKET, ticket);
 }
+Atomics.add(ctrl, Slot.STOPPED, 1);
+Atomics.notify(ctrl, Slot.STOPPED);

@@ -133,6 +133,24 @@ export interface Pool {
 }
 let pool: Pool | null = null;
 
+/**
+ * Brings the helpers out of their wait and their loop as the process ends,
+ * and waits (up to a second) until they have left it: a thread left
+ * blocked in `Atomics.wait` while the process exits made it abort, now and
+ * then, with a corrupted-heap message from the C library.
+ */
+function stopHelpers(ctrl: Int32Array, helpers: number): void {
+  Atomics.store(ctrl, Slot.STOP, 1);
+  // The next seq, with every chunk still claimed: a helper about to wait on the old value does not.
+  Atomics.add(ctrl, Slot.TICKET, 1 << 24);
+  Atomics.notify(ctrl, Slot.TICKET);
+  const deadline = performance.now() + 1000;
+  for (let stopped; (stopped = Atomics.load(ctrl, Slot.STOPPED)) < helpers;) {
+    if (performance.now() > deadline) return;
+    Atomics.wait(ctrl, Slot.STOPPED, stopped, 50);
+  }
+}
+
 /** The pool, started on first use. */
 export function sharedPool(): Pool {
   return pool ??= startPool();
@@ -187,9 +205,11 @@ function startPool(): Pool {
       break;
     }
   }
+  const ctrl = new Int32Array(memory.buffer, 0, CONTROL_BYTES / 4);
+  globalThis.addEventListener("unload", () => stopHelpers(ctrl, started));
   return {
     memory,
-    ctrl: new Int32Array(memory.buffer, 0, CONTROL_BYTES / 4),
+    ctrl,
     kernels: kernelsOf(instance),
     pack: instance.exports.pack as Pack,
     threads: 1 + started,
