@@ -45,10 +45,10 @@ export function attentionWasm(nHead: number) {
 }
 
 /**
- * Runs an attention job over every (batch, head) pair: `inputs` are copied
- * into the shared memory, then `outputs` (each of `outputShapes`) out of it,
- * P among them in the forward direction. Slots are given in the order the
- * kernels take them.
+ * Runs an attention job over every (batch, head) pair: the `inputs` tensors
+ * are copied into the shared memory, and the `outputs`, tensors of the
+ * given shapes (P among them in the forward direction), out of it. Each
+ * region's address goes to its control-block slot.
  */
 function attentionJob(
   wasm: WasmBackendInternals,
