@@ -13,8 +13,8 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { COL_BLOCK, CONTROL_BYTES, Job, MAX_CHUNKS, PACK_SLACK, Slot } from "./gemm_kernel.ts";
-import { runJob, sharedFloats, sharedPool } from "./matmul.ts";
-import { heapAddress, type WasmBackendInternals } from "./wasm_heap.ts";
+import { copyToShared, runJob, sharedFloats, sharedPool, tensorFromShared } from "./matmul.ts";
+import type { WasmBackendInternals } from "./wasm_heap.ts";
 
 const FORWARD = "SimpleLMAttention";
 const BACKWARD = "SimpleLMAttentionGrad";
@@ -78,11 +78,7 @@ function attentionJob(
   const scratch = region(pool.threads * scratchBytes);
   const shared = sharedFloats(pool, end);
 
-  const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
-  inputs.forEach(([, t], i) => {
-    const from = heapAddress(wasm, t) / 4;
-    shared.set(heap.subarray(from, from + size(t.shape) / 4), inputAt[i] / 4);
-  });
+  inputs.forEach(([, t], i) => copyToShared(wasm, shared, t, inputAt[i]));
   const { ctrl } = pool;
   ctrl[Slot.JOB] = job;
   inputs.forEach(([slot], i) => ctrl[slot] = inputAt[i]);
@@ -99,15 +95,7 @@ function attentionJob(
     }
   }
 
-  return outputs.map(([, shape], i) => {
-    const out = wasm.makeOutput(shape, "float32");
-    // makeOutput may have grown tfjs's memory: a fresh view.
-    new Float32Array(wasm.wasm.asm.memory.buffer).set(
-      new Float32Array(pool.memory.buffer, outputAt[i], size(shape) / 4),
-      heapAddress(wasm, out) / 4,
-    );
-    return out;
-  });
+  return outputs.map(([, shape], i) => tensorFromShared(wasm, pool, outputAt[i], shape));
 }
 
 tf.registerKernel({

@@ -22,6 +22,7 @@ import {
   add,
   call,
   type Code,
+  divU,
   eqz,
   F32,
   f32,
@@ -44,7 +45,6 @@ import {
   SCALAR,
   set,
   shl,
-  shr,
   sub,
   V128,
   vAdd,
@@ -109,6 +109,10 @@ function rowPass(J: number, END: number, addrs: number[], vector: Code[], scalar
   ];
 }
 
+/** Elements J…END−1 of a row, from the address in AT on: 0. */
+const zeroRest = (J: number, END: number, AT: number): Code =>
+  rowPass(J, END, [AT], [vStore(get(AT), vSplat(f32Zero), 0)], [f32Store(get(AT), f32Zero)]);
+
 /** The largest of a vector's four lanes. */
 const laneMax = (v: Code): Code =>
   f32Max(f32Max(vLane(v, 0), vLane(v, 1)), f32Max(vLane(v, 2), vLane(v, 3)));
@@ -167,7 +171,7 @@ function softmaxCausal(): WasmFunction {
         [f32Store(get(AT), f32Div(f32Load(get(AT)), get(SUM)))],
       ),
       // The masked keys, t+1…T−1: weight 0.
-      rowPass(J, T, [AT], [vStore(get(AT), vSplat(f32Zero), 0)], [f32Store(get(AT), f32Zero)]),
+      zeroRest(J, T, AT),
       set(ROW, add(get(ROW), shl(get(T), i32(2)))),
       set(TT, get(COUNT)),
     ),
@@ -229,7 +233,7 @@ function softmaxGrad(): WasmFunction {
         ),
       ]),
       // Above the diagonal dS is 0, whatever dP holds there (the product may not have written it).
-      rowPass(J, T, [AD], [vStore(get(AD), vSplat(f32Zero), 0)], [f32Store(get(AD), f32Zero)]),
+      zeroRest(J, T, AD),
       set(ROW_P, add(get(ROW_P), shl(get(T), i32(2)))),
       set(ROW_D, add(get(ROW_D), shl(get(T), i32(2)))),
       set(TT, get(COUNT)),
@@ -249,25 +253,20 @@ function softmaxGrad(): WasmFunction {
  */
 function copyRows(): WasmFunction {
   const [SRC, DST, ROWS, COLS, SRC_ROW, DST_ROW] = [0, 1, 2, 3, 4, 5]; // parameters
-  const [I] = [6]; // i32 local: byte in the row
+  const [J, S, D] = [6, 7, 8]; // i32 locals: column, its source and destination
   const body: Code = whileNot(
     eqz(get(ROWS)),
-    set(I, i32(0)),
-    whileNot(
-      gtU(add(get(I), i32(16)), shl(get(COLS), i32(2))),
-      vStore(add(get(DST), get(I)), vLoad(add(get(SRC), get(I)), 0), 0),
-      set(I, add(get(I), i32(16))),
-    ),
-    whileNot(
-      geU(get(I), shl(get(COLS), i32(2))),
-      f32Store(add(get(DST), get(I)), f32Load(add(get(SRC), get(I)))),
-      set(I, add(get(I), i32(4))),
-    ),
+    set(J, i32(0)),
+    set(S, get(SRC)),
+    set(D, get(DST)),
+    rowPass(J, COLS, [S, D], [vStore(get(D), vLoad(get(S), 0), 0)], [
+      f32Store(get(D), f32Load(get(S))),
+    ]),
     set(SRC, add(get(SRC), get(SRC_ROW))),
     set(DST, add(get(DST), get(DST_ROW))),
     set(ROWS, sub(get(ROWS), i32(1))),
   );
-  return { name: "copyRows", params: new Array(6).fill(I32), locals: [[1, I32]], body };
+  return { name: "copyRows", params: new Array(6).fill(I32), locals: [[3, I32]], body };
 }
 
 /**
@@ -336,7 +335,7 @@ export function attentionFunctions(
     );
   /** Keys 0…r1−1 in whole panels, at most T. */
   const keysBelow = (R1: number, T: number): Code =>
-    minU(shl(shr(add(get(R1), i32(colBlock - 1)), i32(3)), i32(3)), get(T));
+    minU(mul(divU(add(get(R1), i32(colBlock - 1)), i32(colBlock)), i32(colBlock)), get(T));
 
   /** Where a function keeps T, hs, C·4 (the row stride of the (B, T, C) tensors), its scratch and its chunk's rows. */
   interface Frame {

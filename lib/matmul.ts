@@ -91,13 +91,21 @@ function wasmMatMul(
 }
 
 /**
+ * The column sums of d (N, out) → (out), a bias's gradient, as the product
+ * (1, N) @ (N, out): tfjs-wasm's sum over rows transposes d first and takes
+ * ~2 ms at (768, 512).
+ */
+export function columnSums(d: tf.Tensor): tf.Tensor {
+  return matMul(tf.ones([1, d.shape[0]]), d).reshape([-1]); // (1, N) @ (N, out) -> (out)
+}
+
+/**
  * `x @ w + bias` on WASM: x (N, in), w (in, out), bias (out) → (N, out), one
  * product whose sums start from the bias, and its gradient:
  *
- *   dx = dy wᵀ    dw = xᵀ dy    dbias = (1, N) @ dy
+ *   dx = dy wᵀ    dw = xᵀ dy    dbias = column sums of dy
  *
- * the last a product too, as tfjs-wasm's sum over rows transposes dy first
- * (~2 ms at (768, 512)). Call only with the fast paths on, on WASM.
+ * Call only with the fast paths on, on WASM.
  */
 export const matMulAddBias = tf.customGrad((x, w, bias, save) => {
   const [xt, wt] = [x as tf.Tensor, w as tf.Tensor];
@@ -113,7 +121,7 @@ export const matMulAddBias = tf.customGrad((x, w, bias, save) => {
       return [
         matMul(d, ws, false, true), // (N, out) @ (out, in) -> (N, in)
         matMul(xs, d, true, false), // (in, N) @ (N, out) -> (in, out)
-        matMul(tf.ones([1, d.shape[0]]), d).reshape([-1]), // (1, N) @ (N, out) -> (out)
+        columnSums(d), // (out)
       ];
     },
   };
@@ -166,6 +174,33 @@ export function sharedFloats(pool: Pool, bytes: number): Float32Array {
     memory.grow(Math.ceil((bytes - memory.buffer.byteLength) / 65536));
   }
   return new Float32Array(memory.buffer);
+}
+
+/** Copies the values of `t` from tfjs's heap to byte `to` of the shared memory. */
+export function copyToShared(
+  wasm: WasmBackendInternals,
+  shared: Float32Array,
+  t: tf.TensorInfo,
+  to: number,
+): void {
+  const count = t.shape.reduce((x, y) => x * y, 1);
+  shared.set(new Float32Array(wasm.wasm.asm.memory.buffer, heapAddress(wasm, t), count), to / 4);
+}
+
+/** A new tensor of `shape` holding the floats at byte `from` of the shared memory. */
+export function tensorFromShared(
+  wasm: WasmBackendInternals,
+  pool: Pool,
+  from: number,
+  shape: number[],
+): tf.TensorInfo {
+  const out = wasm.makeOutput(shape, "float32");
+  const count = shape.reduce((x, y) => x * y, 1);
+  // Viewed after makeOutput, which may have grown tfjs's memory.
+  new Float32Array(wasm.wasm.asm.memory.buffer, heapAddress(wasm, out), count).set(
+    new Float32Array(pool.memory.buffer, from, count),
+  );
+  return out;
 }
 
 /**
@@ -253,21 +288,18 @@ tf.registerKernel({
     const STAGE = BIAS + n * 4;
     const end = STAGE + batch * Math.max(m * k, n * k) * 4 + PACK_SLACK;
     const shared = sharedFloats(pool, end);
-    const offsetOf = (t: tf.TensorInfo) => heapAddress(wasm, t) / 4;
-    const heap = new Float32Array(wasm.wasm.asm.memory.buffer);
-    if (bias) shared.set(heap.subarray(offsetOf(bias), offsetOf(bias) + n), BIAS / 4);
-    const [aFrom, bFrom] = [offsetOf(a), offsetOf(b)];
+    if (bias) copyToShared(wasm, shared, bias, BIAS);
     if (transposeA) { // stored (k, m): element (i, p) at p·m + i
-      shared.set(heap.subarray(aFrom, aFrom + batch * m * k), STAGE / 4);
+      copyToShared(wasm, shared, a, STAGE);
       for (let t = 0; t < batch; t++) {
         pool.pack(STAGE + t * m * k * 4, A + t * aBytes, k, m, m * 4, 4, ROW_BLOCK);
       }
     } else {
-      shared.set(heap.subarray(aFrom, aFrom + batch * m * k), A / 4);
+      copyToShared(wasm, shared, a, A);
     }
     // Stored (n, k), element (p, j) at j·k + p; or (k, n), at p·n + j.
     const [pStride, jStride] = transposeB ? [4, k * 4] : [n * 4, 4];
-    shared.set(heap.subarray(bFrom, bFrom + batch * k * n), STAGE / 4);
+    copyToShared(wasm, shared, b, STAGE);
     for (let t = 0; t < batch; t++) {
       pool.pack(STAGE + t * k * n * 4, B + t * bBytes, k, n, pStride, jStride, COL_BLOCK);
     }
@@ -290,12 +322,6 @@ tf.registerKernel({
       runJob(pool, chunks);
     }
 
-    const out = wasm.makeOutput([...lead, m, n], "float32"); // (..., m, n)
-    // makeOutput may have grown tfjs's memory: a fresh view.
-    new Float32Array(wasm.wasm.asm.memory.buffer).set(
-      new Float32Array(pool.memory.buffer, C, batch * m * n),
-      offsetOf(out),
-    );
-    return out;
+    return tensorFromShared(wasm, pool, C, [...lead, m, n]); // (..., m, n)
   },
 });
