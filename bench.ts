@@ -19,6 +19,8 @@ import { fastPaths, setFastPaths } from "./lib/fast_paths.ts";
 import { type PreparedData, tokenize } from "./lib/data.ts";
 import { runMain, UsageError } from "./lib/errors.ts";
 import { parseFlags } from "./lib/flags.ts";
+import { multiplyAddPeak } from "./lib/gemm_kernel.ts";
+import { sharedPool } from "./lib/matmul.ts";
 import { Rng } from "./lib/rng.ts";
 import { parseTrainConfig, type TrainConfig } from "./lib/train_config.ts";
 import { getBatch, microBatchCount, trainStep } from "./lib/training.ts";
@@ -132,6 +134,12 @@ export async function main(args: string[]): Promise<BenchResult[]> {
   // tinyshakespeare as prepare tokenizes it, read once for every run.
   const data = tokenize(await Deno.readTextFile("datas/tinyshakespeare.txt"));
   setFastPaths(!values.plain);
+  if (!values.json && fastPaths() && runs.some((c) => c.backend === "wasm")) {
+    console.log(
+      `WebAssembly f32x4 multiply-adds here: ${multiplyAddPeak().toFixed(1)} GFLOP/s a thread, ` +
+        `${sharedPool().threads} threads (the ceiling of our matrix products on wasm)`,
+    );
+  }
   const results: BenchResult[] = [];
   for (const config of runs) {
     const r = await benchOne(config, data, values.steps as number, values.warmup as number);

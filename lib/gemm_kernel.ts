@@ -21,6 +21,7 @@ import {
   divU,
   eqz,
   F32,
+  f32,
   f32Add,
   f32Load,
   f32Mul,
@@ -46,6 +47,7 @@ import {
   vLoad,
   vLoadSplat,
   vMul,
+  vSplat,
   vStore,
   vZero,
   whileNot,
@@ -222,6 +224,59 @@ export function compileGemm(): WebAssembly.Module {
   }
 }
 
+/** acc + a·b, lane-wise: one fused instruction (relaxed SIMD), or a multiply and an add. */
+const multiplyAddOf = (fused: boolean) => (a: Code, b: Code, acc: Code): Code =>
+  fused ? relaxedMadd(a, b, acc) : vAdd(acc, vMul(a, b));
+
+/**
+ * The GFLOP/s one thread reaches here with f32x4 multiply-adds alone: the
+ * inner loop of {@link gemmModule} (twelve accumulators) without its loads,
+ * the ceiling `gemm` runs against on each thread. Best of a few short runs
+ * after a warm-up (V8 first runs WebAssembly unoptimized); ~0.1 s.
+ */
+export function multiplyAddPeak(): number {
+  const [ITERATIONS, X] = [0, 1]; // parameter; v128 local: the factor
+  const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 2 + i); // v128 locals
+  const build = (fused: boolean) => {
+    const multiplyAdd = multiplyAddOf(fused);
+    const body: Code = [
+      ...set(X, vSplat(f32(0.9999999))),
+      ...ACC.flatMap((acc, i) => set(acc, vSplat(f32(i)))),
+      ...whileNot(
+        eqz(get(ITERATIONS)),
+        ...ACC.map((acc) => set(acc, multiplyAdd(get(acc), get(X), get(X)))),
+        set(ITERATIONS, sub(get(ITERATIONS), i32(1))),
+      ),
+      ...ACC.flatMap((acc, i) => vStore(i32(16 * i), get(acc), 0)), // the sums stay live
+    ];
+    return new WebAssembly.Module(assemble([0x00, 1], [{ // one page, unshared
+      name: "multiplyAdds",
+      params: [I32],
+      locals: [[1 + ACC.length, V128]],
+      body,
+    }]));
+  };
+  let module;
+  try {
+    module = build(true);
+  } catch {
+    module = build(false);
+  }
+  const memory = new WebAssembly.Memory({ initial: 1 });
+  const run = new WebAssembly.Instance(module, { env: { memory } }).exports.multiplyAdds as (
+    n: number,
+  ) => void;
+  const iterations = 1_000_000;
+  let best = 0;
+  for (let i = 0; i < 12; i++) {
+    const start = performance.now();
+    run(iterations);
+    const flops = iterations * ACC.length * 4 * 2; // four lanes, a multiply and an add each
+    best = Math.max(best, flops / ((performance.now() - start) * 1e6));
+  }
+  return best;
+}
+
 /** Memory limits of the shared memory, in 64 KiB pages. */
 export const MEMORY_PAGES = { initial: 256, maximum: 32768 } as const;
 
@@ -259,9 +314,7 @@ const K_BLOCK = 256;
  * same loop.
  */
 function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
-  /** acc + a·b, lane-wise. */
-  const multiplyAdd = (a: Code, b: Code, acc: Code): Code =>
-    fused ? relaxedMadd(a, b, acc) : vAdd(acc, vMul(a, b));
+  const multiplyAdd = multiplyAddOf(fused);
   const [A, B, C, FIRST_ROW, END_ROW, K, N, A_ROW, A_COL, A_PANEL, C_ROW, B_PANEL_BYTES, BIAS] = [
     0,
     1,

@@ -1,6 +1,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { initBackend } from "../lib/backend.ts";
+import { multiplyAddPeak } from "../lib/gemm_kernel.ts";
 import { matMul } from "../lib/matmul.ts";
 import { Rng } from "../lib/rng.ts";
 
@@ -65,4 +66,9 @@ Deno.test("matMul on WASM: mismatched shapes are refused, not read past", async 
   const [a, b] = [tf.ones([2, 3, 4]), tf.ones([2, 5, 6])];
   assert.throws(() => matMul(a, b), /matMul: shapes \[2,3,4\] and \[2,5,6\] do not match/);
   tf.dispose([a, b]);
+});
+
+Deno.test("multiplyAddPeak: the bench's ceiling figure is a finite, positive rate", () => {
+  const peak = multiplyAddPeak();
+  assert.ok(Number.isFinite(peak) && peak > 0.1, `GFLOP/s: ${peak}`);
 });
