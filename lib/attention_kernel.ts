@@ -58,6 +58,7 @@ import {
   vSplat,
   vStore,
   vSub,
+  vZero,
   type WasmFunction,
   whileNot,
 } from "./wasm_asm.ts";
@@ -111,7 +112,7 @@ function rowPass(J: number, END: number, addrs: number[], vector: Code[], scalar
 
 /** Elements J…END−1 of a row, from the address in AT on: 0. */
 const zeroRest = (J: number, END: number, AT: number): Code =>
-  rowPass(J, END, [AT], [vStore(get(AT), vSplat(f32Zero), 0)], [f32Store(get(AT), f32Zero)]);
+  rowPass(J, END, [AT], [vStore(get(AT), vZero, 0)], [f32Store(get(AT), f32Zero)]);
 
 /** The largest of a vector's four lanes. */
 const laneMax = (v: Code): Code =>
@@ -154,7 +155,7 @@ function softmaxCausal(): WasmFunction {
       // e^(s − max), and their sum.
       set(VMAX, vSplat(get(MAX))),
       set(SUM, f32Zero),
-      set(VSUM, vSplat(f32Zero)),
+      set(VSUM, vZero),
       overKeys([
         set(VS, exp(vSub(vLoad(get(AT), 0), get(VMAX)), VECTOR, VX, VN, VY)),
         vStore(get(AT), get(VS), 0),
@@ -204,7 +205,7 @@ function softmaxGrad(): WasmFunction {
       set(COUNT, add(get(TT), i32(1))),
       // rowsum(P ∘ dP) over keys 0…t (P is 0 beyond).
       set(SUM, f32Zero),
-      set(VSUM, vSplat(f32Zero)),
+      set(VSUM, vZero),
       set(J, i32(0)),
       set(AP, get(ROW_P)),
       set(AD, get(ROW_D)),

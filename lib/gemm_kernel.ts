@@ -21,7 +21,6 @@ import {
   divU,
   eqz,
   F32,
-  f32,
   f32Add,
   f32Load,
   f32Mul,
@@ -44,10 +43,10 @@ import {
   uleb,
   V128,
   vAdd,
+  VECTOR,
   vLoad,
   vLoadSplat,
   vMul,
-  vSplat,
   vStore,
   vZero,
   whileNot,
@@ -217,10 +216,15 @@ function runProductChunk(ctrl: Int32Array, gemm: Gemm, chunk: number) {
  * x86), else with separate multiplies and adds.
  */
 export function compileGemm(): WebAssembly.Module {
+  return compileFusedOrNot(gemmModule);
+}
+
+/** The module `build(fused)` makes, fused if the engine takes relaxed SIMD, else not. */
+function compileFusedOrNot(build: (fused: boolean) => Uint8Array<ArrayBuffer>): WebAssembly.Module {
   try {
-    return new WebAssembly.Module(gemmModule(true));
+    return new WebAssembly.Module(build(true));
   } catch {
-    return new WebAssembly.Module(gemmModule(false));
+    return new WebAssembly.Module(build(false));
   }
 }
 
@@ -237,11 +241,11 @@ const multiplyAddOf = (fused: boolean) => (a: Code, b: Code, acc: Code): Code =>
 export function multiplyAddPeak(): number {
   const [ITERATIONS, X] = [0, 1]; // parameter; v128 local: the factor
   const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 2 + i); // v128 locals
-  const build = (fused: boolean) => {
+  const module = compileFusedOrNot((fused) => {
     const multiplyAdd = multiplyAddOf(fused);
     const body: Code = [
-      ...set(X, vSplat(f32(0.9999999))),
-      ...ACC.flatMap((acc, i) => set(acc, vSplat(f32(i)))),
+      ...set(X, VECTOR.constant(0.9999999)),
+      ...ACC.flatMap((acc, i) => set(acc, VECTOR.constant(i))),
       ...whileNot(
         eqz(get(ITERATIONS)),
         ...ACC.map((acc) => set(acc, multiplyAdd(get(acc), get(X), get(X)))),
@@ -249,19 +253,13 @@ export function multiplyAddPeak(): number {
       ),
       ...ACC.flatMap((acc, i) => vStore(i32(16 * i), get(acc), 0)), // the sums stay live
     ];
-    return new WebAssembly.Module(assemble([0x00, 1], [{ // one page, unshared
+    return assemble([0x00, 1], [{ // one page, unshared
       name: "multiplyAdds",
       params: [I32],
       locals: [[1 + ACC.length, V128]],
       body,
-    }]));
-  };
-  let module;
-  try {
-    module = build(true);
-  } catch {
-    module = build(false);
-  }
+    }]);
+  });
   const memory = new WebAssembly.Memory({ initial: 1 });
   const run = new WebAssembly.Instance(module, { env: { memory } }).exports.multiplyAdds as (
     n: number,
