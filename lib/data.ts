@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { UserError } from "./errors.ts";
+import { UserError } from "../cli/errors.ts";
 
 /** Token id → character. Characters are whole Unicode code points. */
 export type Vocab = string[];

@@ -4,11 +4,11 @@
  */
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
+import { AdamW } from "../nn/adamw.ts";
+import { startBackend } from "../run/start.ts";
 import { Rng } from "../lib/rng.ts";
-import { parseTrainConfig } from "../lib/train_config.ts";
-import { getBatch, trainStep } from "../lib/training.ts";
+import { parseTrainConfig } from "../run/config.ts";
+import { getBatch, trainStep } from "../run/training.ts";
 import { disposeModel, MODEL_NAMES } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
 import { preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
@@ -128,7 +128,7 @@ const LEAK_CONFIGS: Record<string, string[]> = {
 
 for (const backend of ["cpu", "wasm", "webgpu"]) {
   Deno.test(`${backend}: no tensor leaks across training steps of any model`, async () => {
-    await initBackend(backend);
+    await startBackend(backend);
     const data = await shakespeareData();
     for (const name of MODEL_NAMES) {
       const { config } = parseTrainConfig([

@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
+import { AdamW } from "../nn/adamw.ts";
+import { startBackend } from "../run/start.ts";
 import { Rng } from "../lib/rng.ts";
-import { getBatch, trainStep } from "../lib/training.ts";
-import { parseTrainConfig } from "../lib/train_config.ts";
+import { getBatch, trainStep } from "../run/training.ts";
+import { parseTrainConfig } from "../run/config.ts";
 import { disposeModel } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
 import { main as bench } from "../bench.ts";
@@ -54,7 +54,7 @@ for (const backend of ["wasm", "cpu", "webgpu"]) {
     // layer by layer in nn_test.ts); only bigramLM's loss is its own there.
     if (backend === "webgpu" && name !== "bigramLM") continue;
     Deno.test(`${backend}: 50 seeded ${name} steps give the same losses on the fast and the plain paths`, async () => {
-      await initBackend(backend);
+      await startBackend(backend);
       // cpu and WebGPU (llvmpipe) are slower: smaller batches keep the test
       // short. (Not for mlpLM: BatchNorm over 4 rows turns float rounding
       // into visible loss changes on any two paths; it is quick at 32 anyway.)
@@ -74,7 +74,7 @@ for (const backend of ["wasm", "cpu", "webgpu"]) {
 
 for (const backend of ["wasm", "cpu", "webgpu"]) {
   Deno.test(`${backend}: bigramLM's counted loss equals a float64 reference to 1e-5`, async () => {
-    await initBackend(backend);
+    await startBackend(backend);
     const { config } = parseTrainConfig(["--model_name=bigramLM"]);
     const data = await shakespeareData();
     const rng = new Rng(7);

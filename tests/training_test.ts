@@ -1,17 +1,17 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
+import { AdamW } from "../nn/adamw.ts";
+import { startBackend } from "../run/start.ts";
 import { Rng } from "../lib/rng.ts";
-import { parseTrainConfig, pyFloat, runId } from "../lib/train_config.ts";
-import { estimateLoss, getBatch, microBatchCount, trainStep } from "../lib/training.ts";
+import { parseTrainConfig, pyFloat, runId } from "../run/config.ts";
+import { estimateLoss, getBatch, microBatchCount, trainStep } from "../run/training.ts";
 import { disposeModel } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
 import { modelConfig, preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
 
 for (const backend of ["cpu", "wasm", "webgpu"]) {
   Deno.test(`${backend}: AdamW matches PyTorch's update formula, step by step`, async () => {
-    await initBackend(backend);
+    await startBackend(backend);
     // Seven values: one four-lane SIMD step and three single ones on WASM.
     const p = tf.variable(tf.tensor1d([1.0, -2.0, 0.5, 0.25, -1.5, 3.0, 0.0]));
     const opt = new AdamW([p], { lr: 0.1, weightDecay: 0.01 });
@@ -80,7 +80,7 @@ Deno.test("--config=cpu is nanoGPT's CPU setting; explicit flags win", () => {
 
 for (const backend of ["cpu", "wasm", "webgpu"]) {
   Deno.test(`bigramLM loss falls on ${backend}`, async () => {
-    const info = await initBackend(backend);
+    const info = await startBackend(backend);
     assert.equal(info.name, backend);
     assert.equal(tf.getBackend(), backend);
     const data = await shakespeareData();
@@ -204,7 +204,7 @@ Deno.test("train and generate refuse bad flags with one line and exit 2", async 
 });
 
 Deno.test("wasm: a gptLM batch split into micro-batches gives the whole batch's step", async () => {
-  await initBackend("wasm");
+  await startBackend("wasm");
   const gptDefault = { ...parseTrainConfig(["--model_name=gptLM"]).config, vocab_size: 65 };
   const defaultModel = createModel("gptLM", gptDefault, new Rng(1));
   // ~230 MB a row at the default size: 64 rows are 8 parts of 8 on WASM, 1 elsewhere.
