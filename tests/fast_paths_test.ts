@@ -1,9 +1,9 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "../nn/adamw.ts";
 import { startBackend } from "../run/start.ts";
 import { Rng } from "../lib/rng.ts";
-import { getBatch, trainStep } from "../run/training.ts";
+import { getBatch } from "../run/training.ts";
+import { buildRun } from "../run/run.ts";
 import { parseTrainConfig } from "../run/config.ts";
 import { disposeModel } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
@@ -29,21 +29,14 @@ const MODELS: string[][] = [
 async function trainLosses(flags: string[], steps: number): Promise<number[]> {
   const { config } = parseTrainConfig(flags);
   const data = await shakespeareData();
-  const rng = new Rng(config.seed);
-  const model = createModel(config.model_name, { ...config, vocab_size: data.vocab.length }, rng);
-  const optimizer = new AdamW(model.params.map((p) => p.variable), {
-    lr: config.learning_rate,
-    weightDecay: config.weight_decay,
-  });
+  const run = buildRun(config, data.vocab.length, tf.getBackend() as "wasm" | "cpu" | "webgpu");
   const losses: number[] = [];
   for (let i = 0; i < steps; i++) {
-    const batch = getBatch(model, data.train, config.batch_size, rng);
-    const loss = trainStep(model, optimizer, batch, rng);
+    const loss = run.step(data.train);
     losses.push((await loss.data())[0]);
-    tf.dispose([batch.x, batch.y, loss]);
+    loss.dispose();
   }
-  optimizer.dispose();
-  disposeModel(model);
+  run.dispose();
   return losses;
 }
 

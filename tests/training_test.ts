@@ -5,8 +5,9 @@ import { startBackend } from "../run/start.ts";
 import { Rng } from "../lib/rng.ts";
 import { parseTrainConfig, pyFloat, runId } from "../run/config.ts";
 import { estimateLoss, getBatch, microBatchCount, trainStep } from "../run/training.ts";
-import { disposeModel } from "../models/model.ts";
+import { disposeModel, MODEL_NAMES } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
+import { buildRun } from "../run/run.ts";
 import { modelConfig, preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
 
 for (const backend of ["cpu", "wasm", "webgpu"]) {
@@ -248,3 +249,38 @@ Deno.test("wasm: a gptLM batch split into micro-batches gives the whole batch's 
   const maxDiff = whole.weights.reduce((m, w, i) => Math.max(m, Math.abs(w - split.weights[i])), 0);
   assert.ok(maxDiff < 1e-5, `weights after 3 steps differ by ${maxDiff}`);
 });
+
+const LEAK_CONFIGS: Record<string, string[]> = {
+  bigramLM: [],
+  mlpLM: ["--max_hidden_nodes=32", "--char_encoding_len=8"],
+  gptLM: ["--n_layer=1", "--n_head=2", "--n_embd=16", "--dropout=0.1"],
+};
+
+for (const backend of ["cpu", "wasm", "webgpu"]) {
+  Deno.test(`${backend}: no tensor leaks across training steps of any model`, async () => {
+    const { name: backendName } = await startBackend(backend);
+    const data = await shakespeareData();
+    for (const name of MODEL_NAMES) {
+      const { config } = parseTrainConfig([
+        `--model_name=${name}`,
+        ...LEAK_CONFIGS[name],
+        "--block_size=8",
+        "--batch_size=4",
+      ]);
+      const run = buildRun(config, data.vocab.length, backendName);
+      // Tensors and bytes held after step 5 and after step 25: a step that
+      // leaves anything behind grows both.
+      const counts: { tensors: number; bytes: number }[] = [];
+      for (let i = 1; i <= 25; i++) {
+        const loss = run.step(data.train);
+        if (i % 5 === 0) await loss.data();
+        loss.dispose();
+        if (i === 5 || i === 25) {
+          counts.push({ tensors: tf.memory().numTensors, bytes: tf.memory().numBytes });
+        }
+      }
+      assert.deepEqual(counts[1], counts[0], `${name} on ${backend}: step 5 vs step 25`);
+      run.dispose();
+    }
+  });
+}
