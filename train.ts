@@ -10,12 +10,12 @@
  *
  * @module
  */
-import { runMain, UsageError, UserError } from "./cli/errors.ts";
+import { runMain, UserError } from "./cli/errors.ts";
 import { Progress } from "./cli/progress.ts";
-import { decode, loadDataset } from "./lib/data.ts";
+import { checkWindowsFit, decode, loadDataset } from "./lib/data.ts";
 import { countParams } from "./models/model.ts";
-import { checkVocabulary, loadCheckpoint, saveCheckpoint } from "./run/checkpoint.ts";
-import { parseTrainConfig, resumedConfig, type TrainConfig } from "./run/config.ts";
+import { checkVocabulary, saveCheckpoint } from "./run/checkpoint.ts";
+import { trainSettings } from "./run/config.ts";
 import { buildRun, resumeRunFiles, startRunFiles } from "./run/run.ts";
 import { generateTokens } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
@@ -26,26 +26,14 @@ import { estimateLoss } from "./run/training.ts";
  * checkpoint were written.
  */
 export async function main(args: string[]): Promise<{ logFile: string; checkpointPath: string }> {
-  const flags = parseTrainConfig(args);
-  const ckpt = flags.config.resume ? await loadCheckpoint(requireCkptFile(flags.config)) : null;
-  const config = ckpt
-    ? resumedConfig(flags.config, flags.given, ckpt.config, ckpt.path)
-    : flags.config;
+  const { config, ckpt } = await trainSettings(args);
 
   const backend = await startBackend(config.backend);
   console.log(`backend: ${backend.name} (${backend.adapter})`);
 
   const data = await loadDataset(config.dataset);
   console.log(`found vocab_size = ${data.vocab.length} (inside ${data.dir}/meta.json)`);
-  for (const split of ["train", "val"] as const) {
-    if (data[split].length <= config.block_size) {
-      throw new UsageError(
-        `block_size ${config.block_size} does not fit the ${split} split (${
-          data[split].length
-        } tokens): use a smaller --block_size`,
-      );
-    }
-  }
+  checkWindowsFit(data, config.block_size);
   if (ckpt) checkVocabulary(ckpt, data);
 
   // The model, its optimizer and the run's one random stream.
@@ -164,15 +152,6 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
     `next: deno task generate --ckpt=${checkpointPath}   |   ls loss_*.txt | deno task plot`,
   );
   return { logFile: state.logFile, checkpointPath };
-}
-
-function requireCkptFile(config: TrainConfig): string {
-  if (!config.ckpt_file) {
-    throw new UsageError(
-      "--resume=true needs --ckpt_file=PATH (a checkpoint saved by train.ts)",
-    );
-  }
-  return config.ckpt_file;
 }
 
 function lossDiverged(iter: number, checkpointPath: string): UserError {

@@ -11,6 +11,7 @@ import { BACKEND_FLAG } from "../lib/backend.ts";
 import { ACTIVATION_NAMES } from "../models/mlpLM.ts";
 import { MODEL_NAMES } from "../models/model.ts";
 import { MODELS } from "../models/registry.ts";
+import { loadCheckpoint, type LoadedCheckpoint } from "./checkpoint.ts";
 
 /** Named presets for `--config`. Explicit flags win over a preset. */
 export const PRESETS: Record<string, Partial<Record<string, number>>> = {
@@ -149,6 +150,23 @@ export function parseTrainConfig(args: string[]): { config: TrainConfig; given: 
   }
   MODELS[config.model_name].checkConfig(config);
   return { config, given };
+}
+
+/**
+ * The settings of a training run from its command line: flags and preset,
+ * or, with `--resume=true`, the checkpoint's settings with the few a
+ * resumed run may change; and the checkpoint to resume from.
+ */
+export async function trainSettings(
+  args: string[],
+): Promise<{ config: TrainConfig; ckpt: LoadedCheckpoint | null }> {
+  const { config, given } = parseTrainConfig(args);
+  if (!config.resume) return { config, ckpt: null };
+  if (!config.ckpt_file) {
+    throw new UsageError("--resume=true needs --ckpt_file=PATH (a checkpoint saved by train.ts)");
+  }
+  const ckpt = await loadCheckpoint(config.ckpt_file);
+  return { config: resumedConfig(config, given, ckpt.config, ckpt.path), ckpt };
 }
 
 /** Settings a resumed run may change; everything else comes from the checkpoint. */
