@@ -15,7 +15,7 @@ import { Progress } from "./cli/progress.ts";
 import { checkWindowsFit, decode, loadDataset } from "./lib/data.ts";
 import { countParams } from "./models/model.ts";
 import { checkVocabulary, saveCheckpoint } from "./run/checkpoint.ts";
-import { trainSettings } from "./run/config.ts";
+import { datasetBlockSize, trainSettings } from "./run/config.ts";
 import { buildRun, resumeRunFiles, startRunFiles } from "./run/run.ts";
 import { generateTokens } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
@@ -26,13 +26,18 @@ import { estimateLoss } from "./run/training.ts";
  * checkpoint were written.
  */
 export async function main(args: string[]): Promise<{ logFile: string; checkpointPath: string }> {
-  const { config, ckpt } = await trainSettings(args);
+  const { config, ckpt, given } = await trainSettings(args);
 
   const backend = await startBackend(config.backend);
   console.log(`backend: ${backend.name} (${backend.adapter})`);
 
   const data = await loadDataset(config.dataset);
   console.log(`found vocab_size = ${data.vocab.length} (inside ${data.dir}/meta.json)`);
+  const blockSize = datasetBlockSize(config, given, data);
+  if (blockSize !== config.block_size) {
+    console.log(`found block_size = ${blockSize} (inside ${data.dir}/meta.json)`);
+    config.block_size = blockSize;
+  }
   checkWindowsFit(data, config.block_size);
   if (ckpt) checkVocabulary(ckpt, data);
 

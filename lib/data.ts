@@ -104,12 +104,23 @@ export function uint16Bytes(ids: Uint16Array): Uint8Array {
   return bytes;
 }
 
-/** `meta.json`: the pickle's keys, with JSON's string keys for `itos`. */
-export function metaJson(vocab: Vocab): string {
+/**
+ * `meta.json`: the pickle's keys, with JSON's string keys for `itos`, and
+ * any of a dataset's own (adder_int's `ndigit` and `block_size`).
+ */
+export function metaJson(vocab: Vocab, extra: DatasetMeta = {}): string {
   const itos = Object.fromEntries(vocab.map((ch, i) => [String(i), ch]));
   const stoi = Object.fromEntries(vocab.map((ch, i) => [ch, i]));
-  return JSON.stringify({ vocab_size: vocab.length, itos, stoi }, null, 1) +
+  return JSON.stringify({ vocab_size: vocab.length, ...extra, itos, stoi }, null, 1) +
     "\n";
+}
+
+/** What a dataset's meta.json may say besides its vocabulary. */
+export interface DatasetMeta {
+  /** The context length the dataset is made for (adder_int: one problem but its last digit). */
+  block_size?: number;
+  /** adder_int: digits per operand. */
+  ndigit?: number;
 }
 
 /** A loaded dataset folder. */
@@ -119,6 +130,8 @@ export interface Dataset {
   vocab: Vocab;
   train: Uint16Array;
   val: Uint16Array;
+  /** meta.json's other keys. */
+  meta: DatasetMeta;
 }
 
 /** The folder a dataset is prepared into. */
@@ -142,7 +155,7 @@ async function readOrExplain(
   }
 }
 
-function parseMeta(bytes: Uint8Array, path: string): Vocab {
+function parseMeta(bytes: Uint8Array, path: string): { vocab: Vocab; meta: DatasetMeta } {
   let meta: unknown;
   try {
     meta = JSON.parse(new TextDecoder().decode(bytes));
@@ -177,7 +190,18 @@ function parseMeta(bytes: Uint8Array, path: string): Vocab {
       `${path}: itos repeats a character: run \`deno task prepare\` again`,
     );
   }
-  return vocab;
+  const extra: DatasetMeta = {};
+  for (const key of ["block_size", "ndigit"] as const) {
+    const value = (meta as Record<string, unknown>)[key];
+    if (value === undefined) continue;
+    if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
+      throw new UserError(
+        `${path}: ${key} is not a positive integer: run \`deno task prepare\` again`,
+      );
+    }
+    extra[key] = value;
+  }
+  return { vocab, meta: extra };
 }
 
 function parseIds(
@@ -208,7 +232,7 @@ function parseIds(
 export async function loadDataset(dataset: string): Promise<Dataset> {
   const dir = datasetDir(dataset);
   const metaPath = `${dir}/meta.json`;
-  const vocab = parseMeta(await readOrExplain(metaPath, dataset), metaPath);
+  const { vocab, meta } = parseMeta(await readOrExplain(metaPath, dataset), metaPath);
   const train = parseIds(
     await readOrExplain(`${dir}/train.bin`, dataset),
     `${dir}/train.bin`,
@@ -219,7 +243,7 @@ export async function loadDataset(dataset: string): Promise<Dataset> {
     `${dir}/val.bin`,
     vocab.length,
   );
-  return { name: dataset, dir, vocab, train, val };
+  return { name: dataset, dir, vocab, train, val, meta };
 }
 
 /**

@@ -8,6 +8,7 @@
 import { UsageError } from "../cli/errors.ts";
 import { type FlagValues, parseFlags } from "../cli/flags.ts";
 import { BACKEND_FLAG } from "../lib/backend.ts";
+import type { Dataset } from "../lib/data.ts";
 import { ACTIVATION_NAMES } from "../models/mlpLM.ts";
 import { MODEL_NAMES } from "../models/model.ts";
 import { MODELS } from "../models/registry.ts";
@@ -159,14 +160,37 @@ export function parseTrainConfig(args: string[]): { config: TrainConfig; given: 
  */
 export async function trainSettings(
   args: string[],
-): Promise<{ config: TrainConfig; ckpt: LoadedCheckpoint | null }> {
+): Promise<{ config: TrainConfig; ckpt: LoadedCheckpoint | null; given: Set<TrainFlag> }> {
   const { config, given } = parseTrainConfig(args);
-  if (!config.resume) return { config, ckpt: null };
+  if (!config.resume) return { config, ckpt: null, given };
   if (!config.ckpt_file) {
     throw new UsageError("--resume=true needs --ckpt_file=PATH (a checkpoint saved by train.ts)");
   }
   const ckpt = await loadCheckpoint(config.ckpt_file);
-  return { config: resumedConfig(config, given, ckpt.config, ckpt.path), ckpt };
+  return { config: resumedConfig(config, given, ckpt.config, ckpt.path), ckpt, given };
+}
+
+/**
+ * The context length a run uses on `data`. A dataset whose meta.json names
+ * one (adder_int: a problem but its last digit) sets it, as the original's
+ * `block_size = meta["block_size"]` means to (its code reads
+ * `meta[block_size]` and crashes); an explicit `--block_size` must agree.
+ *
+ * @throws {UsageError} when `--block_size` was given and differs.
+ */
+export function datasetBlockSize(
+  config: TrainConfig,
+  given: Set<TrainFlag>,
+  data: Pick<Dataset, "dir" | "meta">,
+): number {
+  const fixed = data.meta.block_size;
+  if (fixed === undefined) return config.block_size;
+  if (given.has("block_size") && config.block_size !== fixed) {
+    throw new UsageError(
+      `--block_size=${config.block_size} differs from ${data.dir}/meta.json's block_size ${fixed}, the length the dataset is made for: drop --block_size`,
+    );
+  }
+  return fixed;
 }
 
 /** Settings a resumed run may change; everything else comes from the checkpoint. */
