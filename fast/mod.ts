@@ -7,8 +7,9 @@
  *   products, attention, LayerNorm and AdamW, and loops over tfjs's memory
  *   (`host.ts`) where tfjs would run many small kernels or lacks one.
  * - cpu: the same loops over memory.
- * - WebGPU: `gather` for embeddings (its gradient exists there) and
- *   bigramLM's loss from pair counts.
+ * - WebGPU: `gather` for embeddings (its gradient exists there),
+ *   bigramLM's loss from pair counts, and mixture-of-experts groups that
+ *   need no host read (WebGPU cannot read one synchronously under Deno).
  *
  * Nothing outside `run/` imports this folder: the layers and models read
  * complete without it.
@@ -18,6 +19,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { registerFastPaths } from "../nn/fast_paths.ts";
 import { bigramLossBincount, bigramLossHost } from "./bigram_loss.ts";
+import { routeToAllExperts } from "./expert_groups.ts";
 import { adamwUpdateCpu, concatColumnsHost, embeddingHost, layerNormHost } from "./host.ts";
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
@@ -58,6 +60,7 @@ export function installFastPaths(): void {
   registerFastPaths("webgpu", {
     embedding: (table, ids) => tf.gather(table, ids),
     bigramLoss: bigramLossBincount,
+    routeToExperts: routeToAllExperts,
   });
 }
 

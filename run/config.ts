@@ -11,6 +11,7 @@ import { BACKEND_FLAG } from "../lib/backend.ts";
 import type { Dataset } from "../lib/data.ts";
 import { ACTIVATION_NAMES } from "../models/mlpLM.ts";
 import { MODEL_NAMES } from "../models/model.ts";
+import { NN_INITS, ORIGINAL_BUGS } from "../models/moe.ts";
 import { MODELS } from "../models/registry.ts";
 import { loadCheckpoint, type LoadedCheckpoint } from "./checkpoint.ts";
 
@@ -101,11 +102,65 @@ export const TRAIN_FLAGS = {
     min: 1,
     help: "gptLM: transformer blocks",
   },
+  num_experts: { type: "int", default: 8, min: 1, help: "moeLM, moa_moeLM: experts per layer" },
+  top_k: { type: "int", default: 2, min: 1, help: "moeLM, moa_moeLM: experts per token" },
+  nn_init: {
+    type: "string",
+    default: "kaiming_normal",
+    choices: NN_INITS,
+    help: "moeLM, moa_moeLM: Linear weight init, kaiming_normal or xavier_normal",
+  },
+  capacity_factor: {
+    type: "float",
+    default: 0.0,
+    min: 0,
+    help: "moeLM, moa_moeLM: expert capacity factor (>= 1 turns capacity on)",
+  },
+  aux_loss_coef: {
+    type: "float",
+    default: 0.01,
+    min: 0,
+    help: "moa_moeLM: weight of the load-balancing loss",
+  },
+  qkv_multiplier_min: {
+    type: "float",
+    default: 0.5,
+    min: 0,
+    exclusiveMin: true,
+    help: "block_wise_scaling_gptLM: first layer's share of n_head",
+  },
+  qkv_multiplier_max: {
+    type: "float",
+    default: 1.0,
+    min: 0,
+    exclusiveMin: true,
+    help: "block_wise_scaling_gptLM: last layer's share of n_head",
+  },
+  ffn_multiplier_min: {
+    type: "float",
+    default: 0.5,
+    min: 0,
+    exclusiveMin: true,
+    help: "block_wise_scaling_gptLM: first layer's FFN width / n_embd",
+  },
+  ffn_multiplier_max: {
+    type: "float",
+    default: 4.0,
+    min: 0,
+    exclusiveMin: true,
+    help: "block_wise_scaling_gptLM: last layer's FFN width / n_embd",
+  },
+  ffn_intermediate_divisor: {
+    type: "int",
+    default: 256,
+    min: 1,
+    help: "block_wise_scaling_gptLM: FFN widths are multiples of this",
+  },
   model_name: {
     type: "string",
     default: "gptLM",
     choices: MODEL_NAMES,
-    help: "bigramLM, mlpLM or gptLM",
+    help: MODEL_NAMES.join(", "),
   },
   dataset: {
     type: "string",
@@ -135,6 +190,13 @@ export const TRAIN_FLAGS = {
     help: "AdamW decoupled weight decay",
   },
   out_dir: { type: "string", default: "out", help: "where checkpoints go" },
+  original_bugs: {
+    type: "string",
+    default: "",
+    help: `MoE models: the original's bugs to reproduce, comma-separated: ${
+      ORIGINAL_BUGS.join(", ")
+    } or all`,
+  },
 } as const;
 
 /** Parsed training settings. */

@@ -1,0 +1,220 @@
+/**
+ * moeLM: a sparse mixture-of-experts transformer, as weedge/baby-llm
+ * `simpleLM/moeLM.py` (`SparseMoELanguageModel`, after makeMoE). gptLM's
+ * layout with each block's feed-forward net replaced by `num_experts`
+ * feed-forward experts, of which a noisy top-k router picks `top_k` per
+ * token; a token's output is the gate-weighted sum of its experts' outputs.
+ *
+ * Two things differ from gptLM besides the experts, as in the original:
+ * the attention scores are scaled by n_embd^-½ (its `Head` uses C = n_embd,
+ * not the head size), and each head registers query, key, value in that
+ * order. Every Linear weight is Kaiming- or Xavier-normal (`--nn_init`);
+ * biases and embeddings keep PyTorch's defaults. moeLM has no
+ * load-balancing loss of its own: the one printed at each evaluation is
+ * only shown.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import { Rng } from "../lib/rng.ts";
+import {
+  causalSelfAttention,
+  concatColumns,
+  crossEntropy,
+  dropout,
+  embedding,
+  layerNorm,
+  linear,
+  normalInit,
+} from "../nn/layers.ts";
+import type { LanguageModel, Mode, ModelConfig, ModelDefinition } from "./model.ts";
+import { nextTokenBatch } from "./model.ts";
+import {
+  checkMoEConfig,
+  createExperts,
+  createRouter,
+  expertCapacity,
+  expertLoadOf,
+  type ExpertParams,
+  linearInit,
+  loadBalancingLoss,
+  noisyTopkRouter,
+  parseOriginalBugs,
+  routerNoise,
+  type RouterParams,
+  type RouterRecord,
+  sparseMoE,
+} from "./moe.ts";
+import {
+  causalMaskBias,
+  lastTokenLogits,
+  type Matrix,
+  ParamList,
+  type Vector,
+} from "./transformer.ts";
+
+/** One head's projections, each (C, hs). */
+interface HeadParams {
+  query: Matrix;
+  key: Matrix;
+  value: Matrix;
+}
+
+/** One `Block`'s parameters. Linear weights are (in, out). */
+interface BlockParams {
+  heads: HeadParams[];
+  projW: Matrix; // (C, C)
+  projB: Vector; // (C)
+  router: RouterParams;
+  experts: ExpertParams[];
+  ln1W: Vector;
+  ln1B: Vector;
+  ln2W: Vector;
+  ln2B: Vector;
+}
+
+/**
+ * Builds a moeLM with the original's init, drawn from `rng` in PyTorch's
+ * `state_dict` order: embeddings N(0, 1), Linear weights by `nn_init`,
+ * Linear biases U(±1/√fan_in), LayerNorm weight 1 and bias 0.
+ */
+function create(config: ModelConfig, rng: Rng): LanguageModel {
+  checkConfig(config);
+  const { vocab_size: V, block_size: T0, n_embd: C, n_head: H, n_layer: L } = config;
+  const { num_experts: E, top_k: K } = config;
+  const hs = C / H;
+  const bugs = parseOriginalBugs(config.original_bugs);
+  const init = linearInit(config.nn_init, rng);
+
+  const store = new ParamList();
+  const tokTable = store.add("token_embedding_table.weight", normalInit([V, C], 1, rng)) as Matrix;
+  const posTable = store.add("position_embedding_table.weight", normalInit([T0, C], 1, rng));
+  const blocks: BlockParams[] = [];
+  let tril: tf.Tensor | null = null;
+  for (let i = 0; i < L; i++) {
+    const p = `blocks.${i}`;
+    const heads: HeadParams[] = [];
+    for (let h = 0; h < H; h++) {
+      const q = `${p}.sa.heads.${h}`;
+      tril = store.tril(`${q}.tril`, T0);
+      heads.push({
+        query: store.linearWeight(`${q}.query.weight`, init.weight(C, hs)),
+        key: store.linearWeight(`${q}.key.weight`, init.weight(C, hs)),
+        value: store.linearWeight(`${q}.value.weight`, init.weight(C, hs)),
+      });
+    }
+    blocks.push({
+      heads,
+      projW: store.linearWeight(`${p}.sa.proj.weight`, init.weight(C, C)),
+      projB: store.add(`${p}.sa.proj.bias`, init.bias(C, C)) as Vector,
+      router: createRouter(store, `${p}.smoe.router`, C, E, init),
+      experts: createExperts(store, `${p}.smoe`, C, E, init),
+      ln1W: store.ones(`${p}.ln1.weight`, C),
+      ln1B: store.zeros(`${p}.ln1.bias`, C),
+      ln2W: store.ones(`${p}.ln2.weight`, C),
+      ln2B: store.zeros(`${p}.ln2.bias`, C),
+    });
+  }
+  const lnfW = store.ones("ln_f.weight", C);
+  const lnfB = store.zeros("ln_f.bias", C);
+  const lmW = store.linearWeight("lm_head.weight", init.weight(C, V)); // (C, V)
+  const lmB = store.add("lm_head.bias", init.bias(C, V)) as Vector;
+  // The original's noise in evaluation (`eval_noise`) draws from here when the mode brings no stream.
+  const ownNoise = new Rng(rng.nextUint32());
+
+  /** Dropout in training mode, identity in evaluation mode. */
+  const drop = (x: tf.Tensor, mode: Mode) =>
+    mode.training ? dropout(x, config.dropout, mode.rng) : x;
+
+  /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C). */
+  function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
+    const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, C)
+    // Scores q·k · C^-½ with C = n_embd: the shared attention scales by hs^-½,
+    // so the queries come in scaled by √(hs/C).
+    const q = project(blk.heads.map((h) => h.query)).mul(Math.sqrt(hs / C));
+    const k = project(blk.heads.map((h) => h.key));
+    const v = project(blk.heads.map((h) => h.value));
+    const dropWeights = mode.training && config.dropout > 0
+      ? (weights: tf.Tensor) => drop(weights, mode)
+      : undefined;
+    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights); // (B, T, C)
+    return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
+  }
+
+  /** `SparseMoE` on ln2(x): x (B, T, C) → (B, T, C). */
+  function mixture(
+    x: tf.Tensor,
+    blk: BlockParams,
+    name: string,
+    mode: Mode,
+    records?: RouterRecord[],
+  ): tf.Tensor {
+    const [B, T] = x.shape;
+    const u = x.reshape([B! * T!, C]) as tf.Tensor2D; // (N, C)
+    const noise = routerNoise(mode, bugs.has("eval_noise"), ownNoise);
+    const routing = noisyTopkRouter(u, blk.router, K, noise);
+    records?.push({
+      name,
+      indices: routing.indices,
+      auxLoss: () => loadBalancingLoss(routing.noisy, routing.indices),
+    });
+    const out = sparseMoE(u, routing, blk.experts, {
+      capacity: expertCapacity(config, B! * T!),
+      overwrite: bugs.has("combine"),
+      drop: (y) => drop(y, mode),
+    });
+    return out.reshape([B!, T!, C]);
+  }
+
+  /** Logits for ids (B, T) with T ≤ block_size: (B, T, V). */
+  function forward(x: tf.Tensor, mode: Mode, records?: RouterRecord[]): tf.Tensor {
+    const T = x.shape[1]!;
+    const pos = posTable.slice([0, 0], [T, C]); // (T, C)
+    const maskBias = causalMaskBias(tril!, T); // (T, T)
+    let h = embedding(tokTable, x).add(pos); // (B, T, C)
+    blocks.forEach((blk, i) => {
+      h = h.add(attention(layerNorm(h, blk.ln1W, blk.ln1B), blk, maskBias, mode));
+      h = h.add(mixture(layerNorm(h, blk.ln2W, blk.ln2B), blk, `blocks.${i}.smoe`, mode, records));
+    });
+    return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
+  }
+
+  return {
+    name: "moeLM",
+    config,
+    params: store.params,
+    buffers: store.buffers,
+    targetsPerRow: T0,
+    startContext: [0],
+    // gptLM's estimate, with top_k experts' 4C-wide activations per token;
+    // with expert capacity the batch's rows are not independent.
+    bytesPerRow: config.capacity_factor >= 1
+      ? undefined
+      : 4 * 1.5 * L * T0 * (40 * C + 6 * H * T0 + 8 * K * C),
+    makeBatch: (windows, batchSize) => nextTokenBatch(windows, batchSize, T0),
+    forward: (x, mode) => forward(x, mode),
+    loss(x, y, mode) {
+      const logits = forward(x, mode); // (B, T, V)
+      return crossEntropy(
+        logits.reshape([-1, V]) as tf.Tensor2D,
+        y.reshape([-1]) as tf.Tensor1D,
+      );
+    },
+    nextTokenLogits: (context) =>
+      lastTokenLogits(context, T0, (x) => forward(x, { training: false })),
+    expertLoad: (x) =>
+      expertLoadOf((records) => forward(x, { training: false }, records), E, false),
+  };
+}
+
+/** Settings that pass the flag checks but cannot build a moeLM. */
+function checkConfig(config: Omit<ModelConfig, "vocab_size">): void {
+  checkMoEConfig(config);
+}
+
+/** moeLM's module. */
+export const moeLM: ModelDefinition = {
+  create,
+  checkConfig,
+  runIdFields: (config) => `V-${config.vocab_size}`,
+};
