@@ -19,7 +19,7 @@ import { datasetBlockSize, trainSettings } from "./run/config.ts";
 import { buildRun, resumeRunFiles, startRunFiles } from "./run/run.ts";
 import { generateTokens } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
-import { estimateLoss } from "./run/training.ts";
+import { estimateLoss, expertLoadReport } from "./run/training.ts";
 
 /**
  * Trains as `args` say and returns where the loss log and the best
@@ -106,6 +106,9 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
       );
       if (!Number.isFinite(losses.train) || !Number.isFinite(losses.val)) {
         throw lossDiverged(iter, checkpointPath);
+      }
+      for (const line of await expertLoadReport(model, data.val, config.batch_size)) {
+        console.log(line);
       }
       if (iter > 0) {
         await Deno.writeTextFile(

@@ -27,7 +27,7 @@ export function routeToAllExperts(
   let weight = chosen;
   if (capacity !== undefined) {
     // An expert keeps its first `capacity` tokens: those with fewer than `capacity` before them.
-    const before = tf.cumsum(chosen, 0, true); // (N, E)
+    const before = tf.cumsum(chosen.transpose(), 1, true).transpose(); // (N, E)
     weight = chosen.mul(before.neg().add(capacity - 0.5).step());
   }
   return {
