@@ -18,7 +18,7 @@ import { parseFlags } from "./cli/flags.ts";
 import { type PreparedData, tokenize } from "./lib/data.ts";
 import { fastPaths, setFastPaths } from "./nn/fast_paths.ts";
 import { parseTrainConfig, type TrainConfig } from "./run/config.ts";
-import { buildRun } from "./run/run.ts";
+import { buildRun, type Run } from "./run/run.ts";
 import { startBackend, wasmProductCeiling } from "./run/start.ts";
 
 const BENCH_FLAGS = {
@@ -52,6 +52,65 @@ export interface BenchResult {
   fast_paths: boolean;
   tensors_before: number;
   tensors_after: number;
+  /** tfjs kernels one training step runs (`tf.profile`). */
+  kernels_per_step: number;
+  /** On WebGPU: compute-shader dispatches in one step (a kernel may dispatch more than once). */
+  dispatches_per_step: number | null;
+  /** On WebGPU: GPU→CPU reads inside one step (each one stalls the GPU). */
+  gpu_reads_per_step: number | null;
+  /** Kernel time of one profiled step in matrix products and in everything else (null: no timings). */
+  kernel_ms_products: number | null;
+  kernel_ms_outside_products: number | null;
+}
+
+/** Kernels whose work is a matrix product. */
+const PRODUCT_KERNELS = new Set(["BatchMatMul", "_FusedMatMul", "SimpleLMMatMul"]);
+
+/** One training step under `tf.profile`, counting what it runs and, on WebGPU, dispatches and reads. */
+async function profileStep(run: Run, data: PreparedData, backend: string) {
+  const onGpu = backend === "webgpu";
+  let dispatches = 0;
+  let reads = 0;
+  const gpuBackend = tf.backend() as unknown as Record<
+    "read" | "readSync",
+    (...a: unknown[]) => unknown
+  >;
+  const pass = typeof GPUComputePassEncoder === "undefined"
+    ? undefined
+    : GPUComputePassEncoder.prototype;
+  const restore: (() => void)[] = [];
+  const count = <T extends object>(target: T, key: keyof T & string, bump: () => void) => {
+    const original = target[key] as (...a: unknown[]) => unknown;
+    (target as Record<string, unknown>)[key] = function (this: unknown, ...a: unknown[]) {
+      bump();
+      return original.apply(this, a);
+    };
+    restore.push(() => (target as Record<string, unknown>)[key] = original);
+  };
+  if (onGpu) {
+    count(gpuBackend, "read", () => reads++);
+    count(gpuBackend, "readSync", () => reads++);
+    if (pass) count(pass, "dispatchWorkgroups", () => dispatches++);
+  }
+  let info: Awaited<ReturnType<typeof tf.profile>>;
+  try {
+    info = await tf.profile(() => run.step(data.train));
+  } finally {
+    restore.forEach((undo) => undo());
+  }
+  (info.result as tf.Tensor).dispose();
+  const times = info.kernels.map((k) => k.kernelTimeMs);
+  const timed = times.every((t) => typeof t === "number");
+  const sum = (pick: (name: string) => boolean) =>
+    +info.kernels.filter((k) => pick(k.name)).reduce((s, k) => s + (k.kernelTimeMs as number), 0)
+      .toFixed(2);
+  return {
+    kernels_per_step: info.kernels.length,
+    dispatches_per_step: onGpu ? dispatches : null,
+    gpu_reads_per_step: onGpu ? reads : null,
+    kernel_ms_products: timed ? sum((name) => PRODUCT_KERNELS.has(name)) : null,
+    kernel_ms_outside_products: timed ? sum((name) => !PRODUCT_KERNELS.has(name)) : null,
+  };
 }
 
 async function benchOne(
@@ -70,6 +129,7 @@ async function benchOne(
     peakRss = Math.max(peakRss, Deno.memoryUsage().rss);
   };
   for (let i = 0; i < warmup; i++) await step();
+  const profile = await profileStep(run, data, backend.name);
   const tensorsBefore = tf.memory().numTensors;
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
@@ -93,6 +153,7 @@ async function benchOne(
     fast_paths: fastPaths(),
     tensors_before: tensorsBefore,
     tensors_after: tensorsAfter,
+    ...profile,
   };
 }
 
@@ -143,6 +204,10 @@ export async function main(args: string[]): Promise<BenchResult[]> {
             r.tokens_per_s.toLocaleString("en-US").padStart(9)
           } tok/s` +
           `  peak RSS ${r.peak_rss_mb} MB  tensors ${r.tensors_before}→${r.tensors_after}` +
+          `  kernels ${r.kernels_per_step}` +
+          (r.dispatches_per_step === null
+            ? ""
+            : ` (dispatches ${r.dispatches_per_step}, GPU reads ${r.gpu_reads_per_step})`) +
           `${r.fast_paths ? "" : "  plain"}  (${r.adapter})`,
       );
     }

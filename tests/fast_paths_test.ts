@@ -123,6 +123,13 @@ Deno.test("bench: one JSON line per run, with the issue's fields, and no tensor 
     assert.equal(r.steps, 3);
     assert.ok(r.ms_per_step_min > 0 && r.ms_per_step_min <= r.ms_per_step_median);
     assert.equal(r.tensors_after, r.tensors_before);
+    assert.ok(Number.isInteger(r.kernels_per_step) && r.kernels_per_step > 0);
+    assert.equal(r.gpu_reads_per_step, null); // counted on WebGPU only
   }
+  // The counted loss runs fewer kernels than the plain embedding and cross-entropy.
+  assert.ok(
+    fast.kernels_per_step < plain.kernels_per_step,
+    `${fast.kernels_per_step} vs ${plain.kernels_per_step}`,
+  );
   assert.deepEqual([fast.fast_paths, plain.fast_paths], [true, false]);
 });

@@ -5,7 +5,7 @@
  * On WASM they run on our own WebAssembly SIMD kernel (`gemm_kernel.ts`)
  * split across the machine's cores, instead of tfjs-backend-wasm's matMul:
  * that one uses one core, runs every batched or transposed product as a
- * scalar loop (~1.5 GFLOP/s, ten times slower than its plain 2-D path), and
+ * scalar loop (ten times slower than its plain 2-D path), and
  * repacks its right operand whenever that tensor is new — every step, for a
  * weight. Operands are copied into a shared `WebAssembly.Memory` (B, and a
  * transposed A, repacked there into the panels the kernel reads in order),
@@ -89,8 +89,7 @@ function wasmMatMul(
 
 /**
  * The column sums of d (N, out) → (out), a bias's gradient, as the product
- * (1, N) @ (N, out): tfjs-wasm's sum over rows transposes d first and takes
- * ~2 ms at (768, 512).
+ * (1, N) @ (N, out): tfjs-wasm's sum over rows transposes d first.
  */
 export function columnSums(d: tf.Tensor): tf.Tensor {
   return matMulWasm(tf.ones([1, d.shape[0]]), d).reshape([-1]); // (1, N) @ (N, out) -> (out)
