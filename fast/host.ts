@@ -13,7 +13,7 @@ import type { AdamWStep } from "../nn/fast_paths.ts";
  * (the gradient of `gather`) and a slow `gather`, and the one-hot product
  * costs V times the work and memory (a CJK vocabulary has thousands of
  * characters). Forward copies rows; backward adds each row's gradient to
- * its id's row.
+ * its id's row. (The MoE models gather token rows with it too.)
  */
 export function embeddingHost(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
   const op = tf.customGrad((t, i, save) => {
@@ -36,7 +36,7 @@ export function embeddingHost(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
           const row = savedRows[n] * C;
           for (let c = 0; c < C; c++) dTable[row + c] += dOut[n * C + c];
         }
-        return [tf.tensor(dTable, [V, C]), tf.zerosLike(it)];
+        return [tf.tensor(dTable, [V, C]), tf.zeros(it.shape)]; // ids: no gradient
       },
     };
   });
@@ -157,4 +157,25 @@ export function adamwUpdateCpu(tensors: tf.Tensor[], step: AdamWStep): void {
     const vi = v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
     p[i] = p[i] * decay - (stepSize * mi) / (Math.sqrt(vi) / bc2Sqrt + eps);
   }
+}
+
+/**
+ * `nn.Embedding` as `gather`, whose gradient (`unsortedSegmentSum`) WebGPU
+ * has, with a float zero gradient for the ids: the MoE models' ids come
+ * from their routers, so the tape asks for one.
+ */
+export function embeddingGather(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
+  const op = tf.customGrad((t, i, save) => {
+    const [tt, it] = [t as tf.Tensor2D, i as tf.Tensor];
+    (save as tf.GradSaveFunc)([it]);
+    return {
+      value: tf.gather(tt, it),
+      gradFunc: (dy, [savedIds]) => {
+        const flatIds = savedIds.reshape([-1]) as tf.Tensor1D;
+        const rows = (dy as tf.Tensor).reshape([flatIds.size, tt.shape[1]]);
+        return [tf.unsortedSegmentSum(rows, flatIds, tt.shape[0]), tf.zeros(it.shape)];
+      },
+    };
+  });
+  return op(table, ids);
 }

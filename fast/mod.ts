@@ -16,11 +16,16 @@
  *
  * @module
  */
-import * as tf from "@tensorflow/tfjs";
 import { registerFastPaths } from "../nn/fast_paths.ts";
 import { bigramLossBincount, bigramLossHost } from "./bigram_loss.ts";
 import { routeToAllExperts } from "./expert_groups.ts";
-import { adamwUpdateCpu, concatColumnsHost, embeddingHost, layerNormHost } from "./host.ts";
+import {
+  adamwUpdateCpu,
+  concatColumnsHost,
+  embeddingGather,
+  embeddingHost,
+  layerNormHost,
+} from "./host.ts";
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
 import { multiplyAddPeak } from "./wasm/gemm_kernel.ts";
@@ -58,7 +63,7 @@ export function installFastPaths(): void {
     adamwUpdate: adamwUpdateCpu,
   });
   registerFastPaths("webgpu", {
-    embedding: (table, ids) => tf.gather(table, ids),
+    embedding: embeddingGather,
     bigramLoss: bigramLossBincount,
     routeToExperts: routeToAllExperts,
   });

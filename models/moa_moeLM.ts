@@ -19,10 +19,10 @@ import { UsageError } from "../cli/errors.ts";
 import { Rng } from "../lib/rng.ts";
 import {
   causalSelfAttention,
+  concatColumns,
   crossEntropy,
   dropout,
   embedding,
-  gatherRows,
   indexAdd,
   layerNorm,
   linear,
@@ -179,11 +179,15 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     };
 
     // map: slot n·k + j holds token n's queries from its j-th expert.
-    const queries = perExpert(gatherRows(flat, groups.rows), blk.inputLinear); // (M, kvp)
+    const queries = perExpert(embedding(flat, groups.rows) as tf.Tensor2D, blk.inputLinear); // (M, kvp)
     const q = indexAdd(queries, groups.slots, N * K).reshape([B, T, K * kvp]); // (B, T, H·hs)
     // Every slot's heads read the same keys and values.
-    const k = linear(x, blk.kProj).tile([1, 1, K]); // (B, T, H·hs)
-    const v = linear(x, blk.vProj).tile([1, 1, K]); // (B, T, H·hs)
+    const repeat = (w: Matrix) => {
+      const heads = linear(flat, w) as tf.Tensor2D; // (N, kvp)
+      return concatColumns(Array.from({ length: K }, () => heads)).reshape([B, T, K * kvp]);
+    };
+    const k = repeat(blk.kProj); // (B, T, H·hs)
+    const v = repeat(blk.vProj); // (B, T, H·hs)
     const dropWeights = mode.training && config.dropout > 0
       ? (w: tf.Tensor) => drop(w, mode)
       : undefined;
@@ -191,12 +195,15 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
 
     // reduce: each slot's heads through its expert's output projection, times its gate.
     const slotOutputs = heads.reshape([N * K, kvp]) as tf.Tensor2D; // (N·k, kvp)
-    const projected = perExpert(gatherRows(slotOutputs, groups.slots), blk.outputLinear); // (M, C)
+    const projected = perExpert(
+      embedding(slotOutputs, groups.slots) as tf.Tensor2D,
+      blk.outputLinear,
+    ); // (M, C)
     const gates = bugs.has("moa_gates")
       // compute_gating gets the (N, E) router output and reads its first N·k values as the gates
       ? routing.gates.reshape([N * E]).slice(0, N * K)
       : chosenGates(routing.gates, routing.indices).reshape([N * K]);
-    const entryGates = gatherRows(gates.reshape([N * K, 1]) as tf.Tensor2D, groups.slots); // (M, 1)
+    const entryGates = embedding(gates.reshape([N * K, 1]) as tf.Tensor2D, groups.slots); // (M, 1): each entry's gate
     const y = indexAdd(projected.mul(entryGates) as tf.Tensor2D, groups.rows, N); // (N, C)
     return drop(y.add(blk.reduceBias).reshape([B, T, C]), mode);
   }

@@ -16,7 +16,7 @@ import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../cli/errors.ts";
 import type { Rng } from "../lib/rng.ts";
 import {
-  gatherRows,
+  embedding,
   indexAdd,
   linear,
   multiHot,
@@ -230,7 +230,7 @@ export function sparseMoE(
   let gates = chosenGates(routing.gates, indices); // (N, k)
   if (options.overwrite) gates = gates.mul(isHighestChoice(indices, experts.length));
   const groups = routeToExperts(indices, experts.length, options.capacity);
-  const picked = gatherRows(u, groups.rows); // (M, C), expert by expert
+  const picked = embedding(u, groups.rows) as tf.Tensor2D; // (M, C): u[rows], expert by expert
   const outputs: tf.Tensor[] = [];
   let start = 0;
   experts.forEach((expert, e) => {
@@ -242,7 +242,7 @@ export function sparseMoE(
     start += size;
   });
   if (outputs.length === 0) return tf.zerosLike(u); // every token over capacity
-  let entryGates = gatherRows(gates.reshape([N * k, 1]), groups.slots); // (M, 1)
+  let entryGates = embedding(gates.reshape([N * k, 1]) as tf.Tensor2D, groups.slots); // (M, 1)
   if (groups.weights) entryGates = entryGates.mul(groups.weights.reshape([-1, 1]));
   const weighted = options.drop(tf.concat(outputs)).mul(entryGates) as tf.Tensor2D; // (M, C)
   return indexAdd(weighted, groups.rows, N); // (N, C)

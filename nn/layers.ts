@@ -198,28 +198,11 @@ export function multiHot(indices: tf.Tensor2D, depth: number): tf.Tensor2D {
 }
 
 /**
- * PyTorch `x[rows]`: x (N, C), rows (M) int32 → (M, C). Its gradient adds
- * each picked row's gradient back onto the row it came from.
- */
-export function gatherRows(x: tf.Tensor2D, rows: tf.Tensor1D): tf.Tensor2D {
-  const gather = tf.customGrad((input, picked, save) => {
-    const [table, at] = [input as tf.Tensor2D, picked as tf.Tensor1D];
-    (save as tf.GradSaveFunc)([at]);
-    return {
-      value: tf.gather(table, at),
-      gradFunc: (dy, [savedAt]) => [
-        indexAdd(dy as tf.Tensor2D, savedAt as tf.Tensor1D, table.shape[0]),
-        tf.zeros(at.shape),
-      ],
-    };
-  });
-  return gather(x, rows) as tf.Tensor2D;
-}
-
-/**
  * PyTorch `torch.zeros(n, C).index_add_(0, rows, values)`: values (M, C),
  * rows (M) int32 → (n, C), row `rows[m]` plus `values[m]`; rows named twice
- * add up. Its gradient is the output's gradient at `rows`.
+ * add up. Its gradient is the output's gradient at `rows`: the rows
+ * {@link embedding} picks (its inverse: `embedding(x, rows)` is PyTorch's
+ * `x[rows]`).
  */
 export function indexAdd(values: tf.Tensor2D, rows: tf.Tensor1D, n: number): tf.Tensor2D {
   const scatter = tf.customGrad((input, picked, save) => {
@@ -227,7 +210,7 @@ export function indexAdd(values: tf.Tensor2D, rows: tf.Tensor1D, n: number): tf.
     (save as tf.GradSaveFunc)([at]);
     return {
       value: tf.scatterND(at.reshape([-1, 1]), v, [n, v.shape[1]]),
-      gradFunc: (dy, [savedAt]) => [tf.gather(dy as tf.Tensor2D, savedAt), tf.zeros(at.shape)],
+      gradFunc: (dy, [savedAt]) => [embedding(dy as tf.Tensor2D, savedAt), tf.zeros(at.shape)],
     };
   });
   return scatter(values, rows) as tf.Tensor2D;
