@@ -48,6 +48,7 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
   console.log(
     `${(paramCount / 1e6).toFixed(6)} M parameters (${paramCount.toLocaleString("en-US")})`,
   );
+  for (const line of model.summary ?? []) console.log(line);
   if (microBatches > 1) {
     console.log(
       `each batch in ${microBatches} micro-batches of ${

@@ -10,6 +10,10 @@
  * share one 2-D product, and runs attention over every (batch, head) at
  * once; autodiff splits the gradient back into the per-head weights.
  *
+ * block_wise_scaling_gptLM is this model with a head count and a
+ * feed-forward width of its own in each block: {@link createGPT} takes them
+ * as a {@link BlockLayout}.
+ *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
@@ -26,20 +30,23 @@ import {
 } from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
 import {
-  type Buffer,
   type LanguageModel,
   type Mode,
   type ModelConfig,
   type ModelDefinition,
+  type ModelName,
   nextTokenBatch,
-  type Param,
 } from "./model.ts";
+import {
+  causalMaskBias,
+  lastTokenLogits,
+  type Matrix,
+  ParamList,
+  type Vector,
+} from "./transformer.ts";
 
 /** Standard deviation of every Linear weight and both embeddings (`_init_weights`). */
 const INIT_STD = 0.02;
-
-type Matrix = tf.Variable<tf.Rank.R2>;
-type Vector = tf.Variable<tf.Rank.R1>;
 
 /** One head's projections, each (C, hs). */
 interface HeadParams {
@@ -48,14 +55,14 @@ interface HeadParams {
   value: Matrix;
 }
 
-/** One `Block`'s parameters. Linear weights are (in, out). */
+/** One `Block`'s parameters. Linear weights are (in, out); h heads, FFN width F (gptLM: H and 4C). */
 interface BlockParams {
   heads: HeadParams[];
-  projW: Matrix; // (C, C)
+  projW: Matrix; // (h·hs, C)
   projB: Vector; // (C)
-  fc1W: Matrix; // (C, 4C)
-  fc1B: Vector; // (4C)
-  fc2W: Matrix; // (4C, C)
+  fc1W: Matrix; // (C, F)
+  fc1B: Vector; // (F)
+  fc2W: Matrix; // (F, C)
   fc2B: Vector; // (C)
   ln1W: Vector; // (C)
   ln1B: Vector; // (C)
@@ -63,97 +70,110 @@ interface BlockParams {
   ln2B: Vector; // (C)
 }
 
-/**
- * Builds a gptLM with the original's init: N(0, 0.02) for every Linear
- * weight and both embeddings, zero biases, LayerNorm weight 1 and bias 0.
- * Values are drawn from `rng` in PyTorch's module order, each Linear weight
- * in PyTorch's (out, in) layout, so one seed gives one `state_dict`.
- */
+/** Each block's attention heads and feed-forward width. */
+export interface BlockLayout {
+  heads: number[];
+  ffnWidths: number[];
+}
+
+/** gptLM's layout: n_head heads and a 4·n_embd-wide feed-forward net in every block. */
+function uniformLayout(config: ModelConfig): BlockLayout {
+  return {
+    heads: Array.from({ length: config.n_layer }, () => config.n_head),
+    ffnWidths: Array.from({ length: config.n_layer }, () => 4 * config.n_embd),
+  };
+}
+
+/** gptLM's `create`. */
 function create(config: ModelConfig, rng: Rng): LanguageModel {
   checkConfig(config);
+  return createGPT(config, rng, uniformLayout(config), "gptLM");
+}
+
+/**
+ * Builds a gptLM-like model (heads of size n_embd / n_head, `layout`'s
+ * count of them and FFN width per block) with the original's init: N(0,
+ * 0.02) for every Linear weight and both embeddings, zero biases, LayerNorm
+ * weight 1 and bias 0. Values are drawn from `rng` in PyTorch's module
+ * order, each Linear weight in PyTorch's (out, in) layout, so one seed
+ * gives one `state_dict`.
+ */
+export function createGPT(
+  config: ModelConfig,
+  rng: Rng,
+  layout: BlockLayout,
+  name: ModelName,
+): LanguageModel {
   const { vocab_size: V, block_size: T0, n_embd: C, n_head: H, n_layer: L } = config;
   const hs = C / H;
 
-  const params: Param[] = [];
-  const buffers: Buffer[] = [];
-  const param = (name: string, value: tf.Tensor, transposed = false): tf.Variable => {
-    const variable = tf.variable(value, true);
-    value.dispose();
-    params.push({ name, variable, transposed });
-    return variable;
-  };
+  const store = new ParamList();
   // nn.Linear's weight drawn (out, in) as PyTorch holds it, stored (in, out).
   const linearWeight = (name: string, inF: number, outF: number) =>
-    param(name, tf.tidy(() => normalInit([outF, inF], INIT_STD, rng).transpose()), true) as Matrix;
-  const ones = (name: string, n: number) => param(name, tf.ones([n])) as Vector;
-  const zeros = (name: string, n: number) => param(name, tf.zeros([n])) as Vector;
+    store.linearWeight(name, normalInit([outF, inF], INIT_STD, rng));
 
-  const tokTable = param(
+  const tokTable = store.add(
     "token_embedding_table.weight",
     normalInit([V, C], INIT_STD, rng),
   ) as Matrix; // (V, C)
-  const posTable = param("position_embedding_table.weight", normalInit([T0, C], INIT_STD, rng)); // (T0, C)
+  const posTable = store.add("position_embedding_table.weight", normalInit([T0, C], INIT_STD, rng)); // (T0, C)
   const blocks: BlockParams[] = [];
+  let tril: tf.Tensor | null = null;
   for (let i = 0; i < L; i++) {
     const p = `blocks.${i}`;
+    const [h, F] = [layout.heads[i], layout.ffnWidths[i]];
     const heads: HeadParams[] = [];
-    for (let h = 0; h < H; h++) {
-      const q = `${p}.sa.heads.${h}`;
+    for (let j = 0; j < h; j++) {
+      const q = `${p}.sa.heads.${j}`;
       heads.push({
         key: linearWeight(`${q}.key.weight`, C, hs),
         query: linearWeight(`${q}.query.weight`, C, hs),
         value: linearWeight(`${q}.value.weight`, C, hs),
       });
-      buffers.push({
-        name: `${q}.tril`,
-        tensor: tf.tidy(() => tf.linalg.bandPart(tf.ones([T0, T0]), -1, 0)), // (T0, T0): ones on and below the diagonal
-        dtype: "F32",
-      });
+      tril = store.tril(`${q}.tril`, T0);
     }
     blocks.push({
       heads,
-      projW: linearWeight(`${p}.sa.proj.weight`, C, C),
-      projB: zeros(`${p}.sa.proj.bias`, C),
-      fc1W: linearWeight(`${p}.ffwd.net.0.weight`, C, 4 * C),
-      fc1B: zeros(`${p}.ffwd.net.0.bias`, 4 * C),
-      fc2W: linearWeight(`${p}.ffwd.net.2.weight`, 4 * C, C),
-      fc2B: zeros(`${p}.ffwd.net.2.bias`, C),
-      ln1W: ones(`${p}.ln1.weight`, C),
-      ln1B: zeros(`${p}.ln1.bias`, C),
-      ln2W: ones(`${p}.ln2.weight`, C),
-      ln2B: zeros(`${p}.ln2.bias`, C),
+      projW: linearWeight(`${p}.sa.proj.weight`, h * hs, C),
+      projB: store.zeros(`${p}.sa.proj.bias`, C),
+      fc1W: linearWeight(`${p}.ffwd.net.0.weight`, C, F),
+      fc1B: store.zeros(`${p}.ffwd.net.0.bias`, F),
+      fc2W: linearWeight(`${p}.ffwd.net.2.weight`, F, C),
+      fc2B: store.zeros(`${p}.ffwd.net.2.bias`, C),
+      ln1W: store.ones(`${p}.ln1.weight`, C),
+      ln1B: store.zeros(`${p}.ln1.bias`, C),
+      ln2W: store.ones(`${p}.ln2.weight`, C),
+      ln2B: store.zeros(`${p}.ln2.bias`, C),
     });
   }
-  const lnfW = ones("ln_f.weight", C);
-  const lnfB = zeros("ln_f.bias", C);
+  const lnfW = store.ones("ln_f.weight", C);
+  const lnfB = store.zeros("ln_f.bias", C);
   const lmW = linearWeight("lm_head.weight", C, V); // (C, V)
-  const lmB = zeros("lm_head.bias", V);
-  // Every head's mask is the same constant: the first one serves all.
-  const tril = buffers[0].tensor;
+  const lmB = store.zeros("lm_head.bias", V);
 
   /** Dropout in training mode, identity in evaluation mode. */
   const drop = (x: tf.Tensor, mode: Mode) =>
     mode.training ? dropout(x, config.dropout, mode.rng) : x;
 
-  /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C). */
+  /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C); h·hs wide inside. */
   function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
     // The per-head (C, hs) weights side by side: one 2-D product for all heads.
     // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
-    const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, C)
+    const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, h·hs)
     const q = project(blk.heads.map((h) => h.query));
     const k = project(blk.heads.map((h) => h.key));
     const v = project(blk.heads.map((h) => h.value));
     const dropWeights = mode.training && config.dropout > 0
       ? (weights: tf.Tensor) => drop(weights, mode)
       : undefined;
-    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights); // every head, side by side: (B, T, C)
+    const heads = causalSelfAttention(q, k, v, blk.heads.length, maskBias, dropWeights); // every head, side by side: (B, T, h·hs)
     return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
   }
 
   /** `Block.forward`: x (B, T, C) → (B, T, C). */
   function block(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
     const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode)); // (B, T, C)
-    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T, 4C)
+    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T, F)
     return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T, C)
   }
 
@@ -161,25 +181,28 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   function forward(x: tf.Tensor, mode: Mode): tf.Tensor {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
-    // masked_fill(tril[:T, :T] == 0, -inf) as a bias added to the scores: a query never sees a later key.
-    const future = tril.slice([0, 0], [T, T]).equal(0); // (T, T)
-    const maskBias = tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T])); // (T, T)
+    const maskBias = causalMaskBias(tril!, T); // (T, T)
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
     for (const blk of blocks) h = block(h, blk, maskBias, mode);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
   }
 
+  const widest = Math.max(
+    ...layout.heads.map((h) => h * hs),
+    ...layout.ffnWidths.map((F) => F / 4),
+  );
   return {
-    name: "gptLM",
+    name,
     config,
-    params,
-    buffers,
+    params: store.params,
+    buffers: store.buffers,
     targetsPerRow: T0,
     startContext: [0],
     // Per layer and position ~40 C-sized and ~6 (H, T)-sized float32 values
     // (activations, attention maps, masks), ×1.5 for the backward's
     // temporaries: measured ~250 MB at the default config on WASM.
-    bytesPerRow: 4 * 1.5 * L * T0 * (40 * C + 6 * H * T0),
+    bytesPerRow: 4 * 1.5 * L * T0 *
+      (40 * Math.max(C, widest) + 6 * Math.max(H, ...layout.heads) * T0),
     makeBatch: (windows, batchSize) => nextTokenBatch(windows, batchSize, T0),
     forward,
     loss(x, y, mode) {
@@ -189,14 +212,9 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
         y.reshape([-1]) as tf.Tensor1D,
       );
     },
-    nextTokenLogits(context) {
-      if (context.length === 0) throw new RangeError("gptLM needs at least one context token");
-      // generate()'s idx[:, -block_size:]: positions beyond the table do not exist.
-      const ids = context.slice(-T0);
-      const x = tf.tensor2d(ids, [1, ids.length], "int32"); // (1, T)
-      const logits = forward(x, { training: false }); // (1, T, V)
-      return logits.slice([0, ids.length - 1, 0], [1, 1, V]).reshape([V]) as tf.Tensor1D;
-    },
+    // generate()'s idx[:, -block_size:]: positions beyond the table do not exist.
+    nextTokenLogits: (context) =>
+      lastTokenLogits(context, T0, (x) => forward(x, { training: false })),
   };
 }
 

@@ -12,6 +12,7 @@ export const MODEL_NAMES = [
   "bigramLM",
   "mlpLM",
   "gptLM",
+  "block_wise_scaling_gptLM",
   "moeLM",
   "moa_moeLM",
 ] as const;
@@ -108,6 +109,8 @@ export interface LanguageModel {
    * split into micro-batches with the same mean loss and gradient.
    */
   readonly bytesPerRow?: number;
+  /** Lines `train.ts` prints about the model at start (block_wise_scaling_gptLM: its per-block sizes). */
+  readonly summary?: string[];
   /**
    * Mixture-of-experts models: how their routers spread the tokens of `x`
    * over the experts, in evaluation mode (printed at each evaluation).

@@ -5,6 +5,7 @@
  */
 import type { Rng } from "../lib/rng.ts";
 import { bigramLM } from "./bigramLM.ts";
+import { block_wise_scaling_gptLM } from "./block_wise_scaling_gptLM.ts";
 import { gptLM } from "./gptLM.ts";
 import { mlpLM } from "./mlpLM.ts";
 import { moa_moeLM } from "./moa_moeLM.ts";
@@ -16,6 +17,7 @@ export const MODELS: Record<ModelName, ModelDefinition> = {
   bigramLM,
   mlpLM,
   gptLM,
+  block_wise_scaling_gptLM,
   moeLM,
   moa_moeLM,
 };

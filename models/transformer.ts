@@ -31,10 +31,12 @@ export class ParamList {
 
   /**
    * An `nn.Linear` weight: `drawn` is (out, in) as PyTorch holds it (so one
-   * seed gives one `state_dict`); it is stored (in, out).
+   * seed gives one `state_dict`); it is stored (in, out), and `drawn` freed.
    */
   linearWeight(name: string, drawn: tf.Tensor): Matrix {
-    return this.add(name, tf.tidy(() => drawn.transpose()), true) as Matrix;
+    const stored = drawn.transpose();
+    drawn.dispose();
+    return this.add(name, stored, true) as Matrix;
   }
 
   /** A vector of ones (LayerNorm weights). */

@@ -254,6 +254,13 @@ const LEAK_CONFIGS: Record<string, string[]> = {
   bigramLM: [],
   mlpLM: ["--max_hidden_nodes=32", "--char_encoding_len=8"],
   gptLM: ["--n_layer=1", "--n_head=2", "--n_embd=16", "--dropout=0.1"],
+  block_wise_scaling_gptLM: [
+    "--n_layer=2",
+    "--n_head=2",
+    "--n_embd=16",
+    "--dropout=0.1",
+    "--ffn_intermediate_divisor=8",
+  ],
   moeLM: ["--n_layer=1", "--n_head=2", "--n_embd=16", "--dropout=0.1", "--num_experts=4"],
   moa_moeLM: ["--n_layer=1", "--n_head=2", "--n_embd=16", "--dropout=0.1", "--num_experts=4"],
 };
