@@ -37,6 +37,9 @@ const SUITE: string[][] = [
   ["--model_name=bigramLM"],
   ["--model_name=mlpLM"],
   ["--model_name=gptLM", "--config=cpu"],
+  ["--model_name=block_wise_scaling_gptLM", "--config=cpu"],
+  ["--model_name=moeLM", "--config=cpu"],
+  ["--model_name=moa_moeLM", "--config=cpu"],
 ];
 
 /** One benchmark's figures (the `--json` line). */
@@ -197,7 +200,7 @@ export async function main(args: string[]): Promise<BenchResult[]> {
       console.log(JSON.stringify(r));
     } else {
       console.log(
-        `${r.model_name.padEnd(9)} ${r.backend.padEnd(6)} median ${
+        `${r.model_name.padEnd(24)} ${r.backend.padEnd(6)} median ${
           r.ms_per_step_median.toFixed(1).padStart(8)
         } ms/step` +
           `  min ${r.ms_per_step_min.toFixed(1).padStart(8)}  ${
