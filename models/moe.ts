@@ -160,10 +160,8 @@ export function noisyTopkRouter(
 /** `gates[n, indices[n, j]]`: gates (N, E), indices (N, k) → (N, k), each choice's gate. */
 export function chosenGates(gates: tf.Tensor2D, indices: tf.Tensor2D): tf.Tensor2D {
   const E = gates.shape[1];
-  const perChoice = tf.unstack(indices, 1).map((experts) =>
-    gates.mul(tf.oneHot(experts, E).cast("float32")).sum(1) // (N)
-  );
-  return tf.stack(perChoice, 1) as tf.Tensor2D; // (N, k)
+  const choices = tf.oneHot(indices, E).cast("float32"); // (N, k, E)
+  return gates.expandDims(1).mul(choices).sum(2) as tf.Tensor2D; // (N, k)
 }
 
 /**
