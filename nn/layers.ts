@@ -239,7 +239,7 @@ export function routeToExperts(
   // Sort keys expert·Nk + slot, smallest first: by expert, then by slot.
   const keys = experts.mul(tf.scalar(slotCount, "int32")).add(tf.range(0, slotCount, 1, "int32"));
   const order = topkIndices(keys.neg(), slotCount) as tf.Tensor1D; // (Nk) slots, grouped by expert
-  const counts = Array.from(tf.oneHot(experts, numExperts).sum(0).dataSync()); // (E), on the host
+  const counts = readNow(tf.oneHot(experts, numExperts).sum(0)); // (E), on the host
   let slots = order;
   let sizes = counts;
   if (capacity !== undefined) {
@@ -253,6 +253,19 @@ export function routeToExperts(
     slots = kept.length > 0 ? tf.concat(kept) : tf.zeros([0], "int32");
   }
   return { rows: tf.floorDiv(slots, tf.scalar(k, "int32")) as tf.Tensor1D, slots, sizes };
+}
+
+/** A small tensor's values, now (`dataSync`), with an error that says why when the backend cannot. */
+function readNow(t: tf.Tensor): number[] {
+  try {
+    return Array.from(t.dataSync());
+  } catch (e) {
+    throw new Error(
+      `this backend cannot read a tensor in the middle of a step (${
+        (e as Error).message
+      }); the plain grouping of experts needs to`,
+    );
+  }
 }
 
 /**
