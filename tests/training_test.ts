@@ -61,6 +61,18 @@ Deno.test("run ids follow the original's, with '-' for ':'", () => {
     runId(mlp, 65, 10008641),
     "mlpLM_BA-64_BL-256_PAR-10.01_E-12_V-65_AF-relu_BN-True_LR-0.0003_DR-0.2_shakespeare_char",
   );
+  // The original's train.py names the other models' runs as gptLM's (its log of this moeLM run:
+  // loss_moeLM_BA:12_BL:64_PAR:4.51_V:65_LR:0.001_DR:0.0_shakespeare_char.log).
+  const moe = parseTrainConfig([
+    "--model_name=moeLM",
+    "--config=cpu",
+    "--learning_rate=1e-3",
+    "--num_experts=4",
+  ]).config;
+  assert.equal(
+    runId(moe, 65, 4512897),
+    "moeLM_BA-12_BL-64_PAR-4.51_V-65_LR-0.001_DR-0.0_shakespeare_char",
+  );
 });
 
 Deno.test("--config=cpu is nanoGPT's CPU setting; explicit flags win", () => {
