@@ -224,7 +224,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     const out = sparseMoE(u, routing, blk.experts, {
       capacity: expertCapacity(config, B * T),
       overwrite: bugs.has("combine"),
-      drop: (y) => drop(y, mode),
+      drop: mode.training && config.dropout > 0 ? (y) => drop(y, mode) : undefined,
     });
     return out.reshape([B, T, C]);
   }

@@ -207,8 +207,8 @@ export interface SparseMoEOptions {
   capacity?: number;
   /** The original's `masked_scatter_` combine: only the highest-numbered expert's output. */
   overwrite: boolean;
-  /** The experts' output Dropout (identity in evaluation). */
-  drop: (x: tf.Tensor) => tf.Tensor;
+  /** The experts' output Dropout, in training with dropout > 0. */
+  drop?: (x: tf.Tensor) => tf.Tensor;
 }
 
 /**
@@ -242,7 +242,12 @@ export function sparseMoE(
   if (outputs.length === 0) return tf.zerosLike(u); // every token over capacity
   let entryGates = embedding(gates.reshape([N * k, 1]) as tf.Tensor2D, groups.slots); // (M, 1)
   if (groups.weights) entryGates = entryGates.mul(groups.weights.reshape([-1, 1]));
-  const weighted = options.drop(tf.concat(outputs)).mul(entryGates) as tf.Tensor2D; // (M, C)
+  let weighted = tf.concat(outputs).mul(entryGates) as tf.Tensor2D; // (M, C)
+  if (options.drop) {
+    // Each (token, chosen expert) its own Dropout mask, drawn in slot order whatever the grouping.
+    const slotMasks = options.drop(tf.ones([N * k, C])) as tf.Tensor2D; // (N·k, C)
+    weighted = weighted.mul(embedding(slotMasks, groups.slots));
+  }
   return indexAdd(weighted, groups.rows, N); // (N, C)
 }
 

@@ -379,6 +379,37 @@ Deno.test("WebGPU's expert groups (every expert on every token) give the grouped
       assert.ok(grouped.grads.some((g) => g && maxDiff(g, new Float32Array(g.length)) > 1e-3));
     }
   }
+  // 10 seeded training steps (every expert gets tokens: 64 a batch) end at the same losses.
+  const data = await shakespeareData();
+  const losses = async () => {
+    const rng = new Rng(1);
+    const config = modelConfig({
+      block_size: 8,
+      n_embd: 16,
+      n_head: 2,
+      n_layer: 1,
+      num_experts: 4,
+    });
+    const model = createModel("moa_moeLM", config, rng);
+    const opt = new AdamW(model.params.map((p) => p.variable), { lr: 3e-3, weightDecay: 0.01 });
+    const out: number[] = [];
+    for (let i = 0; i < 10; i++) {
+      const batch = getBatch(model, data.train, 8, rng);
+      const loss = trainStep(model, opt, batch, rng);
+      out.push((await loss.data())[0]);
+      tf.dispose([batch.x, batch.y, loss]);
+    }
+    opt.dispose();
+    disposeModel(model);
+    return out;
+  };
+  const grouped = await losses();
+  registerFastPaths("cpu", { routeToExperts: routeToAllExperts });
+  const dense = await losses();
+  registerFastPaths("cpu", { routeToExperts: undefined });
+  grouped.forEach((l, i) =>
+    assert.ok(Math.abs(l - dense[i]) < 1e-4 * l, `step ${i}: ${l} vs ${dense[i]}`)
+  );
 });
 
 Deno.test("moa_moeLM: gradients (aux loss included) match finite differences", async () => {
