@@ -109,6 +109,9 @@ export async function main(args: string[]): Promise<string[]> {
     `${model.name}, ${countParams(model).toLocaleString("en-US")} parameters, step ${ckpt.iter}, ` +
     `validation loss ${ckpt.bestVal.toFixed(4)}`,
     `checkpoint ${path}`,
+    given.has("prompt")
+      ? `prompt: ${JSON.stringify(values.prompt)}`
+      : "no prompt: a sample and a validation passage",
   ];
   await writeFileAtomic(
     page,

@@ -40,6 +40,7 @@ function frame(heading: Heading) {
     background: "white",
     padding: 16,
     config: {
+      aria: false, // a label per cell ("k: 3; q: 5") would double the file and help no one
       font: FONT,
       axis: { labelFontSize: 11, titleFontSize: 12 },
       header: { labelFontSize: 12, titleFontSize: 12 },
@@ -330,8 +331,8 @@ export function transitionSpec(
 ): TopLevelSpec {
   const V = vocab.length;
   const labels = vocab.map(visibleChar);
-  const cell = V <= 40 ? 14 : V <= 70 ? 10 : 6;
-  const axisFont = Math.min(11, cell);
+  const cell = V <= 40 ? 14 : V <= 70 ? 12 : 6;
+  const axisFont = Math.min(11, cell - 2);
   return {
     ...frame(heading),
     hconcat: tables.map((table) => ({
@@ -376,7 +377,13 @@ export function transitionSpec(
           field: "prob",
           type: "quantitative",
           title: "P(next | previous)",
-          scale: { type: "sqrt", scheme: { name: "blues", extent: [0.03, 1] }, domain: [0, 1] },
+          // From white, so the many near-zero probabilities stay out of sight.
+          scale: {
+            type: "sqrt",
+            domain: [0, 1],
+            range: ["#ffffff", "#6baed6", "#2171b5", "#08306b"],
+            interpolate: "rgb",
+          },
           legend: { format: ".0%", values: [0.01, 0.1, 0.25, 0.5, 1], gradientLength: 240 },
         },
       },

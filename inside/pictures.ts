@@ -142,6 +142,19 @@ export function checkPictures(model: LanguageModel, wanted: readonly string[]): 
   return wanted as PictureName[];
 }
 
+/**
+ * The last `count` ids of `text`, or fewer so that they start at a word:
+ * after the first space or newline among their first quarter, if any.
+ */
+function lastWords(text: number[], count: number, vocab: string[]): number[] {
+  const end = text.slice(-count);
+  if (end.length === text.length) return end;
+  for (let i = 0; i < count / 4; i++) {
+    if (/\s/.test(vocab[end[i]])) return end.slice(i + 1);
+  }
+  return end;
+}
+
 /** The checkpoint's file name without folders. */
 function fileName(path: string): string {
   return path.split(/[\\/]/).pop() ?? path;
@@ -203,19 +216,14 @@ export async function inspectModel(
       );
     }
   }
-  // Sampling costs a forward pass per character: only when a picture needs it.
+  // A sample from the start, as generate's without a prompt. It costs a
+  // forward pass per character: drawn only when a picture needs it.
   const sampleChars = request.sampleChars ?? 64;
   const needsSample = wanted.has("memorised") ||
     (promptIds === null &&
       ["next", "attention", "experts"].some((p) => wanted.has(p as PictureName)));
   const sample = needsSample
-    ? await generateTokens(
-      model,
-      promptIds ?? model.startContext,
-      sampleChars,
-      {},
-      new Rng(request.seed),
-    )
+    ? await generateTokens(model, model.startContext, sampleChars, {}, new Rng(request.seed))
     : [];
   const sampleAbout = `a sample of ${sampleChars} characters (seed ${request.seed}, temperature 1)`;
   // The text the next-character, attention and routing pictures look at.
@@ -272,7 +280,7 @@ export async function inspectModel(
         }
       }
       ids = Array.from(val.subarray(start, start + PASSAGE_CHARS));
-      where = `validation text from character ${start.toLocaleString("en-US")}`;
+      where = `the validation text from its character ${start.toLocaleString("en-US")}`;
     }
     const bits = await surpriseBits(model, ids, 1);
     const mean = bits.reduce((a, b) => a + b, 0) / bits.length;
@@ -293,9 +301,10 @@ export async function inspectModel(
       surpriseSpec(
         chars,
         heading(
-          `Surprise of each character: mean ${mean.toFixed(2)} bits per character`,
-          `= ${(mean * Math.LN2).toFixed(2)} nats, the unit of the loss; text: ${where}`,
-          `each character predicted from the ones before it (at most ${T}); grey: the first, with no context`,
+          `Surprise of each character: mean ${mean.toFixed(2)} bits per character (${
+            (mean * Math.LN2).toFixed(2)
+          } nats, the loss's unit)`,
+          `text: ${where}; each character predicted from those before it (at most ${T}); grey: the first, with no context`,
         ),
       ),
     );
@@ -327,7 +336,7 @@ export async function inspectModel(
   }
 
   if (wanted.has("attention")) {
-    const shown = text.slice(-ATTENTION_CHARS);
+    const shown = lastWords(text, ATTENTION_CHARS, vocab);
     if (shown.length < text.length) {
       notes.push(`attention: the last ${shown.length} characters of the text, on their own`);
     }
@@ -375,7 +384,7 @@ export async function inspectModel(
   }
 
   if (wanted.has("experts")) {
-    const shown = text.slice(-ATTENTION_CHARS);
+    const shown = lastWords(text, ATTENTION_CHARS, vocab);
     const routing = await expertRouting(model, shown);
     await add(
       "experts",
@@ -434,7 +443,7 @@ export async function inspectModel(
       markedTextSpec(
         [
           {
-            label: promptIds ? `${sampleAbout}, after the prompt` : sampleAbout,
+            label: sampleAbout,
             chars: mark(sample, piece.sampleStart, piece.sampleStart + piece.length, 0),
           },
           {
