@@ -50,7 +50,7 @@ const FLAGS = {
   },
   max_new_tokens: {
     type: "int",
-    default: 64,
+    default: 48,
     min: 1,
     help:
       "characters to sample: the text without a prompt, and the sample checked against training",

@@ -64,7 +64,7 @@ function labelLookup(labels: string[]): string {
 }
 
 /** A probability as a short percentage: 62%, 9.5%, 0.4%, <0.1%. */
-export function percent(p: number): string {
+function percent(p: number): string {
   const pc = p * 100;
   if (pc >= 9.95) return `${pc.toFixed(0)}%`;
   if (pc >= 0.05) return `${pc.toFixed(1)}%`;
@@ -193,14 +193,14 @@ export interface GridChar {
 }
 
 /** Lays text out as it reads: a new line after each newline and every `columns` characters. */
-export function layoutText(
+function layoutText(
   chars: GridChar[],
   columns: number,
-): (GridChar & { column: number; line: number; shown: string; index: number })[] {
+): (GridChar & { column: number; line: number; shown: string })[] {
   let line = 0, column = 0;
-  return chars.map((c, index) => {
+  return chars.map((c) => {
     if (column >= columns) [line, column] = [line + 1, 0];
-    const cell = { ...c, column, line, shown: visibleChar(c.char), index };
+    const cell = { ...c, column, line, shown: visibleChar(c.char) };
     column++;
     if (c.char === "\n") [line, column] = [line + 1, 0];
     return cell;

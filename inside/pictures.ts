@@ -5,6 +5,7 @@
  *
  * @module
  */
+import type { TopLevelSpec } from "vega-lite";
 import { UsageError } from "../cli/errors.ts";
 import { renderSpec } from "../lib/charts.ts";
 import { visibleText } from "../lib/chars.ts";
@@ -72,7 +73,7 @@ export interface InspectRequest {
   seed: number;
   /**
    * Characters to sample: the text to look at when there is no prompt, and
-   * the sample checked against the training text. Default 64.
+   * the sample checked against the training text. Default 48 (a forward pass each).
    */
   sampleChars?: number;
   /** Which pictures; default: all the model has. */
@@ -161,25 +162,15 @@ function fileName(path: string): string {
 }
 
 /** Draws the pictures `request` asks for, rendering each to SVG. */
-export async function inspectModel(
-  request: InspectRequest,
-  onPicture?: (picture: Picture) => void,
-): Promise<Inspection> {
+export async function inspectModel(request: InspectRequest): Promise<Inspection> {
   const { ckpt, model, dataset } = request;
   const vocab = ckpt.vocab;
   const wanted = new Set(request.pictures ?? availablePictures(model));
   const T = model.config.block_size;
   const notes: string[] = [];
   const pictures: Picture[] = [];
-  const add = async (
-    name: PictureName,
-    title: string,
-    caption: string,
-    spec: Parameters<typeof renderSpec>[0],
-  ) => {
-    const picture = { name, title, caption, svg: await renderSpec(spec) };
-    pictures.push(picture);
-    onPicture?.(picture);
+  const add = async (name: PictureName, title: string, caption: string, spec: TopLevelSpec) => {
+    pictures.push({ name, title, caption, svg: await renderSpec(spec) });
   };
   const about = `${fileName(ckpt.path)} · ${model.name}, ${
     countParams(model).toLocaleString("en-US")
@@ -218,7 +209,7 @@ export async function inspectModel(
   }
   // A sample from the start, as generate's without a prompt. It costs a
   // forward pass per character: drawn only when a picture needs it.
-  const sampleChars = request.sampleChars ?? 64;
+  const sampleChars = request.sampleChars ?? 48;
   const needsSample = wanted.has("memorised") ||
     (promptIds === null &&
       ["next", "attention", "experts"].some((p) => wanted.has(p as PictureName)));
@@ -240,7 +231,7 @@ export async function inspectModel(
       const order = [...p.keys()].sort((a, b) => p[b] - p[a]);
       const actual = t + 1 < text.length ? text[t + 1] : null;
       return {
-        context: decode(text.slice(Math.max(0, t - 40), t + 1), vocab),
+        context: decode(text.slice(0, t + 1), vocab),
         actual: actual === null ? null : vocab[actual],
         actualProb: actual === null ? 0 : p[actual],
         actualRank: actual === null ? 0 : order.indexOf(actual) + 1,
