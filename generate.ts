@@ -65,7 +65,12 @@ const ALTERNATIVES = 4;
  * `temperature` (before top-k/top-p), then the likeliest others, e.g.
  * `t 0.621 | e 0.102  h 0.051  o 0.030  ␣ 0.021`.
  */
-export function probsLine(id: number, logits: Float32Array, temperature: number, vocab: Vocab) {
+export function probsLine(
+  id: number,
+  logits: Float32Array,
+  temperature: number,
+  vocab: Vocab,
+): string {
   const probs = softmax(logits, temperature);
   const others = [...probs.keys()].filter((i) => i !== id)
     .sort((a, b) => probs[b] - probs[a])
