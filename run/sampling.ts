@@ -28,11 +28,13 @@ export function sampleFromLogits(
   const V = logits.length;
   const order = Array.from({ length: V }, (_, i) => i);
   let max = -Infinity;
-  for (let i = 0; i < V; i++) max = Math.max(max, logits[i] / temperature);
+  for (let i = 0; i < V; i++) max = Math.max(max, logits[i]);
   const probs = new Float64Array(V);
   let total = 0;
   for (let i = 0; i < V; i++) {
-    total += probs[i] = Math.exp(logits[i] / temperature - max);
+    // (l - max) / T, not l / T - max / T: never Infinity - Infinity, so a
+    // temperature too small to divide by gives its limit, greedy decoding.
+    total += probs[i] = Math.exp((logits[i] - max) / temperature);
   }
   for (let i = 0; i < V; i++) probs[i] /= total;
 
