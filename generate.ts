@@ -13,10 +13,11 @@ import * as tf from "@tensorflow/tfjs";
 import { runMain, UsageError, UserError } from "./cli/errors.ts";
 import { parseFlags } from "./cli/flags.ts";
 import { BACKEND_FLAG } from "./lib/backend.ts";
-import { encode, stoiOf } from "./lib/data.ts";
+import { visibleChar } from "./lib/chars.ts";
+import { encode, stoiOf, type Vocab } from "./lib/data.ts";
 import { Rng } from "./lib/rng.ts";
 import { latestCheckpoint, loadCheckpoint, modelFromCheckpoint } from "./run/checkpoint.ts";
-import { generateTokens } from "./run/sampling.ts";
+import { generateTokens, softmax } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
 
 const FLAGS = {
@@ -40,6 +41,11 @@ const FLAGS = {
     help: "nucleus sampling mass",
   },
   num_samples: { type: "int", default: 1, min: 1, help: "independent samples" },
+  show_probs: {
+    type: "bool",
+    default: false,
+    help: "on stderr: each sampled character's probability and the likeliest others",
+  },
   seed: {
     type: "int",
     default: -1,
@@ -50,6 +56,28 @@ const FLAGS = {
 } as const;
 
 const encoder = new TextEncoder();
+
+/** How many of the likeliest other characters `--show_probs` lists. */
+const ALTERNATIVES = 4;
+
+/**
+ * One `--show_probs` line: the sampled character and its probability at
+ * `temperature` (before top-k/top-p), then the likeliest others, e.g.
+ * `t 0.621 | e 0.102  h 0.051  o 0.030  ␣ 0.021`.
+ */
+export function probsLine(
+  id: number,
+  logits: Float32Array,
+  temperature: number,
+  vocab: Vocab,
+): string {
+  const probs = softmax(logits, temperature);
+  const others = [...probs.keys()].filter((i) => i !== id)
+    .sort((a, b) => probs[b] - probs[a])
+    .slice(0, ALTERNATIVES);
+  const show = (i: number) => `${visibleChar(vocab[i])} ${probs[i].toFixed(3)}`;
+  return `${show(id)} | ${others.map(show).join("  ")}`;
+}
 
 export async function main(args: string[]) {
   const { values } = parseFlags(args, FLAGS);
@@ -86,11 +114,18 @@ export async function main(args: string[]) {
     topK: values.top_k,
     topP: values.top_p,
   };
+  if (values.show_probs) {
+    console.error(
+      `each sampled character, its probability at temperature ${values.temperature} | the ${ALTERNATIVES} likeliest others`,
+    );
+  }
   for (let s = 0; s < values.num_samples; s++) {
     if (s > 0) await Deno.stdout.write(encoder.encode("\n---------------\n"));
+    if (s > 0 && values.show_probs) console.error("---------------");
     await Deno.stdout.write(encoder.encode(values.prompt));
-    await generateTokens(model, context, values.max_new_tokens, options, rng, (id) => {
+    await generateTokens(model, context, values.max_new_tokens, options, rng, (id, logits) => {
       Deno.stdout.writeSync(encoder.encode(ckpt.vocab[id]));
+      if (values.show_probs) console.error(probsLine(id, logits, values.temperature, ckpt.vocab));
     });
   }
   await Deno.stdout.write(encoder.encode("\n"));

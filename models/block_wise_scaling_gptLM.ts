@@ -17,7 +17,7 @@
  */
 import { UsageError } from "../cli/errors.ts";
 import type { Rng } from "../lib/rng.ts";
-import { type BlockLayout, createGPT, gptLM } from "./gptLM.ts";
+import { type BlockLayout, createGPT, gptLM, layoutSizes } from "./gptLM.ts";
 import type { LanguageModel, ModelConfig, ModelDefinition } from "./model.ts";
 
 /** numpy's `np.linspace(start, stop, n)`: start + i·step, the last value exactly `stop`. */
@@ -117,4 +117,6 @@ export const block_wise_scaling_gptLM: ModelDefinition = {
   create,
   checkConfig,
   runIdFields: (config) => `V-${config.vocab_size}`,
+  sizes: (config) => layoutSizes(config, blockWiseLayout(config)),
+  sizeFlags: ["--n_embd", "--n_layer", "--block_size", "--ffn_multiplier_max"],
 };

@@ -35,6 +35,7 @@ import {
   type ModelConfig,
   type ModelDefinition,
   type ModelName,
+  type ModelSizes,
   nextTokenBatch,
 } from "./model.ts";
 import {
@@ -155,8 +156,17 @@ export function createGPT(
   const drop = (x: tf.Tensor, mode: Mode) =>
     mode.training ? dropout(x, config.dropout, mode.rng) : x;
 
+  /** Receives each layer's attention weights (B, h, T, T), in order, when given to `forward`. */
+  type SeeWeights = (weights: tf.Tensor) => void;
+
   /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C); h·hs wide inside. */
-  function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
+  function attention(
+    x: tf.Tensor,
+    blk: BlockParams,
+    maskBias: tf.Tensor,
+    mode: Mode,
+    seeWeights?: SeeWeights,
+  ): tf.Tensor {
     // The per-head (C, hs) weights side by side: one 2-D product for all heads.
     // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
     const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, h·hs)
@@ -166,31 +176,33 @@ export function createGPT(
     const dropWeights = mode.training && config.dropout > 0
       ? (weights: tf.Tensor) => drop(weights, mode)
       : undefined;
-    const heads = causalSelfAttention(q, k, v, blk.heads.length, maskBias, dropWeights); // every head, side by side: (B, T, h·hs)
+    const heads = causalSelfAttention(q, k, v, blk.heads.length, maskBias, dropWeights, seeWeights); // every head, side by side: (B, T, h·hs)
     return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
   }
 
   /** `Block.forward`: x (B, T, C) → (B, T, C). */
-  function block(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
-    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode)); // (B, T, C)
+  function block(
+    x: tf.Tensor,
+    blk: BlockParams,
+    maskBias: tf.Tensor,
+    mode: Mode,
+    seeWeights?: SeeWeights,
+  ): tf.Tensor {
+    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode, seeWeights)); // (B, T, C)
     const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T, F)
     return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T, C)
   }
 
   /** Logits for ids (B, T) with T ≤ block_size: (B, T, V). */
-  function forward(x: tf.Tensor, mode: Mode): tf.Tensor {
+  function forward(x: tf.Tensor, mode: Mode, seeWeights?: SeeWeights): tf.Tensor {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     const maskBias = causalMaskBias(tril!, T); // (T, T)
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
-    for (const blk of blocks) h = block(h, blk, maskBias, mode);
+    for (const blk of blocks) h = block(h, blk, maskBias, mode, seeWeights);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
   }
 
-  const widest = Math.max(
-    ...layout.heads.map((h) => h * hs),
-    ...layout.ffnWidths.map((F) => F / 4),
-  );
   return {
     name,
     config,
@@ -198,11 +210,7 @@ export function createGPT(
     buffers: store.buffers,
     targetsPerRow: T0,
     startContext: [0],
-    // Per layer and position ~40 C-sized and ~6 (H, T)-sized float32 values
-    // (activations, attention maps, masks), ×1.5 for the backward's
-    // temporaries: measured ~250 MB at the default config on WASM.
-    bytesPerRow: 4 * 1.5 * L * T0 *
-      (40 * Math.max(C, widest) + 6 * Math.max(H, ...layout.heads) * T0),
+    bytesPerRow: layoutSizes(config, layout).bytesPerRow,
     makeBatch: (windows, batchSize) => nextTokenBatch(windows, batchSize, T0),
     forward,
     loss(x, y, mode) {
@@ -215,6 +223,66 @@ export function createGPT(
     // generate()'s idx[:, -block_size:]: positions beyond the table do not exist.
     nextTokenLogits: (context) =>
       lastTokenLogits(context, T0, (x) => forward(x, { training: false })),
+    tokenEmbeddings: () => tokTable.clone(),
+    attentionWeights(ids) {
+      return tf.tidy(() => {
+        const row = ids.slice(-T0);
+        const most = Math.max(...layout.heads);
+        const weights: tf.Tensor[] = []; // per layer (1, h, T, T)
+        forward(tf.tensor2d(row, [1, row.length], "int32"), { training: false }, (w) => {
+          // A block with fewer heads (block_wise_scaling_gptLM) shows empty maps for the rest.
+          const missing = most - w.shape[1]!;
+          weights.push(missing > 0 ? w.pad([[0, 0], [0, missing], [0, 0], [0, 0]]) : w);
+        });
+        return tf.concat(weights, 0) as tf.Tensor4D; // (L, H, T, T)
+      });
+    },
+  };
+}
+
+/** gptLM's sizes from its settings (see {@link ModelSizes}). */
+function sizes(config: ModelConfig): ModelSizes {
+  const { vocab_size: V, block_size: T, n_embd: C, n_head: H, n_layer: L } = config;
+  return {
+    // Embeddings; per block q, k, v and proj (4C² + C), the feed-forward net
+    // (8C² + 5C) and two LayerNorms (4C); ln_f; lm_head.
+    params: V * C + T * C + L * (12 * C * C + 10 * C) + 2 * C + C * V + V,
+    buffers: L * H * T * T, // one (T, T) mask per head
+    tensors: 2 + L * (4 * H + 10) + 4,
+    // Per layer and position ~40 C-sized and ~6 (H, T)-sized float32 values
+    // (activations, attention maps, masks), ×1.5 for the backward's
+    // temporaries: measured ~250 MB at the default config on WASM.
+    bytesPerRow: 4 * 1.5 * L * T * (40 * C + 6 * H * T),
+    splittable: true,
+  };
+}
+
+/**
+ * The sizes of a gptLM-like model with `layout`'s heads and FFN widths per
+ * block: gptLM's {@link sizes} summed block by block, the activations
+ * estimated from the widest block.
+ */
+export function layoutSizes(config: ModelConfig, layout: BlockLayout): ModelSizes {
+  const { vocab_size: V, block_size: T, n_embd: C, n_head: H } = config;
+  const hs = C / H;
+  let blockParams = 0;
+  let heads = 0;
+  let most = { heads: 0, width: C };
+  layout.heads.forEach((h, i) => {
+    const F = layout.ffnWidths[i];
+    // q, k, v and proj (4·h·hs·C + C), the feed-forward net (2·C·F + F + C), two LayerNorms (4C)
+    blockParams += 4 * h * hs * C + C + 2 * C * F + F + C + 4 * C;
+    heads += h;
+    // Its attention is h·hs wide; its FFN counts as F/4 C-sized values, as gptLM's 4C does.
+    most = { heads: Math.max(most.heads, h), width: Math.max(most.width, h * hs, F / 4) };
+  });
+  const L = layout.heads.length;
+  return {
+    params: V * C + T * C + blockParams + 2 * C + C * V + V,
+    buffers: heads * T * T,
+    tensors: 2 + 4 * heads + 10 * L + 4,
+    bytesPerRow: 4 * 1.5 * L * T * (40 * most.width + 6 * most.heads * T),
+    splittable: true,
   };
 }
 
@@ -238,4 +306,6 @@ export const gptLM: ModelDefinition = {
   create,
   checkConfig,
   runIdFields: (config) => `V-${config.vocab_size}`,
+  sizes,
+  sizeFlags: ["--n_embd", "--n_layer", "--block_size"],
 };

@@ -31,22 +31,28 @@ import {
   routeToExperts,
   uniformInit,
 } from "../nn/layers.ts";
-import type { LanguageModel, Mode, ModelConfig, ModelDefinition } from "./model.ts";
+import type { LanguageModel, Mode, ModelConfig, ModelDefinition, ModelSizes } from "./model.ts";
 import { nextTokenBatch } from "./model.ts";
 import {
+  attentionWeightsOf,
   checkMoEConfig,
   chosenGates,
   createExperts,
   createRouter,
   expertCapacity,
   expertLoadOf,
+  expertParamCount,
   type ExpertParams,
+  expertRoutingOf,
   linearInit,
   loadBalancingLoss,
+  moeBytesPerRow,
   noisyTopkRouter,
   originalAuxLoss,
   parseOriginalBugs,
+  type Probe,
   routerNoise,
+  routerParamCount,
   type RouterParams,
   type RouterRecord,
   type Routing,
@@ -153,14 +159,19 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     maskBias: tf.Tensor,
     mode: Mode,
     name: string,
-    records: RouterRecord[],
+    probe: Probe,
   ): tf.Tensor {
     const [B, T] = x.shape as [number, number, number];
     const N = B * T;
     const flat = x.reshape([N, C]) as tf.Tensor2D; // (N, C)
     const noise = routerNoise(mode, bugs.has("eval_noise"), ownNoise);
     const routing = noisyTopkRouter(flat, blk.attnRouter, K, noise);
-    records.push({ name, indices: routing.indices, auxLoss: auxOf(routing, null) });
+    probe.records?.push({
+      name,
+      indices: routing.indices,
+      scores: routing.noisy,
+      auxLoss: auxOf(routing, null),
+    });
     const groups = routeToExperts(routing.indices, E);
     const weights = groups.weights?.reshape([-1, 1]);
     /** Each expert's `ParallelExperts` slice applied to its run of rows: (M, in) → (M, out). */
@@ -191,7 +202,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     const dropWeights = mode.training && config.dropout > 0
       ? (w: tf.Tensor) => drop(w, mode)
       : undefined;
-    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights); // (B, T, H·hs)
+    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights, probe.seeWeights); // (B, T, H·hs)
 
     // reduce: each slot's heads through its expert's output projection, times its gate.
     const slotOutputs = heads.reshape([N * K, kvp]) as tf.Tensor2D; // (N·k, kvp)
@@ -214,13 +225,18 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     blk: BlockParams,
     mode: Mode,
     name: string,
-    records: RouterRecord[],
+    probe: Probe,
   ): tf.Tensor {
     const [B, T] = x.shape as [number, number, number];
     const u = x.reshape([B * T, C]) as tf.Tensor2D; // (N, C)
     const noise = routerNoise(mode, bugs.has("eval_noise"), ownNoise);
     const routing = noisyTopkRouter(u, blk.ffnRouter, K, noise);
-    records.push({ name, indices: routing.indices, auxLoss: auxOf(routing, [B, T]) });
+    probe.records?.push({
+      name,
+      indices: routing.indices,
+      scores: routing.noisy,
+      auxLoss: auxOf(routing, [B, T]),
+    });
     const out = sparseMoE(u, routing, blk.experts, {
       capacity: expertCapacity(config, B * T),
       overwrite: bugs.has("combine"),
@@ -229,17 +245,17 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     return out.reshape([B, T, C]);
   }
 
-  /** Logits for ids (B, T) with T ≤ block_size: (B, T, V); each router's record in `records`. */
-  function forward(x: tf.Tensor, mode: Mode, records: RouterRecord[] = []): tf.Tensor {
+  /** Logits for ids (B, T) with T ≤ block_size: (B, T, V); each router's record in the probe's `records`. */
+  function forward(x: tf.Tensor, mode: Mode, probe: Probe = {}): tf.Tensor {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     const maskBias = causalMaskBias(tril!, T); // (T, T)
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
     blocks.forEach((blk, i) => {
       const ln1 = layerNorm(h, blk.ln1W, blk.ln1B);
-      h = h.add(attention(ln1, blk, maskBias, mode, `blocks.${i}.sa`, records));
+      h = h.add(attention(ln1, blk, maskBias, mode, `blocks.${i}.sa`, probe));
       const ln2 = layerNorm(h, blk.ln2W, blk.ln2B);
-      h = h.add(mixture(ln2, blk, mode, `blocks.${i}.smoe`, records));
+      h = h.add(mixture(ln2, blk, mode, `blocks.${i}.smoe`, probe));
     });
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
   }
@@ -256,7 +272,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     forward: (x, mode) => forward(x, mode),
     loss(x, y, mode) {
       const records: RouterRecord[] = [];
-      const logits = forward(x, mode, records); // (B, T, V)
+      const logits = forward(x, mode, { records }); // (B, T, V)
       const loss = crossEntropy(
         logits.reshape([-1, V]) as tf.Tensor2D,
         y.reshape([-1]) as tf.Tensor1D,
@@ -268,7 +284,33 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     },
     nextTokenLogits: (context) =>
       lastTokenLogits(context, T0, (x) => forward(x, { training: false })),
-    expertLoad: (x) => expertLoadOf((records) => forward(x, { training: false }, records), E, true),
+    expertLoad: (x) =>
+      expertLoadOf((records) => forward(x, { training: false }, { records }), E, true),
+    tokenEmbeddings: () => tokTable.clone(),
+    attentionWeights: (ids) =>
+      attentionWeightsOf(ids, T0, (x, probe) => forward(x, { training: false }, probe)),
+    expertRouting: (ids) =>
+      expertRoutingOf(ids, T0, K, (x, probe) => forward(x, { training: false }, probe)),
+  };
+}
+
+/** A moa_moeLM's sizes from its settings (see {@link ModelSizes}). */
+function sizes(config: ModelConfig): ModelSizes {
+  const { vocab_size: V, block_size: T, n_embd: C, n_head: H, n_layer: L } = config;
+  const { num_experts: E, top_k: K } = config;
+  const kvp = (H / K) * (C / H);
+  // Per block: p_reduce_bias, the experts' input and output projections
+  // (2·E·kvp·C), the attention router, k_proj and v_proj (2·kvp·C), the
+  // feed-forward router and experts, two LayerNorms.
+  const block = C + 2 * E * kvp * C + routerParamCount(C, E) + 2 * kvp * C +
+    routerParamCount(C, E) + expertParamCount(C, E) + 4 * C;
+  return {
+    params: V * C + T * C + L * block + 2 * C + C * V + V,
+    buffers: L * T * T, // one (T, T) mask per block
+    tensors: 2 + L * (4 * E + 18) + 4,
+    bytesPerRow: moeBytesPerRow(config),
+    // The load-balancing loss is over the whole batch: its rows are not independent.
+    splittable: false,
   };
 }
 
@@ -288,4 +330,6 @@ export const moa_moeLM: ModelDefinition = {
   create,
   checkConfig,
   runIdFields: (config) => `V-${config.vocab_size}`,
+  sizes,
+  sizeFlags: ["--n_embd", "--n_layer", "--num_experts", "--block_size"],
 };

@@ -25,7 +25,7 @@ import {
   topkIndices,
   uniformInit,
 } from "../nn/layers.ts";
-import type { ExpertLoad, Mode, ModelConfig } from "./model.ts";
+import type { ExpertLoad, ExpertRouting, Mode, ModelConfig } from "./model.ts";
 import type { Matrix, ParamList, Vector } from "./transformer.ts";
 
 /** `--nn_init`'s values: the Linear weight init of the MoE models. */
@@ -319,6 +319,8 @@ export interface RouterRecord {
   /** e.g. `blocks.0.smoe`. */
   name: string;
   indices: tf.Tensor2D;
+  /** (N, E): the router's noisy logits, higher = preferred. */
+  scores: tf.Tensor2D;
   /** This router's load-balancing loss as the model computes it. */
   auxLoss: () => tf.Scalar;
 }
@@ -351,4 +353,78 @@ export async function expertLoadOf(
     auxLoss,
     trained,
   };
+}
+
+/** Parameters of one `NoisyTopkRouter` (two Linear(C, E)). */
+export function routerParamCount(C: number, E: number): number {
+  return 2 * (C * E + E);
+}
+
+/** Parameters of E feed-forward experts (Linear(C, 4C), Linear(4C, C)). */
+export function expertParamCount(C: number, E: number): number {
+  return E * (8 * C * C + 5 * C);
+}
+
+/**
+ * Rough bytes one batch row holds through an MoE model's training step:
+ * gptLM's estimate (~40 C-sized and ~6 (H, T)-sized values per layer and
+ * position, ×1.5) plus each token's top_k experts' 4C-wide activations.
+ */
+export function moeBytesPerRow(config: ModelConfig): number {
+  const { block_size: T, n_embd: C, n_head: H, n_layer: L, top_k: k } = config;
+  return 4 * 1.5 * L * T * (40 * C + 6 * H * T + 8 * k * C);
+}
+
+/** What a forward pass can hand out besides the logits (the expert-load report, inspect). */
+export interface Probe {
+  /** Each router call's record, in forward order. */
+  records?: RouterRecord[];
+  /** Each layer's attention weights (B, H, T, T), in order. */
+  seeWeights?: (weights: tf.Tensor) => void;
+}
+
+/**
+ * `LanguageModel.expertRouting` for a model whose forward pass fills a
+ * probe's records: each router's scores for the last `blockSize` ids.
+ * Layers are named `block 1`, … (`block 1 attention`, `block 1 ffn` where a
+ * block has two routers).
+ */
+export function expertRoutingOf(
+  ids: readonly number[],
+  blockSize: number,
+  topK: number,
+  forward: (x: tf.Tensor, probe: Probe) => void,
+): ExpertRouting {
+  const row = ids.slice(-blockSize);
+  const names: string[] = [];
+  const scores = tf.tidy(() => {
+    const records: RouterRecord[] = [];
+    forward(tf.tensor2d(row, [1, row.length], "int32"), { records });
+    const perBlock = new Map<string, number>();
+    for (const r of records) {
+      const block = Number(r.name.split(".")[1]) + 1;
+      perBlock.set(String(block), (perBlock.get(String(block)) ?? 0) + 1);
+    }
+    for (const r of records) {
+      const block = Number(r.name.split(".")[1]) + 1;
+      const part = r.name.endsWith(".sa") ? "attention" : "ffn";
+      names.push(perBlock.get(String(block))! > 1 ? `block ${block} ${part}` : `block ${block}`);
+    }
+    return tf.stack(records.map((r) => r.scores)) as tf.Tensor3D; // (R, T, E)
+  });
+  return { layers: names, topK, scores };
+}
+
+/** `LanguageModel.attentionWeights` from a forward pass that shows them: (L, H, T, T) for the last `blockSize` ids. */
+export function attentionWeightsOf(
+  ids: readonly number[],
+  blockSize: number,
+  forward: (x: tf.Tensor, probe: Probe) => void,
+): tf.Tensor4D {
+  return tf.tidy(() => {
+    const row = ids.slice(-blockSize);
+    const weights: tf.Tensor[] = []; // per layer (1, H, T, T)
+    forward(tf.tensor2d(row, [1, row.length], "int32"), { seeWeights: (w) => weights.push(w) });
+    return tf.concat(weights, 0) as tf.Tensor4D;
+  });
 }

@@ -27,22 +27,27 @@ import {
   linear,
   normalInit,
 } from "../nn/layers.ts";
-import type { LanguageModel, Mode, ModelConfig, ModelDefinition } from "./model.ts";
+import type { LanguageModel, Mode, ModelConfig, ModelDefinition, ModelSizes } from "./model.ts";
 import { nextTokenBatch } from "./model.ts";
 import {
+  attentionWeightsOf,
   checkMoEConfig,
   createExperts,
   createRouter,
   expertCapacity,
   expertLoadOf,
+  expertParamCount,
   type ExpertParams,
+  expertRoutingOf,
   linearInit,
   loadBalancingLoss,
+  moeBytesPerRow,
   noisyTopkRouter,
   parseOriginalBugs,
+  type Probe,
   routerNoise,
+  routerParamCount,
   type RouterParams,
-  type RouterRecord,
   sparseMoE,
 } from "./moe.ts";
 import {
@@ -127,7 +132,13 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     mode.training ? dropout(x, config.dropout, mode.rng) : x;
 
   /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C). */
-  function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
+  function attention(
+    x: tf.Tensor,
+    blk: BlockParams,
+    maskBias: tf.Tensor,
+    mode: Mode,
+    probe: Probe,
+  ): tf.Tensor {
     const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, C)
     // Scores q·k · C^-½ with C = n_embd: the shared attention scales by hs^-½,
     // so the queries come in scaled by √(hs/C).
@@ -137,7 +148,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     const dropWeights = mode.training && config.dropout > 0
       ? (weights: tf.Tensor) => drop(weights, mode)
       : undefined;
-    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights); // (B, T, C)
+    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights, probe.seeWeights); // (B, T, C)
     return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
   }
 
@@ -147,15 +158,16 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     blk: BlockParams,
     name: string,
     mode: Mode,
-    records?: RouterRecord[],
+    probe: Probe,
   ): tf.Tensor {
     const [B, T] = x.shape;
     const u = x.reshape([B! * T!, C]) as tf.Tensor2D; // (N, C)
     const noise = routerNoise(mode, bugs.has("eval_noise"), ownNoise);
     const routing = noisyTopkRouter(u, blk.router, K, noise);
-    records?.push({
+    probe.records?.push({
       name,
       indices: routing.indices,
+      scores: routing.noisy,
       auxLoss: () => loadBalancingLoss(routing.noisy, routing.indices),
     });
     const out = sparseMoE(u, routing, blk.experts, {
@@ -167,14 +179,14 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   }
 
   /** Logits for ids (B, T) with T ≤ block_size: (B, T, V). */
-  function forward(x: tf.Tensor, mode: Mode, records?: RouterRecord[]): tf.Tensor {
+  function forward(x: tf.Tensor, mode: Mode, probe: Probe = {}): tf.Tensor {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     const maskBias = causalMaskBias(tril!, T); // (T, T)
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
     blocks.forEach((blk, i) => {
-      h = h.add(attention(layerNorm(h, blk.ln1W, blk.ln1B), blk, maskBias, mode));
-      h = h.add(mixture(layerNorm(h, blk.ln2W, blk.ln2B), blk, `blocks.${i}.smoe`, mode, records));
+      h = h.add(attention(layerNorm(h, blk.ln1W, blk.ln1B), blk, maskBias, mode, probe));
+      h = h.add(mixture(layerNorm(h, blk.ln2W, blk.ln2B), blk, `blocks.${i}.smoe`, mode, probe));
     });
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
   }
@@ -186,11 +198,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     buffers: store.buffers,
     targetsPerRow: T0,
     startContext: [0],
-    // gptLM's estimate, with top_k experts' 4C-wide activations per token;
-    // with expert capacity the batch's rows are not independent.
-    bytesPerRow: config.capacity_factor >= 1
-      ? undefined
-      : 4 * 1.5 * L * T0 * (40 * C + 6 * H * T0 + 8 * K * C),
+    bytesPerRow: sizes(config).splittable ? sizes(config).bytesPerRow : undefined,
     makeBatch: (windows, batchSize) => nextTokenBatch(windows, batchSize, T0),
     forward: (x, mode) => forward(x, mode),
     loss(x, y, mode) {
@@ -203,7 +211,29 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     nextTokenLogits: (context) =>
       lastTokenLogits(context, T0, (x) => forward(x, { training: false })),
     expertLoad: (x) =>
-      expertLoadOf((records) => forward(x, { training: false }, records), E, false),
+      expertLoadOf((records) => forward(x, { training: false }, { records }), E, false),
+    tokenEmbeddings: () => tokTable.clone(),
+    attentionWeights: (ids) =>
+      attentionWeightsOf(ids, T0, (x, probe) => forward(x, { training: false }, probe)),
+    expertRouting: (ids) =>
+      expertRoutingOf(ids, T0, K, (x, probe) => forward(x, { training: false }, probe)),
+  };
+}
+
+/** A moeLM's sizes from its settings (see {@link ModelSizes}). */
+function sizes(config: ModelConfig): ModelSizes {
+  const { vocab_size: V, block_size: T, n_embd: C, n_head: H, n_layer: L, num_experts: E } = config;
+  return {
+    // Embeddings; per block the heads' q, k, v (3C²), proj (C² + C), the
+    // router, the experts and two LayerNorms (4C); ln_f; lm_head.
+    params: V * C + T * C +
+      L * (4 * C * C + C + routerParamCount(C, E) + expertParamCount(C, E) + 4 * C) + 2 * C +
+      C * V + V,
+    buffers: L * H * T * T, // one (T, T) mask per head
+    tensors: 2 + L * (4 * H + 4 * E + 10) + 4,
+    bytesPerRow: moeBytesPerRow(config),
+    // With expert capacity, which tokens an expert drops depends on the whole batch.
+    splittable: config.capacity_factor < 1,
   };
 }
 
@@ -217,4 +247,6 @@ export const moeLM: ModelDefinition = {
   create,
   checkConfig,
   runIdFields: (config) => `V-${config.vocab_size}`,
+  sizes,
+  sizeFlags: ["--n_embd", "--n_layer", "--num_experts", "--block_size"],
 };
