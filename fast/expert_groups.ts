@@ -20,9 +20,9 @@ export function routeToAllExperts(
   const [N, k] = indices.shape;
   const E = numExperts;
   const choices = tf.unstack(indices, 1).map((experts) => tf.oneHot(experts, E).cast("float32")); // k × (N, E)
-  const chosen = tf.addN(choices); // (N, E): 1 where e is one of token n's choices
+  const chosen = choices.reduce((a, b) => a.add(b)); // (N, E): 1 where e is one of token n's choices
   // Token n's slot for expert e: n·k + j where indices[n, j] = e.
-  const choiceOf = tf.addN(choices.map((choice, j) => choice.mul(j))); // (N, E)
+  const choiceOf = choices.map((choice, j) => choice.mul(j)).reduce((a, b) => a.add(b)); // (N, E)
   const slotOf = choiceOf.add(tf.range(0, N * k, k).reshape([N, 1])); // (N, E)
   let weight = chosen;
   if (capacity !== undefined) {

@@ -279,7 +279,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       );
       if (!mode.training) return loss;
       // Training only, as the original: cross-entropy + aux_loss_coef × Σ routers' losses.
-      const aux = tf.addN(records.map((r) => r.auxLoss()));
+      const aux = records.map((r) => r.auxLoss()).reduce((a, b) => a.add(b));
       return loss.add(aux.mul(config.aux_loss_coef)) as tf.Scalar;
     },
     nextTokenLogits: (context) =>

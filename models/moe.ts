@@ -340,7 +340,7 @@ export async function expertLoadOf(
     run(records);
     names.push(...records.map((r) => r.name));
     const share = records.map((r) => multiHot(r.indices, numExperts).mean(0));
-    return [tf.stack(share), tf.addN(records.map((r) => r.auxLoss()))];
+    return [tf.stack(share), records.map((r) => r.auxLoss()).reduce((a, b) => a.add(b))];
   });
   const values = await shares.data();
   const auxLoss = (await aux.data())[0];

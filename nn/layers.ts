@@ -198,7 +198,7 @@ export function topkIndices(x: tf.Tensor, k: number): tf.Tensor {
  */
 export function multiHot(indices: tf.Tensor2D, depth: number): tf.Tensor2D {
   const columns = tf.unstack(indices, 1).map((column) => tf.oneHot(column, depth)); // k × (N, depth)
-  return tf.addN(columns).cast("float32") as tf.Tensor2D;
+  return columns.reduce((a, b) => a.add(b)).cast("float32") as tf.Tensor2D;
 }
 
 /**

@@ -172,6 +172,19 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
         assert.ok(Math.abs(got.ce + 0.01 * aux - ref.loss) < 1e-4, `${what}: loss`);
       }
     }
+    // Four blocks: eight routers' losses to sum (once one AddN of 8 inputs, more than a WebGPU
+    // shader may bind), and eight experts' outputs to join.
+    const deep = createModel(
+      "moa_moeLM",
+      tinyConfig("moa_moeLM", { n_layer: 4, num_experts: 8 }),
+      new Rng(1),
+    );
+    const x = tf.tensor2d(X, undefined, "int32");
+    const y = tf.tensor2d(Y, undefined, "int32");
+    const loss = tf.tidy(() => deep.loss(x, y, { training: true, rng: new Rng(2) }));
+    assert.ok(Number.isFinite((await loss.data())[0]));
+    tf.dispose([x, y, loss]);
+    disposeModel(deep);
   });
 }
 
