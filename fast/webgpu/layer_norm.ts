@@ -1,0 +1,265 @@
+/**
+ * LayerNorm over the last axis as one WGSL dispatch forward and two
+ * backward (dx with per-row-group partial dw/db sums, then the sum of the
+ * partials), where tfjs's composition is ~30 kernels.
+ *
+ * Layout, both directions: a workgroup of 256 threads is 8 row groups of
+ * 32 lanes; a row group owns one row at a time, each lane holding
+ * ⌈C / (32·4)⌉ vec4 of it in registers (scalars when C is not a multiple of
+ * 4), so consecutive lanes read consecutive 16 bytes. The row sums go
+ * through shared memory with one barrier each, and every lane adds the
+ * group's 32 partials in the same order (no tree).
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import {
+  allocate,
+  capWorkgroups,
+  dispatch,
+  internals,
+  type Kernel,
+  release,
+  vectorHelpers,
+  vectorWidth,
+} from "./kernel.ts";
+import { columnSums } from "./reduce.ts";
+
+const FORWARD = "WebGPULayerNorm";
+const BACKWARD = "WebGPULayerNormGrad";
+const LANES = 32;
+const GROUPS = 8;
+/** Backward workgroups at most: each row group leaves a 2·C partial row to add up. */
+const MAX_BACKWARD_WORKGROUPS = 128;
+
+/** Constants of both shaders for rows of C floats. */
+function rowConstants(C: number): { vec: 1 | 4; head: string } {
+  const vec = vectorWidth(C);
+  const columns = C / vec;
+  const perLane = Math.ceil(columns / LANES);
+  return {
+    vec,
+    head: `${vectorHelpers(vec)}
+const C = ${C}u;       // row width
+const CV = ${columns}u;  // row width in V
+const K = ${perLane}u;   // V per lane
+`,
+  };
+}
+
+function forwardKernel(C: number): Kernel {
+  const { head } = rowConstants(C);
+  return {
+    key: `layer_norm_c${C}`,
+    uniforms: [["rows", "u32"], ["rowsPerGroup", "u32"], ["eps", "f32"]],
+    code: `${head}
+@group(0) @binding(0) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> w: array<V>;
+@group(0) @binding(2) var<storage, read> b: array<V>;
+@group(0) @binding(3) var<storage, read_write> y: array<V>;
+@group(0) @binding(4) var<storage, read_write> stats: array<vec2<f32>>; // (rows): mean, rstd
+var<workgroup> sums: array<f32, ${LANES * GROUPS}>;
+var<workgroup> squares: array<f32, ${LANES * GROUPS}>;
+
+@compute @workgroup_size(${LANES * GROUPS})
+fn main(@builtin(local_invocation_index) lid: u32,
+        @builtin(workgroup_id) wid: vec3<u32>,
+        @builtin(num_workgroups) groups: vec3<u32>) {
+  let lane = lid % ${LANES}u;
+  let first = lid - lane; // this row group's slots in shared memory
+  for (var it = 0u; it < u.rowsPerGroup; it++) {
+    let row = (it * groups.x + wid.x) * ${GROUPS}u + lid / ${LANES}u;
+    let valid = row < u.rows;
+    var xs: array<V, K>;
+    var s = V(0.0);
+    for (var k = 0u; k < K; k++) {
+      let c = lane + k * ${LANES}u;
+      xs[k] = V(0.0);
+      if (valid && c < CV) { xs[k] = x[row * CV + c]; }
+      s += xs[k];
+    }
+    sums[lid] = hsum(s);
+    workgroupBarrier();
+    var total = 0.0;
+    for (var l = 0u; l < ${LANES}u; l++) { total += sums[first + l]; }
+    let mean = total / f32(C);
+    var q = V(0.0);
+    for (var k = 0u; k < K; k++) {
+      if (lane + k * ${LANES}u < CV) { let d = xs[k] - mean; q += d * d; }
+    }
+    // The other buffer: a lane still reading sums cannot be overtaken, and
+    // the next row's writes to sums come after this barrier.
+    squares[lid] = hsum(q);
+    workgroupBarrier();
+    var squared = 0.0;
+    for (var l = 0u; l < ${LANES}u; l++) { squared += squares[first + l]; }
+    let rstd = inverseSqrt(squared / f32(C) + u.eps);
+    if (valid) {
+      for (var k = 0u; k < K; k++) {
+        let c = lane + k * ${LANES}u;
+        if (c < CV) { y[row * CV + c] = (xs[k] - mean) * rstd * w[c] + b[c]; }
+      }
+      if (lane == 0u) { stats[row] = vec2<f32>(mean, rstd); }
+    }
+  }
+}
+`,
+  };
+}
+
+function backwardKernel(C: number): Kernel {
+  const { head } = rowConstants(C);
+  return {
+    key: `layer_norm_grad_c${C}`,
+    uniforms: [["rows", "u32"], ["rowsPerGroup", "u32"]],
+    code: `${head}
+@group(0) @binding(0) var<storage, read> x: array<V>;
+@group(0) @binding(1) var<storage, read> w: array<V>;
+@group(0) @binding(2) var<storage, read> stats: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read> dy: array<V>;
+@group(0) @binding(4) var<storage, read_write> dx: array<V>;
+@group(0) @binding(5) var<storage, read_write> partials: array<V>; // (row groups, 2, C): dw, db
+// Double-buffered by row parity: one barrier per row.
+var<workgroup> sums: array<vec2<f32>, ${2 * LANES * GROUPS}>;
+
+@compute @workgroup_size(${LANES * GROUPS})
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
+  let lane = lid % ${LANES}u;
+  let chunk = wid.x * ${GROUPS}u + lid / ${LANES}u; // this row group's rows and partial row
+  var dwAcc: array<V, K>;
+  var dbAcc: array<V, K>;
+  for (var k = 0u; k < K; k++) { dwAcc[k] = V(0.0); dbAcc[k] = V(0.0); }
+  for (var it = 0u; it < u.rowsPerGroup; it++) {
+    let row = chunk * u.rowsPerGroup + it;
+    let valid = row < u.rows;
+    var st = vec2<f32>(0.0, 0.0);
+    if (valid) { st = stats[row]; }
+    var xHat: array<V, K>;
+    var g: array<V, K>;
+    var gSum = V(0.0);
+    var gxSum = V(0.0);
+    for (var k = 0u; k < K; k++) {
+      let c = lane + k * ${LANES}u;
+      xHat[k] = V(0.0);
+      g[k] = V(0.0);
+      if (valid && c < CV) {
+        let d = dy[row * CV + c];
+        xHat[k] = (x[row * CV + c] - st.x) * st.y;
+        g[k] = d * w[c];
+        gSum += g[k];
+        gxSum += g[k] * xHat[k];
+        dwAcc[k] += d * xHat[k];
+        dbAcc[k] += d;
+      }
+    }
+    let slot = (it % 2u) * ${LANES * GROUPS}u + lid - lane;
+    sums[slot + lane] = vec2<f32>(hsum(gSum), hsum(gxSum));
+    workgroupBarrier();
+    var total = vec2<f32>(0.0, 0.0);
+    for (var l = 0u; l < ${LANES}u; l++) { total += sums[slot + l]; }
+    let gMean = total.x / f32(C);
+    let gxMean = total.y / f32(C);
+    if (valid) {
+      for (var k = 0u; k < K; k++) {
+        let c = lane + k * ${LANES}u;
+        if (c < CV) { dx[row * CV + c] = st.y * (g[k] - gMean - xHat[k] * gxMean); }
+      }
+    }
+  }
+  for (var k = 0u; k < K; k++) {
+    let c = lane + k * ${LANES}u;
+    if (c < CV) {
+      partials[chunk * 2u * CV + c] = dwAcc[k];
+      partials[chunk * 2u * CV + CV + c] = dbAcc[k];
+    }
+  }
+}
+`,
+  };
+}
+
+tf.registerKernel({
+  kernelName: FORWARD,
+  backendName: "webgpu",
+  kernelFunc: ({ inputs, attrs, backend }) => {
+    const { x, weight, bias } = inputs as Record<string, tf.TensorInfo>;
+    const { eps } = attrs as unknown as { eps: number };
+    const gpu = internals(backend);
+    const C = x.shape[x.shape.length - 1];
+    const rows = tf.util.sizeFromShape(x.shape) / C;
+    const workgroups = capWorkgroups(gpu, Math.ceil(rows / GROUPS));
+    const y = allocate(gpu, x.shape);
+    const stats = allocate(gpu, [rows, 2]);
+    dispatch(
+      gpu,
+      forwardKernel(C),
+      [x, weight, bias, y, stats],
+      [rows, Math.ceil(rows / (workgroups * GROUPS)), eps],
+      [workgroups, 1, 1],
+    );
+    return [y, stats];
+  },
+});
+
+tf.registerKernel({
+  kernelName: BACKWARD,
+  backendName: "webgpu",
+  kernelFunc: ({ inputs, backend }) => {
+    const { x, weight, stats, dy } = inputs as Record<string, tf.TensorInfo>;
+    const gpu = internals(backend);
+    const C = x.shape[x.shape.length - 1];
+    const rows = tf.util.sizeFromShape(x.shape) / C;
+    const workgroups = Math.min(Math.ceil(rows / GROUPS), MAX_BACKWARD_WORKGROUPS);
+    const chunks = workgroups * GROUPS;
+    const dx = allocate(gpu, x.shape);
+    const partials = allocate(gpu, [chunks, 2, C]);
+    dispatch(
+      gpu,
+      backwardKernel(C),
+      [x, weight, stats, dy, dx, partials],
+      [rows, Math.ceil(rows / chunks)],
+      [workgroups, 1, 1],
+    );
+    const dw = allocate(gpu, [C]);
+    const db = allocate(gpu, [C]);
+    columnSums(gpu, partials, chunks, 2 * C, [dw, db], C);
+    release(gpu, partials);
+    return [dx, dw, db];
+  },
+});
+
+/**
+ * PyTorch `nn.LayerNorm` over the last axis (biased variance), with its
+ * gradient: x (..., C), weight and bias (C) → (..., C). Per row, with
+ * x̂ = (x − mean)·rstd and g = dy·w:
+ *
+ *   y = x̂·w + b      dx = rstd·(g − mean(g) − x̂·mean(g·x̂))
+ *   dw = Σ_rows dy·x̂   db = Σ_rows dy
+ */
+export function layerNorm(
+  x: tf.Tensor,
+  weight: tf.Tensor,
+  bias: tf.Tensor,
+  eps: number,
+): tf.Tensor {
+  const op = tf.customGrad((xt, w, b, save) => {
+    const [y, stats] = tf.engine().runKernel(
+      FORWARD,
+      { x: xt as tf.Tensor, weight: w as tf.Tensor, bias: b as tf.Tensor },
+      { eps },
+    ) as tf.Tensor[];
+    (save as tf.GradSaveFunc)([xt as tf.Tensor, w as tf.Tensor, stats]);
+    return {
+      value: y, // (..., C)
+      gradFunc: (dy, saved) => {
+        const [sx, sw, sstats] = saved as tf.Tensor[];
+        return tf.engine().runKernel(
+          BACKWARD,
+          { x: sx, weight: sw, stats: sstats, dy: dy as tf.Tensor },
+          {},
+        ) as tf.Tensor[]; // dx (..., C), dw (C), db (C)
+      },
+    };
+  }) as (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+  return op(x, weight, bias);
+}
