@@ -200,9 +200,10 @@ function plainCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Tensor {
 }
 
 function plainUpdate(
-  [param, g, expAvg, expAvgSq]: tf.Variable[],
+  tensors: tf.Tensor[],
   { beta1, beta2, eps, decay, stepSize, bc2Sqrt }: AdamWStepConstants,
 ): void {
+  const [param, g, expAvg, expAvgSq] = tensors as tf.Variable[];
   tf.tidy(() => {
     const m = expAvg.mul(beta1).add(g.mul(1 - beta1));
     const v = expAvgSq.mul(beta2).add(g.square().mul(1 - beta2));
@@ -576,5 +577,107 @@ Deno.test("webgpu kernels: bigramLoss equals the plain loss, values and gradient
       [random([65, 65], 1)],
       { dispatches: 4, kernels: 7 },
     );
+  });
+});
+
+Deno.test("webgpu kernels: 10 AdamW steps of a small transformer give the plain path's losses", async () => {
+  await onWebGPU(async () => {
+    const [V, C, H, B, T] = [65, 16, 2, 2, 9];
+    const shapes: Record<string, number[]> = {
+      tok: [V, C],
+      lnW: [C],
+      lnB: [C],
+      wq: [C, C],
+      wk: [C, C],
+      wv: [C, C],
+      w1: [C, 4 * C],
+      b1: [4 * C],
+      w2: [4 * C, V],
+      b2: [V],
+    };
+    const x = randomIds([B, T], V, 1);
+    const y = randomIds([B * T], V, 2);
+    type Ops = {
+      embedding: (t: tf.Tensor, ids: tf.Tensor) => tf.Tensor;
+      layerNorm: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
+      attention: (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
+      linear: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, relu: boolean) => tf.Tensor;
+      loss: (logits: tf.Tensor, targets: tf.Tensor) => tf.Tensor;
+      update: (tensors: tf.Tensor[], c: AdamWStepConstants) => void;
+    };
+    const fastOps: Ops = {
+      embedding: (t, ids) => embedding(t as tf.Tensor2D, ids),
+      layerNorm: (x, w, b) => layerNorm(x, w, b, 1e-5),
+      attention: (q, k, v) => causalSelfAttention(q, k, v, H),
+      linear: (x, w, b, relu) =>
+        linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, relu ? "relu" : undefined),
+      loss: (l, t) => crossEntropy(l as tf.Tensor2D, t as tf.Tensor1D),
+      update: adamwUpdate,
+    };
+    const plainOps: Ops = {
+      embedding: (t, ids) => tf.gather(t, ids),
+      layerNorm: plainLayerNorm,
+      attention: (q, k, v) => plainAttention(q, k, v, H),
+      linear: (x, w, b, relu) => {
+        const out = tf.matMul(x, w).add(b);
+        return relu ? out.relu() : out;
+      },
+      loss: plainCrossEntropy,
+      update: plainUpdate,
+    };
+    const train = async (ops: Ops): Promise<number[]> => {
+      // Inside tidy the initial values' handles are freed; each variable owns its memory.
+      const params = tf.tidy(() =>
+        Object.entries(shapes).map(([name, shape], i) =>
+          tf.variable(
+            name.startsWith("ln") ? tf.ones(shape) : random(shape, 10 + i, 0.5),
+            true,
+            `${name}_${ops === fastOps}`,
+          )
+        )
+      );
+      const moments = tf.tidy(() =>
+        params.map((
+          p,
+        ) => [tf.variable(tf.zerosLike(p), false), tf.variable(tf.zerosLike(p), false)])
+      );
+      const [tok, lnW, lnB, wq, wk, wv, w1, b1, w2, b2] = params;
+      const losses: number[] = [];
+      for (let step = 1; step <= 10; step++) {
+        const { value, grads } = tf.variableGrads(() => {
+          const h = ops.embedding(tok, x).reshape([B * T, C]); // (B·T, C)
+          const n = ops.layerNorm(h, lnW, lnB);
+          const [q, k, v] = [wq, wk, wv].map((w) => tf.matMul(n, w).reshape([B, T, C]));
+          const a = h.add(ops.attention(q, k, v).reshape([B * T, C])); // (B·T, C)
+          const logits = ops.linear(ops.linear(a, w1, b1, true), w2, b2, false); // (B·T, V)
+          return ops.loss(logits, y) as tf.Scalar;
+        }, params);
+        const c: AdamWStepConstants = {
+          beta1: 0.9,
+          beta2: 0.999,
+          eps: 1e-8,
+          decay: 1 - 1e-2 * 0.1,
+          stepSize: 1e-2 / (1 - 0.9 ** step),
+          bc2Sqrt: Math.sqrt(1 - 0.999 ** step),
+        };
+        params.forEach((p, i) => ops.update([p, grads[p.name], ...moments[i]], c));
+        losses.push((await value.data())[0]);
+        tf.dispose([value, ...Object.values(grads)]);
+      }
+      tf.dispose([...params, ...moments.flat()]);
+      return losses;
+    };
+    const before = tf.memory().numTensors;
+    const fast = await train(fastOps);
+    assert.equal(tf.memory().numTensors, before, "fast training leaves no tensor behind");
+    const plain = await train(plainOps);
+    for (let i = 0; i < fast.length; i++) {
+      assert.ok(
+        Math.abs(fast[i] - plain[i]) <= 1e-4 * plain[i],
+        `step ${i + 1}: fast ${fast[i]}, plain ${plain[i]}`,
+      );
+    }
+    assert.ok(fast[9] < fast[0] - 0.5, `it learns: ${fast[0]} → ${fast[9]}`);
+    tf.dispose([x, y]);
   });
 });

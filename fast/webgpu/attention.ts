@@ -5,11 +5,12 @@
  * ~25 kernels a layer, most of them passes over (B, H, T, T) values.
  *
  * Heads are read in place from (B, T, C): head h is columns h·hs…(h+1)·hs.
- * Every dispatch is a grid of (⌈T/64⌉, B·H) workgroups of 64 threads, one
- * thread per query row (per key row for dK/dV), the row's vectors in
- * registers (vec4 when hs is a multiple of 4), and tiles of the other
- * side's rows staged in shared memory for all 64 threads to read, two
- * barriers a tile. Only tiles on or below the diagonal are visited.
+ * Every dispatch is a grid of (⌈T/64⌉, B·H) workgroups, one thread per
+ * query row (two per key row for dK/dV), the row's vectors in registers
+ * (vec4 when hs is a multiple of 4; at most three of hs floats a thread),
+ * and tiles of the other side's rows staged in shared memory for the
+ * whole workgroup to read, two barriers a tile. Only tiles on or below the
+ * diagonal are visited.
  *
  *   forward   y = softmax(q kᵀ·s + mask) v per row, online (running max
  *             and sum, one rescale per key tile); stores y and the row's
@@ -61,9 +62,12 @@ fn headBase(bh: u32) -> u32 {
 
 const UNIFORMS: Kernel["uniforms"] = [["T", "u32"], ["H", "u32"], ["CV", "u32"], ["scale", "f32"]];
 
-/** Stages rows j0…j0+TILE−1 (zeros past T) of two (B, T, C) tensors' head into shared memory. */
-function stageTile(a: string, b: string, aTile: string, bTile: string): string {
-  return `for (var e = lid; e < TILE * HV; e += ROWS) {
+/**
+ * Stages rows j0…j0+TILE−1 (zeros past T) of two (B, T, C) tensors' head
+ * into shared memory, with the workgroup's `threads` threads.
+ */
+function stageTile(a: string, b: string, aTile: string, bTile: string, threads = "ROWS"): string {
+  return `for (var e = lid; e < TILE * HV; e += ${threads}) {
       let j = j0 + e / HV;
       var av = V(0.0);
       var bv = V(0.0);
@@ -213,6 +217,11 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   };
 }
 
+/**
+ * dK and dV: 64 key rows a workgroup, two threads a row, one accumulating
+ * dk (needs k and v) and one dv (needs k only), so no thread holds more
+ * than three head-sized vectors; the roles split at a warp boundary.
+ */
 function keyValueGradKernel(hs: number): Kernel {
   const { head, tile } = headConstants(hs);
   const tileSize = tile * (hs / vectorWidth(hs));
@@ -233,28 +242,27 @@ var<workgroup> dyTile: array<V, ${tileSize}>;
 var<workgroup> lseTile: array<f32, TILE>;
 var<workgroup> dTile: array<f32, TILE>;
 
-@compute @workgroup_size(${ROWS})
+@compute @workgroup_size(${2 * ROWS})
 fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: vec3<u32>) {
   let base = headBase(wid.y);
-  let j = wid.x * ROWS + lid; // this thread's key row
+  let forDk = lid < ROWS; // else this thread accumulates dv
+  let j = wid.x * ROWS + lid % ROWS; // this thread's key row
   let valid = j < u.T;
   var kj: array<V, HV>;
   var vj: array<V, HV>;
-  var dkAcc: array<V, HV>;
-  var dvAcc: array<V, HV>;
+  var acc: array<V, HV>;
   for (var d = 0u; d < HV; d++) {
     kj[d] = V(0.0);
     vj[d] = V(0.0);
-    dkAcc[d] = V(0.0);
-    dvAcc[d] = V(0.0);
+    acc[d] = V(0.0);
     if (valid) {
       kj[d] = k[base + j * u.CV + d];
-      vj[d] = v[base + j * u.CV + d];
+      if (forDk) { vj[d] = v[base + j * u.CV + d]; }
     }
   }
   // Queries from this workgroup's first key row on: the rest see none of its keys.
   for (var j0 = (wid.x * ROWS / TILE) * TILE; j0 < u.T; j0 += TILE) {
-    ${stageTile("q", "dy", "qTile", "dyTile")}
+    ${stageTile("q", "dy", "qTile", "dyTile", "2u * ROWS")}
     if (lid < TILE) {
       let i = j0 + lid;
       lseTile[lid] = 0.0;
@@ -270,16 +278,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         let i = j0 + r;
         if (j <= i && i < u.T) {
           var s = 0.0;
-          var dp = 0.0;
-          for (var d = 0u; d < HV; d++) {
-            s += vdot(qTile[r * HV + d], kj[d]);
-            dp += vdot(dyTile[r * HV + d], vj[d]);
-          }
+          for (var d = 0u; d < HV; d++) { s += vdot(qTile[r * HV + d], kj[d]); }
           let p = exp(s * u.scale - lseTile[r]);
-          let ds = p * (dp - dTile[r]) * u.scale;
-          for (var d = 0u; d < HV; d++) {
-            dvAcc[d] += p * dyTile[r * HV + d];
-            dkAcc[d] += ds * qTile[r * HV + d];
+          if (forDk) {
+            var dp = 0.0;
+            for (var d = 0u; d < HV; d++) { dp += vdot(dyTile[r * HV + d], vj[d]); }
+            let ds = p * (dp - dTile[r]) * u.scale;
+            for (var d = 0u; d < HV; d++) { acc[d] += ds * qTile[r * HV + d]; }
+          } else {
+            for (var d = 0u; d < HV; d++) { acc[d] += p * dyTile[r * HV + d]; }
           }
         }
       }
@@ -288,8 +295,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   if (valid) {
     for (var d = 0u; d < HV; d++) {
-      dk[base + j * u.CV + d] = dkAcc[d];
-      dv[base + j * u.CV + d] = dvAcc[d];
+      if (forDk) { dk[base + j * u.CV + d] = acc[d]; } else { dv[base + j * u.CV + d] = acc[d]; }
     }
   }
 }

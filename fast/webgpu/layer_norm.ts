@@ -33,26 +33,21 @@ const GROUPS = 8;
 const MAX_BACKWARD_WORKGROUPS = 128;
 
 /** Constants of both shaders for rows of C floats. */
-function rowConstants(C: number): { vec: 1 | 4; head: string } {
+function rowConstants(C: number): string {
   const vec = vectorWidth(C);
   const columns = C / vec;
-  const perLane = Math.ceil(columns / LANES);
-  return {
-    vec,
-    head: `${vectorHelpers(vec)}
+  return `${vectorHelpers(vec)}
 const C = ${C}u;       // row width
 const CV = ${columns}u;  // row width in V
-const K = ${perLane}u;   // V per lane
-`,
-  };
+const K = ${Math.ceil(columns / LANES)}u;   // V per lane
+`;
 }
 
 function forwardKernel(C: number): Kernel {
-  const { head } = rowConstants(C);
   return {
     key: `layer_norm_c${C}`,
     uniforms: [["rows", "u32"], ["rowsPerGroup", "u32"], ["eps", "f32"]],
-    code: `${head}
+    code: `${rowConstants(C)}
 @group(0) @binding(0) var<storage, read> x: array<V>;
 @group(0) @binding(1) var<storage, read> w: array<V>;
 @group(0) @binding(2) var<storage, read> b: array<V>;
@@ -108,11 +103,10 @@ fn main(@builtin(local_invocation_index) lid: u32,
 }
 
 function backwardKernel(C: number): Kernel {
-  const { head } = rowConstants(C);
   return {
     key: `layer_norm_grad_c${C}`,
     uniforms: [["rows", "u32"], ["rowsPerGroup", "u32"]],
-    code: `${head}
+    code: `${rowConstants(C)}
 @group(0) @binding(0) var<storage, read> x: array<V>;
 @group(0) @binding(1) var<storage, read> w: array<V>;
 @group(0) @binding(2) var<storage, read> stats: array<vec2<f32>>;
