@@ -1,6 +1,6 @@
 /**
  * AdamW's update as one WGSL dispatch per parameter, in place: the plain
- * update is 13 elementwise kernels, each a pass over the parameter.
+ * update is a chain of elementwise kernels, each a pass over the parameter.
  *
  * One dispatch per parameter is the floor while each parameter and moment
  * is its own tfjs tensor: tfjs creates the device with the default limit

@@ -2,7 +2,7 @@
  * Causal multi-head self-attention, every (batch, head) at once, as one
  * WGSL dispatch forward and two backward, flash-attention style: the
  * (B, H, T, T) scores and weights never reach memory. tfjs's composition is
- * ~25 kernels a layer, most of them passes over (B, H, T, T) values.
+ * dozens of kernels a layer, most of them passes over (B, H, T, T) values.
  *
  * Heads are read in place from (B, T, C): head h is columns h·hs…(h+1)·hs.
  * Every dispatch is a grid of (⌈T/64⌉, B·H) workgroups, one thread per

@@ -1,7 +1,7 @@
 /**
  * mlpLM's BatchNorm1d as one WGSL dispatch forward (statistics, the
  * normalised output and, in training, the running statistics updated in
- * place) and one backward, where tfjs's composition is ~25 kernels.
+ * place) and one backward, where tfjs's composition is dozens of kernels.
  *
  * Layout: a workgroup of 256 threads is 64 columns (vec4 when C is a
  * multiple of 4) × 4 row slices, so consecutive threads read consecutive

@@ -3,7 +3,7 @@
  * into a zeroed (V, V) table (one dispatch), then the counts-mode softmax
  * loss of `cross_entropy.ts` over the table's rows (two dispatches) —
  * V² work instead of N·V — and one dispatch backward. The plain
- * composition is bincount and ~10 reductions and products, and autodiff's
+ * composition is bincount and a string of reductions and products, and autodiff's
  * backward for each.
  *
  * @module

@@ -1,7 +1,7 @@
 /**
  * LayerNorm over the last axis as one WGSL dispatch forward and two
  * backward (dx with per-row-group partial dw/db sums, then the sum of the
- * partials), where tfjs's composition is ~30 kernels.
+ * partials), where tfjs's composition is dozens of kernels.
  *
  * Layout, both directions: a workgroup of 256 threads is 8 row groups of
  * 32 lanes; a row group owns one row at a time, each lane holding

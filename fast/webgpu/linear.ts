@@ -101,13 +101,25 @@ tf.registerKernel({
   },
 });
 
-/** dy (N, out) → [dy masked by y > 0 when relu, else dy; its column sums (out)]. */
-function biasGrad(dy: tf.Tensor, y: tf.Tensor, relu: boolean): [tf.Tensor, tf.Tensor] {
-  if (!relu) return [dy, tf.engine().runKernel(BIAS_GRAD, { dy }, { relu }) as tf.Tensor];
-  return tf.engine().runKernel(BIAS_GRAD, { dy, y }, { relu }) as [tf.Tensor, tf.Tensor];
+/**
+ * dy (N, out) → [dy, masked where `reluOutput` (N, out) is not positive
+ * when given; its column sums (out)].
+ */
+function biasGrad(dy: tf.Tensor, reluOutput?: tf.Tensor): [tf.Tensor, tf.Tensor] {
+  if (!reluOutput) {
+    return [dy, tf.engine().runKernel(BIAS_GRAD, { dy }, { relu: false }) as tf.Tensor];
+  }
+  return tf.engine().runKernel(BIAS_GRAD, { dy, y: reluOutput }, { relu: true }) as [
+    tf.Tensor,
+    tf.Tensor,
+  ];
 }
 
-/** `_FusedMatMul`: op(a) @ op(b) + bias, then the activation, in one dispatch. */
+/**
+ * tfjs's `_FusedMatMul`: a @ op(b) + bias, then the activation, in one
+ * dispatch (its split-K variant, for a long inner dimension and few output
+ * tiles, adds a zero fill and an epilogue pass).
+ */
 function fusedMatMul(
   a: tf.Tensor,
   b: tf.Tensor,
@@ -154,7 +166,7 @@ export function linear(
       value: y, // (N, out)
       gradFunc: (dy, saved) => {
         const [sx, sw, sy] = saved as tf.Tensor[];
-        const [g, db] = biasGrad(dy as tf.Tensor, sy, relu); // (N, out), (out)
+        const [g, db] = biasGrad(dy as tf.Tensor, relu ? sy : undefined); // (N, out), (out)
         return [
           tf.matMul(g, sw, false, true), // (N, out) @ (out, in) -> (N, in)
           tf.matMul(sx, g, true, false), // (in, N) @ (N, out) -> (in, out)
@@ -184,7 +196,7 @@ export function linearOutIn(
       gradFunc: (dy: tf.Tensor | tf.Tensor[], saved: tf.Tensor[]) => {
         const [sx, sw] = saved;
         const d = dy as tf.Tensor; // (N, out)
-        const [, db] = biasGrad(d, d, false);
+        const [, db] = biasGrad(d);
         const dw = tf.matMul(d, sx, true, false); // (out, N) @ (N, in) -> (out, in)
         return inputIsData ? [dw, db] : [tf.matMul(d, sw), dw, db]; // dx: (N, out) @ (out, in)
       },
