@@ -13,19 +13,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "./lib/adamw.ts";
-import { initBackend } from "./lib/backend.ts";
-import { fastPaths, setFastPaths } from "./lib/fast_paths.ts";
+import { runMain, UsageError } from "./cli/errors.ts";
+import { parseFlags } from "./cli/flags.ts";
 import { type PreparedData, tokenize } from "./lib/data.ts";
-import { runMain, UsageError } from "./lib/errors.ts";
-import { parseFlags } from "./lib/flags.ts";
-import { multiplyAddPeak } from "./lib/gemm_kernel.ts";
-import { sharedPool } from "./lib/matmul.ts";
-import { Rng } from "./lib/rng.ts";
-import { parseTrainConfig, type TrainConfig } from "./lib/train_config.ts";
-import { getBatch, microBatchCount, trainStep } from "./lib/training.ts";
-import { disposeModel } from "./models/model.ts";
-import { createModel } from "./models/registry.ts";
+import { fastPaths, setFastPaths } from "./nn/fast_paths.ts";
+import { parseTrainConfig, type TrainConfig } from "./run/config.ts";
+import { buildRun, type Run } from "./run/run.ts";
+import { startBackend, wasmProductCeiling } from "./run/start.ts";
 
 const BENCH_FLAGS = {
   steps: { type: "int", default: 10, min: 1, help: "timed steps per model" },
@@ -58,6 +52,65 @@ export interface BenchResult {
   fast_paths: boolean;
   tensors_before: number;
   tensors_after: number;
+  /** tfjs kernels one training step runs (`tf.profile`). */
+  kernels_per_step: number;
+  /** On WebGPU: compute-shader dispatches in one step (a kernel may dispatch more than once). */
+  dispatches_per_step: number | null;
+  /** On WebGPU: GPU→CPU reads inside one step (each one stalls the GPU). */
+  gpu_reads_per_step: number | null;
+  /** Kernel time of one profiled step in matrix products and in everything else (null: no timings). */
+  kernel_ms_products: number | null;
+  kernel_ms_outside_products: number | null;
+}
+
+/** Kernels whose work is a matrix product. */
+const PRODUCT_KERNELS = new Set(["BatchMatMul", "_FusedMatMul", "SimpleLMMatMul"]);
+
+/** One training step under `tf.profile`, counting what it runs and, on WebGPU, dispatches and reads. */
+async function profileStep(run: Run, data: PreparedData, backend: string) {
+  const onGpu = backend === "webgpu";
+  let dispatches = 0;
+  let reads = 0;
+  const gpuBackend = tf.backend() as unknown as Record<
+    "read" | "readSync",
+    (...a: unknown[]) => unknown
+  >;
+  const pass = typeof GPUComputePassEncoder === "undefined"
+    ? undefined
+    : GPUComputePassEncoder.prototype;
+  const restore: (() => void)[] = [];
+  const count = <T extends object>(target: T, key: keyof T & string, bump: () => void) => {
+    const original = target[key] as (...a: unknown[]) => unknown;
+    (target as Record<string, unknown>)[key] = function (this: unknown, ...a: unknown[]) {
+      bump();
+      return original.apply(this, a);
+    };
+    restore.push(() => (target as Record<string, unknown>)[key] = original);
+  };
+  if (onGpu) {
+    count(gpuBackend, "read", () => reads++);
+    count(gpuBackend, "readSync", () => reads++);
+    if (pass) count(pass, "dispatchWorkgroups", () => dispatches++);
+  }
+  let info: Awaited<ReturnType<typeof tf.profile>>;
+  try {
+    info = await tf.profile(() => run.step(data.train));
+  } finally {
+    restore.forEach((undo) => undo());
+  }
+  (info.result as tf.Tensor).dispose();
+  const times = info.kernels.map((k) => k.kernelTimeMs);
+  const timed = times.every((t) => typeof t === "number");
+  const sum = (pick: (name: string) => boolean) =>
+    +info.kernels.filter((k) => pick(k.name)).reduce((s, k) => s + (k.kernelTimeMs as number), 0)
+      .toFixed(2);
+  return {
+    kernels_per_step: info.kernels.length,
+    dispatches_per_step: onGpu ? dispatches : null,
+    gpu_reads_per_step: onGpu ? reads : null,
+    kernel_ms_products: timed ? sum((name) => PRODUCT_KERNELS.has(name)) : null,
+    kernel_ms_outside_products: timed ? sum((name) => !PRODUCT_KERNELS.has(name)) : null,
+  };
 }
 
 async function benchOne(
@@ -66,23 +119,17 @@ async function benchOne(
   steps: number,
   warmup: number,
 ): Promise<BenchResult> {
-  const backend = await initBackend(config.backend);
-  const rng = new Rng(config.seed);
-  const model = createModel(config.model_name, { ...config, vocab_size: data.vocab.length }, rng);
-  const optimizer = new AdamW(model.params.map((p) => p.variable), {
-    lr: config.learning_rate,
-    weightDecay: config.weight_decay,
-  });
-  const microBatches = microBatchCount(model, config.batch_size, backend.name);
+  const backend = await startBackend(config.backend);
+  const run = buildRun(config, data.vocab.length, backend.name);
   let peakRss = Deno.memoryUsage().rss;
   const step = async () => {
-    const batch = getBatch(model, data.train, config.batch_size, rng);
-    const loss = trainStep(model, optimizer, batch, rng, microBatches);
+    const loss = run.step(data.train);
     await loss.data(); // the step is done when its loss can be read
-    tf.dispose([batch.x, batch.y, loss]);
+    loss.dispose();
     peakRss = Math.max(peakRss, Deno.memoryUsage().rss);
   };
   for (let i = 0; i < warmup; i++) await step();
+  const profile = await profileStep(run, data, backend.name);
   const tensorsBefore = tf.memory().numTensors;
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
@@ -91,23 +138,22 @@ async function benchOne(
     times.push(performance.now() - start);
   }
   const tensorsAfter = tf.memory().numTensors;
-  optimizer.dispose();
-  disposeModel(model);
+  run.dispose();
   times.sort((a, b) => a - b);
   const median = times[Math.floor(times.length / 2)];
-  const tokensPerStep = config.batch_size * (config.model_name === "mlpLM" ? 1 : config.block_size);
   return {
     model_name: config.model_name,
     backend: backend.name,
     adapter: backend.adapter,
     ms_per_step_median: +median.toFixed(2),
     ms_per_step_min: +times[0].toFixed(2),
-    tokens_per_s: Math.round((tokensPerStep * 1000) / median),
+    tokens_per_s: Math.round((run.tokensPerStep * 1000) / median),
     peak_rss_mb: Math.round(peakRss / 2 ** 20),
     steps,
     fast_paths: fastPaths(),
     tensors_before: tensorsBefore,
     tensors_after: tensorsAfter,
+    ...profile,
   };
 }
 
@@ -135,14 +181,17 @@ export async function main(args: string[]): Promise<BenchResult[]> {
   const data = tokenize(await Deno.readTextFile("datas/tinyshakespeare.txt"));
   setFastPaths(!values.plain);
   if (!values.json && fastPaths() && runs.some((c) => c.backend === "wasm")) {
+    const ceiling = wasmProductCeiling();
     console.log(
-      `WebAssembly f32x4 multiply-adds here: ${multiplyAddPeak().toFixed(1)} GFLOP/s a thread, ` +
-        `${sharedPool().threads} threads (the ceiling of our matrix products on wasm)`,
+      `WebAssembly f32x4 multiply-adds here: ${
+        ceiling.gflopsPerThread.toFixed(1)
+      } GFLOP/s a thread, ` +
+        `${ceiling.threads} threads (the ceiling of our matrix products on wasm)`,
     );
   }
   const results: BenchResult[] = [];
   for (const config of runs) {
-    const r = await benchOne(config, data, values.steps as number, values.warmup as number);
+    const r = await benchOne(config, data, values.steps, values.warmup);
     results.push(r);
     if (values.json) {
       console.log(JSON.stringify(r));
@@ -155,6 +204,10 @@ export async function main(args: string[]): Promise<BenchResult[]> {
             r.tokens_per_s.toLocaleString("en-US").padStart(9)
           } tok/s` +
           `  peak RSS ${r.peak_rss_mb} MB  tensors ${r.tensors_before}→${r.tensors_after}` +
+          `  kernels ${r.kernels_per_step}` +
+          (r.dispatches_per_step === null
+            ? ""
+            : ` (dispatches ${r.dispatches_per_step}, GPU reads ${r.gpu_reads_per_step})`) +
           `${r.fast_paths ? "" : "  plain"}  (${r.adapter})`,
       );
     }

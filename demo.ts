@@ -7,9 +7,9 @@
  *
  * @module
  */
-import { BACKENDS } from "./lib/backend.ts";
-import { runMain } from "./lib/errors.ts";
-import { type FlagSpecs, parseFlags } from "./lib/flags.ts";
+import { runMain } from "./cli/errors.ts";
+import { parseFlags } from "./cli/flags.ts";
+import { BACKEND_FLAG } from "./lib/backend.ts";
 import { main as generate } from "./generate.ts";
 import { main as plot } from "./plot.ts";
 import { main as prepare } from "./prepare.ts";
@@ -43,15 +43,10 @@ const DEMO_RUNS: { model: string; args: string[] }[] = [
   },
 ];
 
-const FLAGS: FlagSpecs = {
-  backend: {
-    type: "string",
-    default: "auto",
-    choices: BACKENDS,
-    help: "auto, webgpu, wasm or cpu",
-  },
+const FLAGS = {
+  backend: BACKEND_FLAG,
   out_dir: { type: "string", default: "out/demo", help: "where the demo's checkpoints go" },
-};
+} as const;
 
 function banner(text: string): void {
   console.log(`\n=== ${text} ${"=".repeat(Math.max(0, 70 - text.length))}`);

@@ -12,17 +12,15 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { BACKENDS, initBackend } from "./lib/backend.ts";
-import { loadCheckpoint, restoreWeights } from "./lib/checkpoint.ts";
+import { runMain, UsageError, UserError } from "./cli/errors.ts";
+import { parseFlags } from "./cli/flags.ts";
+import { BACKEND_FLAG } from "./lib/backend.ts";
 import { loadDataset } from "./lib/data.ts";
-import { runMain, UsageError, UserError } from "./lib/errors.ts";
-import { type FlagSpecs, parseFlags } from "./lib/flags.ts";
-import { Rng } from "./lib/rng.ts";
-import { microBatchCount } from "./lib/training.ts";
-import type { ModelConfig } from "./models/model.ts";
-import { createModel } from "./models/registry.ts";
+import { checkVocabulary, loadCheckpoint, modelFromCheckpoint } from "./run/checkpoint.ts";
+import { startBackend } from "./run/start.ts";
+import { microBatchCount } from "./run/training.ts";
 
-const FLAGS: FlagSpecs = {
+const FLAGS = {
   ckpt: { type: "string", default: "", help: "checkpoint to evaluate (required)" },
   split: { type: "string", default: "val", choices: ["train", "val"], help: "train or val" },
   max_windows: {
@@ -37,13 +35,8 @@ const FLAGS: FlagSpecs = {
     min: 1,
     help: "windows per forward pass (memory, not result)",
   },
-  backend: {
-    type: "string",
-    default: "auto",
-    choices: BACKENDS,
-    help: "auto, webgpu, wasm or cpu",
-  },
-};
+  backend: BACKEND_FLAG,
+} as const;
 
 /** What `eval` prints as one JSON line. */
 export interface EvalResult {
@@ -59,28 +52,20 @@ export async function main(args: string[]): Promise<EvalResult> {
   if (!values.ckpt) {
     throw new UsageError("--ckpt=PATH is required (a checkpoint saved by train.ts)");
   }
-  const ckpt = await loadCheckpoint(values.ckpt as string);
+  const ckpt = await loadCheckpoint(values.ckpt);
   const dataset = await loadDataset((ckpt.config.dataset as string) ?? "shakespeare_char");
-  if (dataset.vocab.join("") !== ckpt.vocab.join("")) {
-    throw new UserError(
-      `checkpoint ${ckpt.path}: its vocabulary differs from ${dataset.dir}/meta.json's`,
-    );
-  }
-  const backend = await initBackend(values.backend as string);
-  const config = { ...ckpt.config, vocab_size: ckpt.vocab.length } as unknown as ModelConfig;
-  const model = createModel(ckpt.modelName, config, new Rng(0));
-  restoreWeights(model, ckpt);
+  checkVocabulary(ckpt, dataset);
+  const backend = await startBackend(values.backend);
+  const model = modelFromCheckpoint(ckpt);
 
-  const data = dataset[values.split as "train" | "val"];
-  const T = config.block_size;
+  const data = dataset[values.split];
+  const T = model.config.block_size;
   let windows = Math.floor((data.length - 1) / T); // start i needs i + T + 1 <= len
-  if ((values.max_windows as number) > 0) windows = Math.min(windows, values.max_windows as number);
+  if (values.max_windows > 0) windows = Math.min(windows, values.max_windows);
   if (windows < 1) {
     throw new UserError(`the ${values.split} split is shorter than one window of ${T + 1} tokens`);
   }
-  const targetsPerWindow = ckpt.modelName === "mlpLM" ? 1 : T;
-
-  const batchWindows = values.batch_windows as number;
+  const batchWindows = values.batch_windows;
   const perPass = batchWindows / microBatchCount(model, batchWindows, backend.name);
   let lossSum = 0; // float64 across chunks, so the order of chunks does not matter
   for (let first = 0; first < windows; first += perPass) {
@@ -97,7 +82,7 @@ export async function main(args: string[]): Promise<EvalResult> {
   const result: EvalResult = {
     loss: lossSum / windows,
     windows,
-    tokens: windows * targetsPerWindow,
+    tokens: windows * model.targetsPerRow,
     model_name: ckpt.modelName,
   };
   console.log(JSON.stringify(result));

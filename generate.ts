@@ -10,17 +10,16 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { BACKENDS, initBackend } from "./lib/backend.ts";
-import { latestCheckpoint, loadCheckpoint, restoreWeights } from "./lib/checkpoint.ts";
+import { runMain, UsageError, UserError } from "./cli/errors.ts";
+import { parseFlags } from "./cli/flags.ts";
+import { BACKEND_FLAG } from "./lib/backend.ts";
 import { encode, stoiOf } from "./lib/data.ts";
-import { runMain, UsageError, UserError } from "./lib/errors.ts";
-import { type FlagSpecs, parseFlags } from "./lib/flags.ts";
 import { Rng } from "./lib/rng.ts";
-import { generateTokens, startContext } from "./lib/sampling.ts";
-import type { ModelConfig } from "./models/model.ts";
-import { createModel } from "./models/registry.ts";
+import { latestCheckpoint, loadCheckpoint, modelFromCheckpoint } from "./run/checkpoint.ts";
+import { generateTokens } from "./run/sampling.ts";
+import { startBackend } from "./run/start.ts";
 
-const FLAGS: FlagSpecs = {
+const FLAGS = {
   ckpt: { type: "string", default: "", help: "checkpoint; default: the newest under out/" },
   prompt: { type: "string", default: "", help: "text to continue" },
   max_new_tokens: { type: "int", default: 500, min: 1, help: "characters to sample" },
@@ -47,19 +46,14 @@ const FLAGS: FlagSpecs = {
     min: 0,
     help: "fixes the samples (default: a new seed each run)",
   },
-  backend: {
-    type: "string",
-    default: "auto",
-    choices: BACKENDS,
-    help: "auto, webgpu, wasm or cpu",
-  },
-};
+  backend: BACKEND_FLAG,
+} as const;
 
 const encoder = new TextEncoder();
 
 export async function main(args: string[]) {
   const { values } = parseFlags(args, FLAGS);
-  const path = (values.ckpt as string) || await latestCheckpoint("out");
+  const path = values.ckpt || await latestCheckpoint("out");
   if (!path) {
     throw new UserError(
       "no checkpoint under out/: train one first (deno task train), or pass --ckpt=PATH",
@@ -70,34 +64,32 @@ export async function main(args: string[]) {
   const stoi = stoiOf(ckpt.vocab);
   let prompt: number[];
   try {
-    prompt = encode(values.prompt as string, stoi);
+    prompt = encode(values.prompt, stoi);
   } catch (e) {
     throw new UsageError(
       `--prompt: ${(e as Error).message}; the model knows only its training characters`,
     );
   }
-  const backend = await initBackend(values.backend as string);
+  const backend = await startBackend(values.backend);
   console.error(
     `backend: ${backend.name} (${backend.adapter}); checkpoint ${path} (${ckpt.modelName})`,
   );
 
-  const config = { ...ckpt.config, vocab_size: ckpt.vocab.length } as unknown as ModelConfig;
-  const seed = values.seed === -1 ? Math.floor(Math.random() * 2 ** 31) : values.seed as number;
+  const seed = values.seed === -1 ? Math.floor(Math.random() * 2 ** 31) : values.seed;
   const rng = new Rng(seed);
-  const model = createModel(ckpt.modelName, config, new Rng(0));
-  restoreWeights(model, ckpt);
+  const model = modelFromCheckpoint(ckpt);
   if (values.seed === -1) console.error(`seed ${seed} (pass --seed=${seed} to repeat)`);
 
-  const context = prompt.length > 0 ? prompt : startContext(model);
+  const context = prompt.length > 0 ? prompt : model.startContext;
   const options = {
-    temperature: values.temperature as number,
-    topK: values.top_k as number,
-    topP: values.top_p as number,
+    temperature: values.temperature,
+    topK: values.top_k,
+    topP: values.top_p,
   };
-  for (let s = 0; s < (values.num_samples as number); s++) {
+  for (let s = 0; s < values.num_samples; s++) {
     if (s > 0) await Deno.stdout.write(encoder.encode("\n---------------\n"));
-    await Deno.stdout.write(encoder.encode(values.prompt as string));
-    await generateTokens(model, context, values.max_new_tokens as number, options, rng, (id) => {
+    await Deno.stdout.write(encoder.encode(values.prompt));
+    await generateTokens(model, context, values.max_new_tokens, options, rng, (id) => {
       Deno.stdout.writeSync(encoder.encode(ckpt.vocab[id]));
     });
   }

@@ -17,9 +17,9 @@
 import * as vega from "vega";
 import * as vl from "vega-lite";
 import type { TopLevelSpec } from "vega-lite";
-import { runMain, UsageError, UserError } from "./lib/errors.ts";
-import { writeFileAtomic } from "./lib/files.ts";
-import { type FlagSpecs, parseFlags } from "./lib/flags.ts";
+import { runMain, UsageError, UserError } from "./cli/errors.ts";
+import { writeFileAtomic } from "./cli/files.ts";
+import { parseFlags } from "./cli/flags.ts";
 
 /** One evaluation: iteration number, training loss and validation loss. */
 export interface LossRow {
@@ -289,9 +289,9 @@ export async function renderSvg(runs: Run[]): Promise<string> {
 const USAGE = "usage: ls loss_*.txt | deno task plot [--out=PATH]" +
   "  or  deno task plot [--out=PATH] FILE...";
 
-const FLAGS: FlagSpecs = {
+const FLAGS = {
   out: { type: "string", default: "loss.svg", help: "the SVG to write" },
-};
+} as const;
 
 function basename(path: string): string {
   return path.replace(/[\\/]+$/, "").split(/[\\/]/).pop() || path;
@@ -342,7 +342,7 @@ async function loadRuns(files: string[]): Promise<Run[]> {
  */
 export async function main(args: string[]): Promise<string> {
   const { values, positionals: fromArgs } = parseFlags(args, FLAGS, { allowPositionals: true });
-  const out = values.out as string;
+  const out = values.out;
   if (out === "") throw new UsageError("--out= needs a path");
   let files = fromArgs;
   if (files.length === 0 && !Deno.stdin.isTerminal()) {

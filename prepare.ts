@@ -10,9 +10,9 @@
  * @module
  */
 import { datasetDir, decodeText, metaJson, tokenize, uint16Bytes } from "./lib/data.ts";
-import { runMain, UserError } from "./lib/errors.ts";
-import { parseFlags } from "./lib/flags.ts";
-import { writeFileAtomic } from "./lib/files.ts";
+import { runMain, UserError } from "./cli/errors.ts";
+import { parseFlags } from "./cli/flags.ts";
+import { writeFileAtomic } from "./cli/files.ts";
 
 /** Where the original downloads tinyshakespeare from when the file is missing. */
 const DATA_URL =
@@ -64,8 +64,8 @@ async function readInput(path: string): Promise<Uint8Array> {
 
 export async function main(args: string[]) {
   const { values } = parseFlags(args, FLAGS);
-  const input = values.input as string;
-  const dir = datasetDir(values.dataset as string);
+  const input = values.input;
+  const dir = datasetDir(values.dataset);
 
   const text = decodeText(await readInput(input), input);
   if (text.length === 0) {

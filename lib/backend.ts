@@ -10,12 +10,20 @@
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-webgpu";
 import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
-import { UsageError, UserError } from "./errors.ts";
+import { UsageError, UserError } from "../cli/errors.ts";
 
 /** The backends a user can ask for. */
 export const BACKENDS = ["auto", "webgpu", "wasm", "cpu"] as const;
 /** One of {@link BACKENDS}. */
 export type BackendChoice = typeof BACKENDS[number];
+
+/** The `--backend` flag every script that computes takes. */
+export const BACKEND_FLAG = {
+  type: "string",
+  default: "auto",
+  choices: BACKENDS,
+  help: "auto, webgpu, wasm or cpu",
+} as const;
 
 /** What {@link initBackend} started. */
 export interface BackendInfo {
@@ -93,10 +101,7 @@ export async function initBackend(choice: string): Promise<BackendInfo> {
     name = choice as "wasm" | "cpu";
     adapterText = "not used";
   }
-  if (name === "wasm") {
-    setWasmPaths(wasmFolder());
-    shareIdentityOnWasm();
-  }
+  if (name === "wasm") setWasmPaths(wasmFolder());
   const ok = await tf.setBackend(name);
   await tf.ready();
   if (!ok || tf.getBackend() !== name) {
@@ -106,25 +111,6 @@ export async function initBackend(choice: string): Promise<BackendInfo> {
   }
   if (name === "webgpu") watchDevice();
   return { name, adapter: adapterText };
-}
-
-/**
- * tfjs saves every tensor a gradient will need through its `Identity`
- * kernel. The cpu and WebGPU backends share the data there; the WASM one
- * copies it, hundreds of copies a step (~14 ms of a gptLM step). Tensors are
- * immutable, so the WASM backend gets the sharing version too.
- */
-function shareIdentityOnWasm(): void {
-  tf.unregisterKernel("Identity", "wasm");
-  tf.registerKernel({
-    kernelName: "Identity",
-    backendName: "wasm",
-    kernelFunc: ({ inputs, backend }) => {
-      const x = inputs.x as tf.TensorInfo;
-      (backend as unknown as { incRef(dataId: object): void }).incRef(x.dataId);
-      return { dataId: x.dataId, shape: x.shape, dtype: x.dtype };
-    },
-  });
 }
 
 /** A WebGPU validation or shader error is otherwise only logged: make it fatal. */

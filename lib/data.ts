@@ -8,7 +8,7 @@
  *
  * @module
  */
-import { UserError } from "./errors.ts";
+import { UsageError, UserError } from "../cli/errors.ts";
 
 /** Token id → character. Characters are whole Unicode code points. */
 export type Vocab = string[];
@@ -220,6 +220,22 @@ export async function loadDataset(dataset: string): Promise<Dataset> {
     vocab.length,
   );
   return { name: dataset, dir, vocab, train, val };
+}
+
+/**
+ * Refuses a `blockSize` that leaves no window of `blockSize + 1` tokens in
+ * one of the splits.
+ */
+export function checkWindowsFit(data: Dataset, blockSize: number): void {
+  for (const split of ["train", "val"] as const) {
+    if (data[split].length <= blockSize) {
+      throw new UsageError(
+        `block_size ${blockSize} does not fit the ${split} split (${
+          data[split].length
+        } tokens): use a smaller --block_size`,
+      );
+    }
+  }
 }
 
 /**

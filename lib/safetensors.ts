@@ -15,8 +15,8 @@
  * @module
  */
 
-import { UserError } from "./errors.ts";
-import { causeOf } from "./files.ts";
+import { UserError } from "../cli/errors.ts";
+import { causeOf } from "../cli/files.ts";
 
 /** Element types defined by the safetensors format. */
 export type Dtype =

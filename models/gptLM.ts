@@ -13,7 +13,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { UsageError } from "../lib/errors.ts";
+import { UsageError } from "../cli/errors.ts";
 import {
   causalSelfAttention,
   concatColumns,
@@ -23,34 +23,44 @@ import {
   layerNorm,
   linear,
   normalInit,
-} from "../lib/nn.ts";
+} from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
-import { splitWindows } from "./bigramLM.ts";
-import type { Batch, Buffer, LanguageModel, Mode, ModelConfig, Param } from "./model.ts";
+import {
+  type Buffer,
+  type LanguageModel,
+  type Mode,
+  type ModelConfig,
+  type ModelDefinition,
+  nextTokenBatch,
+  type Param,
+} from "./model.ts";
 
 /** Standard deviation of every Linear weight and both embeddings (`_init_weights`). */
 const INIT_STD = 0.02;
 
+type Matrix = tf.Variable<tf.Rank.R2>;
+type Vector = tf.Variable<tf.Rank.R1>;
+
 /** One head's projections, each (C, hs). */
 interface HeadParams {
-  key: tf.Variable;
-  query: tf.Variable;
-  value: tf.Variable;
+  key: Matrix;
+  query: Matrix;
+  value: Matrix;
 }
 
 /** One `Block`'s parameters. Linear weights are (in, out). */
 interface BlockParams {
   heads: HeadParams[];
-  projW: tf.Variable; // (C, C)
-  projB: tf.Variable; // (C)
-  fc1W: tf.Variable; // (C, 4C)
-  fc1B: tf.Variable; // (4C)
-  fc2W: tf.Variable; // (4C, C)
-  fc2B: tf.Variable; // (C)
-  ln1W: tf.Variable; // (C)
-  ln1B: tf.Variable; // (C)
-  ln2W: tf.Variable; // (C)
-  ln2B: tf.Variable; // (C)
+  projW: Matrix; // (C, C)
+  projB: Vector; // (C)
+  fc1W: Matrix; // (C, 4C)
+  fc1B: Vector; // (4C)
+  fc2W: Matrix; // (4C, C)
+  fc2B: Vector; // (C)
+  ln1W: Vector; // (C)
+  ln1B: Vector; // (C)
+  ln2W: Vector; // (C)
+  ln2B: Vector; // (C)
 }
 
 /**
@@ -59,14 +69,9 @@ interface BlockParams {
  * Values are drawn from `rng` in PyTorch's module order, each Linear weight
  * in PyTorch's (out, in) layout, so one seed gives one `state_dict`.
  */
-export function createGptLM(
-  config: ModelConfig,
-  rng: Rng,
-): LanguageModel {
+function create(config: ModelConfig, rng: Rng): LanguageModel {
+  checkConfig(config);
   const { vocab_size: V, block_size: T0, n_embd: C, n_head: H, n_layer: L } = config;
-  if (C % H !== 0) {
-    throw new UsageError(`n_embd (${C}) must be divisible by n_head (${H})`);
-  }
   const hs = C / H;
 
   const params: Param[] = [];
@@ -78,12 +83,15 @@ export function createGptLM(
     return variable;
   };
   // nn.Linear's weight drawn (out, in) as PyTorch holds it, stored (in, out).
-  const linearWeight = (name: string, inF: number, outF: number): tf.Variable =>
-    param(name, tf.tidy(() => normalInit([outF, inF], INIT_STD, rng).transpose()), true);
-  const ones = (name: string, n: number) => param(name, tf.ones([n]));
-  const zeros = (name: string, n: number) => param(name, tf.zeros([n]));
+  const linearWeight = (name: string, inF: number, outF: number) =>
+    param(name, tf.tidy(() => normalInit([outF, inF], INIT_STD, rng).transpose()), true) as Matrix;
+  const ones = (name: string, n: number) => param(name, tf.ones([n])) as Vector;
+  const zeros = (name: string, n: number) => param(name, tf.zeros([n])) as Vector;
 
-  const tokTable = param("token_embedding_table.weight", normalInit([V, C], INIT_STD, rng)); // (V, C)
+  const tokTable = param(
+    "token_embedding_table.weight",
+    normalInit([V, C], INIT_STD, rng),
+  ) as Matrix; // (V, C)
   const posTable = param("position_embedding_table.weight", normalInit([T0, C], INIT_STD, rng)); // (T0, C)
   const blocks: BlockParams[] = [];
   for (let i = 0; i < L; i++) {
@@ -131,7 +139,7 @@ export function createGptLM(
   function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
     // The per-head (C, hs) weights side by side: one 2-D product for all heads.
     // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
-    const project = (weights: tf.Variable[]) => linear(x, concatColumns(weights as tf.Tensor2D[])); // (B, T, C)
+    const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, C)
     const q = project(blk.heads.map((h) => h.query));
     const k = project(blk.heads.map((h) => h.key));
     const v = project(blk.heads.map((h) => h.value));
@@ -145,7 +153,7 @@ export function createGptLM(
   /** `Block.forward`: x (B, T, C) → (B, T, C). */
   function block(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
     const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode)); // (B, T, C)
-    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B).relu(); // (B, T, 4C)
+    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T, 4C)
     return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T, C)
   }
 
@@ -166,13 +174,13 @@ export function createGptLM(
     config,
     params,
     buffers,
+    targetsPerRow: T0,
+    startContext: [0],
     // Per layer and position ~40 C-sized and ~6 (H, T)-sized float32 values
     // (activations, attention maps, masks), ×1.5 for the backward's
     // temporaries: measured ~250 MB at the default config on WASM.
     bytesPerRow: 4 * 1.5 * L * T0 * (40 * C + 6 * H * T0),
-    makeBatch(windows: Int32Array, batchSize: number): Batch {
-      return splitWindows(windows, batchSize, T0);
-    },
+    makeBatch: (windows, batchSize) => nextTokenBatch(windows, batchSize, T0),
     forward,
     loss(x, y, mode) {
       const logits = forward(x, mode); // (B, T, V)
@@ -191,3 +199,25 @@ export function createGptLM(
     },
   };
 }
+
+/** Settings that pass the flag checks but cannot build a gptLM. */
+function checkConfig(config: Omit<ModelConfig, "vocab_size">): void {
+  const { n_embd: C, n_head: H } = config;
+  if (C % H !== 0) {
+    throw new UsageError(
+      `n_embd (${C}) must be divisible by n_head (${H}): e.g. --n_head=${largestDivisor(C, H)}`,
+    );
+  }
+}
+
+function largestDivisor(n: number, atMost: number): number {
+  for (let d = atMost; d > 1; d--) if (n % d === 0) return d;
+  return 1;
+}
+
+/** gptLM's module. */
+export const gptLM: ModelDefinition = {
+  create,
+  checkConfig,
+  runIdFields: (config) => `V-${config.vocab_size}`,
+};

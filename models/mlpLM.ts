@@ -11,114 +11,40 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { UsageError } from "../lib/errors.ts";
-import { fastPaths } from "../lib/fast_paths.ts";
-import { matMul } from "../lib/matmul.ts";
-import { crossEntropy, dropout, uniformInit } from "../lib/nn.ts";
+import { UsageError } from "../cli/errors.ts";
+import type { BatchNormState } from "../nn/fast_paths.ts";
+import { batchNorm1d, crossEntropy, dropout, linearOutIn, uniformInit } from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
 import { genCodingPatterns, patternsToFloat32 } from "./mlp_patterns.ts";
-import type { Batch, Buffer, LanguageModel, Mode, ModelConfig, Param } from "./model.ts";
-
-/** PyTorch `nn.BatchNorm1d` defaults. */
-const BN_EPS = 1e-5;
-const BN_MOMENTUM = 0.1;
+import type {
+  Batch,
+  Buffer,
+  LanguageModel,
+  Mode,
+  ModelConfig,
+  ModelDefinition,
+  Param,
+} from "./model.ts";
 
 type Activation = (x: tf.Tensor) => tf.Tensor;
 
 const silu: Activation = (x) => x.mul(tf.sigmoid(x));
 
 /** The original's `use_active_fn` choices; its "swiglu" is plain silu. */
-const ACTIVATIONS: Record<string, Activation> = {
+export const ACTIVATION_NAMES = ["relu", "sigmoid", "silu", "swiglu"] as const;
+
+const ACTIVATIONS: Record<typeof ACTIVATION_NAMES[number], Activation> = {
   relu: tf.relu,
   sigmoid: tf.sigmoid,
   silu,
   swiglu: silu,
 };
 
-/** `nn.BatchNorm1d`'s affine parameters and running statistics. */
-interface BatchNorm {
-  weight: tf.Variable;
-  bias: tf.Variable;
-  runningMean: tf.Variable;
-  runningVar: tf.Variable;
-  numBatchesTracked: tf.Variable;
-}
-
 /** One `nn.Linear` (weight [out, in], as PyTorch) and the BatchNorm after it, if any. */
 interface Layer {
-  weight: tf.Variable;
-  bias: tf.Variable;
-  bn: BatchNorm | null;
-}
-
-/**
- * `x @ Wᵀ`, PyTorch's `nn.Linear` product, with W kept in PyTorch's
- * [out, in] layout. tfjs-wasm's fast matMul (XNNPACK) repacks its right
- * operand whenever that tensor is new — every step, for a weight — which
- * costs more than the product itself; transposing a weight costs as much,
- * and a transposed matMul is ten times slower. So W is the left operand in
- * the forward pass, and only the small activations are transposed:
- *
- *   y  = (W @ xᵀ)ᵀ    dW = dyᵀ @ x    dx = dy @ W
- *
- * On the fast paths the products run on our kernel (`lib/matmul.ts`), which
- * reads a transposed left operand in place. `withInputGrad: false` (fc1,
- * whose input is data) skips dx altogether.
- */
-function matMulWt(withInputGrad: boolean) {
-  return tf.customGrad((x, w, save) => {
-    const [xt, wt] = [x as tf.Tensor2D, w as tf.Tensor2D];
-    // Only x is saved: saving clones, and a WASM clone copies. W is a
-    // variable, which outlives the forward pass, so the closure keeps it.
-    (save as tf.GradSaveFunc)([xt]);
-    const fast = fastPaths();
-    return {
-      value: fast
-        ? matMul(wt, xt, false, true).transpose() // (out, in) @ (in, B) -> (B, out)
-        : tf.matMul(wt, xt.transpose()).transpose(),
-      gradFunc: (dy, saved) => {
-        const xs = saved[0] as tf.Tensor2D;
-        const d = dy as tf.Tensor2D; // (B, out)
-        return [
-          withInputGrad ? matMul(d, wt) : tf.zerosLike(xs), // (B, out) @ (out, in) -> (B, in)
-          fast
-            ? matMul(d, xs, true, false) // (out, B) @ (B, in) -> (out, in)
-            : tf.matMul(d.transpose(), xs),
-        ];
-      },
-    };
-  });
-}
-
-const inputProduct = matMulWt(false);
-const hiddenProduct = matMulWt(true);
-
-/**
- * BatchNorm1d on (B, C). Training normalises with the batch's biased
- * variance and moves the running statistics (the unbiased variance, as
- * PyTorch); evaluation uses the running statistics.
- *
- * The running update is an `assign` inside the forward pass. Under
- * `tf.variableGrads` those ops are taped but lie off the loss's path, so
- * they get no gradient and their intermediates are freed with the tape.
- */
-function batchNorm(x: tf.Tensor, bn: BatchNorm, training: boolean): tf.Tensor {
-  if (!training) {
-    const scale = bn.weight.mul(bn.runningVar.add(BN_EPS).rsqrt()); // (C)
-    return x.sub(bn.runningMean).mul(scale).add(bn.bias); // (B, C)
-  }
-  const n = x.shape[0];
-  const mean = x.mean(0); // (C)
-  const centered = x.sub(mean); // (B, C)
-  const variance = centered.square().mean(0); // (C), biased
-  bn.runningMean.assign(
-    bn.runningMean.mul(1 - BN_MOMENTUM).add(mean.mul(BN_MOMENTUM)),
-  );
-  bn.runningVar.assign(
-    bn.runningVar.mul(1 - BN_MOMENTUM).add(variance.mul(BN_MOMENTUM * n / (n - 1))),
-  );
-  bn.numBatchesTracked.assign(bn.numBatchesTracked.add(tf.scalar(1, "int32")));
-  return centered.mul(variance.add(BN_EPS).rsqrt()).mul(bn.weight).add(bn.bias);
+  weight: tf.Variable<tf.Rank.R2>;
+  bias: tf.Variable<tf.Rank.R1>;
+  bn: BatchNormState | null;
 }
 
 /**
@@ -128,14 +54,10 @@ function batchNorm(x: tf.Tensor, bn: BatchNorm, training: boolean): tf.Tensor {
  * @throws {UsageError} for an unknown `active_fn` or a `char_encoding_len`
  *   that cannot code `vocab_size` characters.
  */
-export function createMlpLM(config: ModelConfig, rng: Rng): LanguageModel {
+function create(config: ModelConfig, rng: Rng): LanguageModel {
   const { vocab_size: V, block_size: T, char_encoding_len: E } = config;
-  if (!Object.hasOwn(ACTIVATIONS, config.active_fn)) {
-    throw new UsageError(
-      `unknown active_fn '${config.active_fn}': use one of ${Object.keys(ACTIVATIONS).join(", ")}`,
-    );
-  }
-  const activation = ACTIVATIONS[config.active_fn];
+  checkConfig(config);
+  const activation = ACTIVATIONS[config.active_fn as typeof ACTIVATION_NAMES[number]];
   const codes = patternsToFloat32(genCodingPatterns(E, V)); // (V, E) row-major
   const H = config.max_hidden_nodes;
   const widths = [T * E, H, Math.floor(H / 2), Math.floor(H / 2), Math.floor(H / 4), V];
@@ -146,13 +68,13 @@ export function createMlpLM(config: ModelConfig, rng: Rng): LanguageModel {
   for (let i = 0; i < 5; i++) {
     const [fanIn, fanOut] = [widths[i], widths[i + 1]];
     const bound = 1 / Math.sqrt(fanIn);
-    const weight = tf.variable(uniformInit([fanOut, fanIn], bound, rng)); // (out, in)
-    const bias = tf.variable(uniformInit([fanOut], bound, rng));
+    const weight = tf.variable(uniformInit([fanOut, fanIn], bound, rng)) as tf.Variable<tf.Rank.R2>; // (out, in)
+    const bias = tf.variable(uniformInit([fanOut], bound, rng)) as tf.Variable<tf.Rank.R1>;
     params.push(
       { name: `fc${i + 1}.weight`, variable: weight, transposed: false },
       { name: `fc${i + 1}.bias`, variable: bias, transposed: false },
     );
-    let bn: BatchNorm | null = null;
+    let bn: BatchNormState | null = null;
     if (config.use_batch_norm && i < 4) {
       bn = {
         weight: tf.variable(tf.ones([fanOut])),
@@ -193,14 +115,13 @@ export function createMlpLM(config: ModelConfig, rng: Rng): LanguageModel {
         "mlpLM's BatchNorm needs at least 2 rows per training batch: use --batch_size=2 or more, or --use_batch_norm=false",
       );
     }
-    let h = x; // (B, T*E)
+    let h = x as tf.Tensor2D; // (B, T*E)
     for (const [i, layer] of layers.entries()) {
-      const product = i === 0 ? inputProduct : hiddenProduct;
-      h = product(h, layer.weight).add(layer.bias); // (B, widths[i+1])
+      h = linearOutIn(h, layer.weight, layer.bias, i === 0); // (B, widths[i+1])
       if (i === layers.length - 1) break; // fc5: the logits, (B, V)
-      if (layer.bn) h = batchNorm(h, layer.bn, mode.training);
-      h = activation(h);
-      if (mode.training) h = dropout(h, config.dropout, mode.rng);
+      if (layer.bn) h = batchNorm1d(h, layer.bn, mode.training);
+      h = activation(h) as tf.Tensor2D;
+      if (mode.training) h = dropout(h, config.dropout, mode.rng) as tf.Tensor2D;
     }
     return h;
   };
@@ -210,6 +131,9 @@ export function createMlpLM(config: ModelConfig, rng: Rng): LanguageModel {
     config,
     params,
     buffers,
+    targetsPerRow: 1,
+    // The original starts from all-zero features: no token at all.
+    startContext: [],
     makeBatch(windows: Int32Array, batchSize: number, rng?: Rng): Batch {
       const x = new Float32Array(batchSize * T * E); // (B, T*E)
       const y = new Int32Array(batchSize); // (B)
@@ -243,3 +167,22 @@ export function createMlpLM(config: ModelConfig, rng: Rng): LanguageModel {
     },
   };
 }
+
+/** Settings that pass the flag checks but cannot build an mlpLM. */
+function checkConfig(config: Omit<ModelConfig, "vocab_size">): void {
+  if (!(ACTIVATION_NAMES as readonly string[]).includes(config.active_fn)) {
+    throw new UsageError(
+      `unknown active_fn '${config.active_fn}': use one of ${ACTIVATION_NAMES.join(", ")}`,
+    );
+  }
+}
+
+/** mlpLM's module. Its run ids carry its coding and layer settings, as the original's. */
+export const mlpLM: ModelDefinition = {
+  create,
+  checkConfig,
+  runIdFields: (config) =>
+    `E-${config.char_encoding_len}_V-${config.vocab_size}_AF-${config.active_fn}_BN-${
+      config.use_batch_norm ? "True" : "False"
+    }`,
+};

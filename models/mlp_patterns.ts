@@ -8,7 +8,7 @@
  * @module
  */
 
-import { UsageError } from "../lib/errors.ts";
+import { UsageError } from "../cli/errors.ts";
 import { PyRandom } from "../lib/pyrandom.ts";
 
 /** C(n, n/2) for even n, saturating at Infinity once past 2**53 (only compared with vocab sizes). */

@@ -4,7 +4,7 @@
  *
  * @module
  */
-import type * as tf from "@tensorflow/tfjs";
+import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../lib/rng.ts";
 
 /** The model names `--model_name` takes. */
@@ -58,6 +58,10 @@ export interface Batch {
 export interface LanguageModel {
   readonly name: ModelName;
   readonly config: ModelConfig;
+  /** Next-token targets each batch row predicts: every position, or only the one after the window. */
+  readonly targetsPerRow: number;
+  /** The context sampling starts from when there is no prompt (the original's). */
+  readonly startContext: readonly number[];
   /** Trainable parameters in PyTorch's `parameters()` order. */
   readonly params: Param[];
   /** Non-trainable state, in PyTorch's `state_dict` order. */
@@ -80,6 +84,36 @@ export interface LanguageModel {
    * split into micro-batches with the same mean loss and gradient.
    */
   readonly bytesPerRow?: number;
+}
+
+/** What each model module exports: how to build the model and what it knows about its settings. */
+export interface ModelDefinition {
+  /** A new model with weights drawn from `rng`. */
+  create(config: ModelConfig, rng: Rng): LanguageModel;
+  /**
+   * Throws a `UsageError` naming the problem and a fix for settings that
+   * pass the flag checks but cannot build this model.
+   */
+  checkConfig(config: Omit<ModelConfig, "vocab_size">): void;
+  /**
+   * The run id's fields between the parameter count and the learning rate,
+   * as the original names its loss logs, e.g. `V-65`.
+   */
+  runIdFields(config: ModelConfig): string;
+}
+
+/**
+ * Windows of T+1 ids → inputs `data[i:i+T]` and targets `data[i+1:i+T+1]`,
+ * both (B, T) int32: the batches of the models that predict every position.
+ */
+export function nextTokenBatch(windows: Int32Array, batchSize: number, blockSize: number): Batch {
+  return tf.tidy(() => {
+    const w = tf.tensor2d(windows, [batchSize, blockSize + 1], "int32"); // (B, T+1)
+    return {
+      x: w.slice([0, 0], [batchSize, blockSize]), // (B, T)
+      y: w.slice([0, 1], [batchSize, blockSize]), // (B, T)
+    };
+  });
 }
 
 /** Total number of trainable values, as the original prints it. */

@@ -1,26 +1,18 @@
 /**
- * Builds a model by name.
+ * Every model by name: `--model_name` picks one.
  *
  * @module
  */
 import type { Rng } from "../lib/rng.ts";
-import { createBigramLM } from "./bigramLM.ts";
-import { createGptLM } from "./gptLM.ts";
-import { createMlpLM } from "./mlpLM.ts";
-import type { LanguageModel, ModelConfig, ModelName } from "./model.ts";
+import { bigramLM } from "./bigramLM.ts";
+import { gptLM } from "./gptLM.ts";
+import { mlpLM } from "./mlpLM.ts";
+import type { LanguageModel, ModelConfig, ModelDefinition, ModelName } from "./model.ts";
+
+/** Each model's module, by name. */
+export const MODELS: Record<ModelName, ModelDefinition> = { bigramLM, mlpLM, gptLM };
 
 /** A new model with weights drawn from `rng`. */
-export function createModel(
-  name: ModelName,
-  config: ModelConfig,
-  rng: Rng,
-): LanguageModel {
-  switch (name) {
-    case "bigramLM":
-      return createBigramLM(config, rng);
-    case "mlpLM":
-      return createMlpLM(config, rng);
-    case "gptLM":
-      return createGptLM(config, rng);
-  }
+export function createModel(name: ModelName, config: ModelConfig, rng: Rng): LanguageModel {
+  return MODELS[name].create(config, rng);
 }

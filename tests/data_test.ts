@@ -10,7 +10,7 @@ import {
   tokenize,
   uint16Bytes,
 } from "../lib/data.ts";
-import { UserError } from "../lib/errors.ts";
+import { UserError } from "../cli/errors.ts";
 import { preparedWorkdir, ROOT, runScript, shakespeareData } from "./helpers.ts";
 
 Deno.test("vocabulary is sorted by code point, emoji and CJK stay whole", () => {

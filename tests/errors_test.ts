@@ -3,15 +3,7 @@
  * exit 2 for usage errors and 1 otherwise, and nothing saved is lost.
  */
 import assert from "node:assert/strict";
-import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
-import { Rng } from "../lib/rng.ts";
-import { parseTrainConfig } from "../lib/train_config.ts";
-import { getBatch, trainStep } from "../lib/training.ts";
-import { disposeModel, MODEL_NAMES } from "../models/model.ts";
-import { createModel } from "../models/registry.ts";
-import { preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
+import { preparedWorkdir, runScript } from "./helpers.ts";
 
 const TINY = ["--batch_size=8", "--block_size=16", "--eval_iters=2", "--backend=cpu"];
 
@@ -119,43 +111,3 @@ Deno.test("unwritable out_dir, and a resume whose vocabulary differs, fail in on
   );
   await Deno.remove(dir, { recursive: true });
 });
-
-const LEAK_CONFIGS: Record<string, string[]> = {
-  bigramLM: [],
-  mlpLM: ["--max_hidden_nodes=32", "--char_encoding_len=8"],
-  gptLM: ["--n_layer=1", "--n_head=2", "--n_embd=16"],
-};
-
-for (const backend of ["cpu", "wasm", "webgpu"]) {
-  Deno.test(`${backend}: no tensor leaks across training steps of any model`, async () => {
-    await initBackend(backend);
-    const data = await shakespeareData();
-    for (const name of MODEL_NAMES) {
-      const { config } = parseTrainConfig([
-        `--model_name=${name}`,
-        ...LEAK_CONFIGS[name],
-        "--block_size=8",
-      ]);
-      const rng = new Rng(1);
-      const model = createModel(name, { ...config, vocab_size: 65 }, rng);
-      const optimizer = new AdamW(model.params.map((p) => p.variable), {
-        lr: 1e-3,
-        weightDecay: 0.01,
-      });
-      const counts: { tensors: number; bytes: number }[] = [];
-      const steps = 500;
-      for (let i = 1; i <= steps; i++) {
-        const batch = getBatch(model, data.train, 4, rng);
-        const loss = trainStep(model, optimizer, batch, rng);
-        if (i % 10 === 0) await loss.data();
-        tf.dispose([batch.x, batch.y, loss]);
-        if (i === 10 || i === steps) {
-          counts.push({ tensors: tf.memory().numTensors, bytes: tf.memory().numBytes });
-        }
-      }
-      assert.deepEqual(counts[1], counts[0], `${name} on ${backend}: step 10 vs step ${steps}`);
-      optimizer.dispose();
-      disposeModel(model);
-    }
-  });
-}

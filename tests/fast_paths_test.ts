@@ -1,10 +1,10 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
+import { startBackend } from "../run/start.ts";
 import { Rng } from "../lib/rng.ts";
-import { getBatch, trainStep } from "../lib/training.ts";
-import { parseTrainConfig } from "../lib/train_config.ts";
+import { getBatch } from "../run/training.ts";
+import { buildRun } from "../run/run.ts";
+import { parseTrainConfig } from "../run/config.ts";
 import { disposeModel } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
 import { main as bench } from "../bench.ts";
@@ -29,21 +29,14 @@ const MODELS: string[][] = [
 async function trainLosses(flags: string[], steps: number): Promise<number[]> {
   const { config } = parseTrainConfig(flags);
   const data = await shakespeareData();
-  const rng = new Rng(config.seed);
-  const model = createModel(config.model_name, { ...config, vocab_size: data.vocab.length }, rng);
-  const optimizer = new AdamW(model.params.map((p) => p.variable), {
-    lr: config.learning_rate,
-    weightDecay: config.weight_decay,
-  });
+  const run = buildRun(config, data.vocab.length, tf.getBackend() as "wasm" | "cpu" | "webgpu");
   const losses: number[] = [];
   for (let i = 0; i < steps; i++) {
-    const batch = getBatch(model, data.train, config.batch_size, rng);
-    const loss = trainStep(model, optimizer, batch, rng);
+    const loss = run.step(data.train);
     losses.push((await loss.data())[0]);
-    tf.dispose([batch.x, batch.y, loss]);
+    loss.dispose();
   }
-  optimizer.dispose();
-  disposeModel(model);
+  run.dispose();
   return losses;
 }
 
@@ -54,7 +47,7 @@ for (const backend of ["wasm", "cpu", "webgpu"]) {
     // layer by layer in nn_test.ts); only bigramLM's loss is its own there.
     if (backend === "webgpu" && name !== "bigramLM") continue;
     Deno.test(`${backend}: 50 seeded ${name} steps give the same losses on the fast and the plain paths`, async () => {
-      await initBackend(backend);
+      await startBackend(backend);
       // cpu and WebGPU (llvmpipe) are slower: smaller batches keep the test
       // short. (Not for mlpLM: BatchNorm over 4 rows turns float rounding
       // into visible loss changes on any two paths; it is quick at 32 anyway.)
@@ -74,7 +67,7 @@ for (const backend of ["wasm", "cpu", "webgpu"]) {
 
 for (const backend of ["wasm", "cpu", "webgpu"]) {
   Deno.test(`${backend}: bigramLM's counted loss equals a float64 reference to 1e-5`, async () => {
-    await initBackend(backend);
+    await startBackend(backend);
     const { config } = parseTrainConfig(["--model_name=bigramLM"]);
     const data = await shakespeareData();
     const rng = new Rng(7);
@@ -130,6 +123,13 @@ Deno.test("bench: one JSON line per run, with the issue's fields, and no tensor 
     assert.equal(r.steps, 3);
     assert.ok(r.ms_per_step_min > 0 && r.ms_per_step_min <= r.ms_per_step_median);
     assert.equal(r.tensors_after, r.tensors_before);
+    assert.ok(Number.isInteger(r.kernels_per_step) && r.kernels_per_step > 0);
+    assert.equal(r.gpu_reads_per_step, null); // counted on WebGPU only
   }
+  // The counted loss runs fewer kernels than the plain embedding and cross-entropy.
+  assert.ok(
+    fast.kernels_per_step < plain.kernels_per_step,
+    `${fast.kernels_per_step} vs ${plain.kernels_per_step}`,
+  );
   assert.deepEqual([fast.fast_paths, plain.fast_paths], [true, false]);
 });

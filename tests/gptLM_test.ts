@@ -1,12 +1,12 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
-import { UsageError } from "../lib/errors.ts";
+import { AdamW } from "../nn/adamw.ts";
+import { startBackend } from "../run/start.ts";
+import { UsageError } from "../cli/errors.ts";
 import { Rng } from "../lib/rng.ts";
-import { generateTokens } from "../lib/sampling.ts";
-import { getBatch, trainStep } from "../lib/training.ts";
-import { createGptLM } from "../models/gptLM.ts";
+import { generateTokens } from "../run/sampling.ts";
+import { getBatch, trainStep } from "../run/training.ts";
+import { gptLM } from "../models/gptLM.ts";
 import { countParams, disposeModel, type LanguageModel } from "../models/model.ts";
 import { modelConfig, shakespeareData, withFastPaths } from "./helpers.ts";
 
@@ -30,7 +30,7 @@ const Y = [[7, 0, 3, 4, 4, 5], [2, 2, 6, 9, 8, 3]];
  * the weights the PyTorch reference below was computed with.
  */
 function seededTiny(): LanguageModel {
-  const model = createGptLM(TINY, new Rng(3));
+  const model = gptLM.create(TINY, new Rng(3));
   const rng = new Rng(5);
   for (const p of model.params) {
     const shape = p.transposed ? [...p.variable.shape].reverse() : p.variable.shape;
@@ -75,8 +75,8 @@ function maxAbs(a: ArrayLike<number>): number {
 }
 
 Deno.test("gptLM: PyTorch names, shapes and order; tril buffers; output shapes", async () => {
-  await initBackend("cpu");
-  const model = createGptLM(TINY, new Rng(1));
+  await startBackend("cpu");
+  const model = gptLM.create(TINY, new Rng(1));
   const expected: [string, number[]][] = [
     ["token_embedding_table.weight", [11, 8]],
     ["position_embedding_table.weight", [6, 8]],
@@ -128,9 +128,9 @@ Deno.test("gptLM: PyTorch names, shapes and order; tril buffers; output shapes",
 });
 
 Deno.test("gptLM: 10,788,929 parameters at the original defaults, N(0, 0.02) init", async () => {
-  await initBackend("cpu");
+  await startBackend("cpu");
   const before = tf.memory().numTensors;
-  const model = createGptLM(modelConfig({}), new Rng(1337));
+  const model = gptLM.create(modelConfig({}), new Rng(1337));
   assert.equal(countParams(model), 10_788_929);
   const stats = (name: string) =>
     tf.tidy(() => {
@@ -157,12 +157,12 @@ Deno.test("gptLM: 10,788,929 parameters at the original defaults, N(0, 0.02) ini
 });
 
 Deno.test("gptLM: n_embd not divisible by n_head is a UsageError", async () => {
-  await initBackend("cpu");
-  assert.throws(() => createGptLM(modelConfig({ n_embd: 10, n_head: 4 }), new Rng(1)), UsageError);
+  await startBackend("cpu");
+  assert.throws(() => gptLM.create(modelConfig({ n_embd: 10, n_head: 4 }), new Rng(1)), UsageError);
 });
 
 Deno.test("gptLM: matches PyTorch's GPTLanguageModel on a seeded tiny model", async () => {
-  await initBackend("cpu");
+  await startBackend("cpu");
   const model = seededTiny();
   const { logits } = await tinyRun(model);
   // simpleLM/gptLM.py (torch 1.13) with these weights exported as a state_dict, eval():
@@ -188,7 +188,7 @@ Deno.test("gptLM: matches PyTorch's GPTLanguageModel on a seeded tiny model", as
 });
 
 Deno.test("gptLM: attention is causal (a later token never changes earlier logits)", async () => {
-  await initBackend("wasm");
+  await startBackend("wasm");
   for (const fast of [true, false]) {
     const model = seededTiny();
     const logitsOf = (ids: number[]) =>
@@ -215,14 +215,14 @@ let cpuReference: Awaited<ReturnType<typeof tinyRun>> | null = null;
 
 for (const backend of BACKENDS) {
   Deno.test(`gptLM: logits, loss and gradients on ${backend} match cpu, fast and plain paths`, async () => {
-    await initBackend("cpu");
+    await startBackend("cpu");
     if (!cpuReference) {
       const model = seededTiny();
       cpuReference = await withFastPaths(false, () => tinyRun(model));
       disposeModel(model);
     }
     const ref = cpuReference;
-    await initBackend(backend);
+    await startBackend(backend);
     const runs = [];
     for (const fast of [false, true]) {
       const model = seededTiny();
@@ -248,7 +248,7 @@ for (const backend of BACKENDS) {
 }
 
 Deno.test("gptLM: gradients match finite differences (cpu)", async () => {
-  await initBackend("cpu");
+  await startBackend("cpu");
   const model = seededTiny();
   const x = tf.tensor2d(X, undefined, "int32");
   const y = tf.tensor2d(Y, undefined, "int32");
@@ -297,11 +297,11 @@ Deno.test("gptLM: gradients match finite differences (cpu)", async () => {
 
 for (const backend of BACKENDS) {
   Deno.test(`gptLM: loss falls on ${backend}, tensor count flat`, async () => {
-    await initBackend(backend);
+    await startBackend(backend);
     const data = await shakespeareData();
     const rng = new Rng(1337);
     const config = modelConfig({ block_size: 8, dropout: 0.1, n_embd: 16, n_head: 2, n_layer: 1 });
-    const model = createGptLM(config, rng);
+    const model = gptLM.create(config, rng);
     const opt = new AdamW(model.params.map((p) => p.variable), { lr: 1e-2, weightDecay: 0.01 });
     const losses: number[] = [];
     let tensors = 0;
@@ -323,7 +323,7 @@ for (const backend of BACKENDS) {
 }
 
 Deno.test("gptLM: generation crops a prompt longer than block_size", async () => {
-  await initBackend("wasm");
+  await startBackend("wasm");
   const model = seededTiny();
   const prompt = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 0, 1, 2, 3, 4];
   const last = tf.tidy(() => model.nextTokenLogits(prompt).dataSync());

@@ -5,8 +5,8 @@
  * @module
  */
 import { metaJson, tokenize, uint16Bytes } from "../lib/data.ts";
-import { setFastPaths } from "../lib/fast_paths.ts";
-import { parseTrainConfig } from "../lib/train_config.ts";
+import { setFastPaths } from "../nn/fast_paths.ts";
+import { parseTrainConfig } from "../run/config.ts";
 import type { ModelConfig } from "../models/model.ts";
 
 /** The project's root folder. */

@@ -1,14 +1,14 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { initBackend } from "../lib/backend.ts";
-import { multiplyAddPeak } from "../lib/gemm_kernel.ts";
-import { matMul } from "../lib/matmul.ts";
+import { startBackend } from "../run/start.ts";
+import { multiplyAddPeak } from "../fast/wasm/gemm_kernel.ts";
+import { matMulWasm } from "../fast/wasm/matmul.ts";
 import { Rng } from "../lib/rng.ts";
 
 const size = (shape: number[]) => shape.reduce((p, q) => p * q, 1);
 
-Deno.test("matMul on WASM: our threaded SIMD kernel matches tf.matMul, values and gradients, every layout", async () => {
-  await initBackend("wasm");
+Deno.test("matMulWasm: our threaded SIMD kernel matches tf.matMul, values and gradients, every layout", async () => {
+  await startBackend("wasm");
   // Sizes cover the 6×8 blocks, the leftover rows (m % 6: 4 + 1) and columns
   // (n % 8), k = 1, m = 1, batches (attention's shape, with 64 = 6·10 + 4 rows
   // per matrix; and more matrices than one job's 4095 chunks), k over two
@@ -39,7 +39,7 @@ Deno.test("matMul on WASM: our threaded SIMD kernel matches tf.matMul, values an
           )([a, b]);
           return [f(a, b), value, ...grads];
         });
-      const ours = run((x, y) => matMul(x, y, transposeA, transposeB));
+      const ours = run((x, y) => matMulWasm(x, y, transposeA, transposeB));
       const theirs = run((x, y) => tf.matMul(x, y, transposeA, transposeB));
       const what =
         `${lead} (${m}, ${k}) @ (${k}, ${n}), transposeA ${transposeA}, transposeB ${transposeB}`;
@@ -61,10 +61,10 @@ Deno.test("matMul on WASM: our threaded SIMD kernel matches tf.matMul, values an
   }
 });
 
-Deno.test("matMul on WASM: mismatched shapes are refused, not read past", async () => {
-  await initBackend("wasm");
+Deno.test("matMulWasm: mismatched shapes are refused, not read past", async () => {
+  await startBackend("wasm");
   const [a, b] = [tf.ones([2, 3, 4]), tf.ones([2, 5, 6])];
-  assert.throws(() => matMul(a, b), /matMul: shapes \[2,3,4\] and \[2,5,6\] do not match/);
+  assert.throws(() => matMulWasm(a, b), /matMul: shapes \[2,3,4\] and \[2,5,6\] do not match/);
   tf.dispose([a, b]);
 });
 

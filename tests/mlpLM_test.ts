@@ -1,14 +1,14 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
-import { loadCheckpoint, restoreWeights, saveCheckpoint } from "../lib/checkpoint.ts";
-import { UsageError } from "../lib/errors.ts";
+import { AdamW } from "../nn/adamw.ts";
+import { startBackend } from "../run/start.ts";
+import { loadCheckpoint, restoreWeights, saveCheckpoint } from "../run/checkpoint.ts";
+import { UsageError } from "../cli/errors.ts";
 import { Rng } from "../lib/rng.ts";
-import { generateTokens } from "../lib/sampling.ts";
-import { trainStep } from "../lib/training.ts";
+import { generateTokens } from "../run/sampling.ts";
+import { trainStep } from "../run/training.ts";
 import { genCodingPatterns } from "../models/mlp_patterns.ts";
-import { createMlpLM } from "../models/mlpLM.ts";
+import { mlpLM } from "../models/mlpLM.ts";
 import { modelConfig } from "./helpers.ts";
 import { countParams, disposeModel, type LanguageModel } from "../models/model.ts";
 
@@ -261,8 +261,8 @@ function buffer(model: LanguageModel, name: string): tf.Tensor {
 }
 
 Deno.test("mlpLM: the original's parameter count, names and buffers at its defaults", async () => {
-  await initBackend("cpu");
-  const model = createMlpLM(modelConfig({ vocab_size: 65 }), new Rng(1));
+  await startBackend("cpu");
+  const model = mlpLM.create(modelConfig({ vocab_size: 65 }), new Rng(1));
   try {
     assert.equal(countParams(model), 10_008_641);
     const names = [1, 2, 3, 4].flatMap((i) => [
@@ -296,9 +296,9 @@ Deno.test("mlpLM: the original's parameter count, names and buffers at its defau
 });
 
 Deno.test("mlpLM: BatchNorm train and eval outputs match PyTorch, per activation", async () => {
-  await initBackend("cpu");
+  await startBackend("cpu");
   for (const act of ["relu", "sigmoid", "silu", "swiglu"]) {
-    const model = createMlpLM({ ...TINY, active_fn: act }, new Rng(1));
+    const model = mlpLM.create({ ...TINY, active_fn: act }, new Rng(1));
     setWeights(model);
     const x = tf.tensor2d(X1, [B, 12]);
     const expected = TORCH_LOGITS[act === "swiglu" ? "silu" : act];
@@ -314,12 +314,12 @@ Deno.test("mlpLM: BatchNorm train and eval outputs match PyTorch, per activation
   // The activations really differ from each other.
   assert.notDeepEqual(TORCH_LOGITS.sigmoid.train, TORCH_LOGITS.silu.train);
   assert.notDeepEqual(TORCH_LOGITS.relu.train, TORCH_LOGITS.silu.train);
-  assert.throws(() => createMlpLM({ ...TINY, active_fn: "tanh" }, new Rng(1)), UsageError);
+  assert.throws(() => mlpLM.create({ ...TINY, active_fn: "tanh" }, new Rng(1)), UsageError);
 });
 
 Deno.test("mlpLM: running statistics after two AdamW steps match PyTorch", async () => {
-  await initBackend("cpu");
-  const model = createMlpLM(TINY, new Rng(1));
+  await startBackend("cpu");
+  const model = mlpLM.create(TINY, new Rng(1));
   setWeights(model);
   const trained = model.params.filter((p) => !FROZEN.includes(p.name)).map((p) => p.variable);
   const optimizer = new AdamW(trained, { lr: 0.01, weightDecay: 0.01 });
@@ -347,9 +347,9 @@ Deno.test("mlpLM: running statistics after two AdamW steps match PyTorch", async
 });
 
 Deno.test("mlpLM: makeBatch codes the context and zeroes the first N features of B//4 rows", async () => {
-  await initBackend("cpu");
+  await startBackend("cpu");
   const [T, E, V, rows] = [5, 4, 6, 9];
-  const model = createMlpLM(
+  const model = mlpLM.create(
     modelConfig({ vocab_size: V, block_size: T, char_encoding_len: E }),
     new Rng(1),
   );
@@ -423,8 +423,8 @@ async function trainCyclic(model: LanguageModel, steps: number): Promise<[number
 // WebGPU here is Mesa's software rasteriser, slow: fewer steps there.
 for (const [backend, steps] of [["cpu", 40], ["wasm", 40], ["webgpu", 20]] as const) {
   Deno.test(`mlpLM: the loss falls on ${backend}`, async () => {
-    await initBackend(backend);
-    const model = createMlpLM(CYCLIC, new Rng(1));
+    await startBackend(backend);
+    const model = mlpLM.create(CYCLIC, new Rng(1));
     const [first, last] = await trainCyclic(model, steps);
     assert.ok(last < first * 0.8, `loss ${first.toFixed(3)} → ${last.toFixed(3)}`);
     disposeModel(model);
@@ -432,8 +432,8 @@ for (const [backend, steps] of [["cpu", 40], ["wasm", 40], ["webgpu", 20]] as co
 }
 
 Deno.test("mlpLM: generation from an empty and a given prompt", async () => {
-  await initBackend("cpu");
-  const model = createMlpLM(CYCLIC, new Rng(1));
+  await startBackend("cpu");
+  const model = mlpLM.create(CYCLIC, new Rng(1));
   await trainCyclic(model, 150);
   const rng = new Rng(7);
   // An empty context is the original's all-zero start.
@@ -455,8 +455,8 @@ Deno.test("mlpLM: generation from an empty and a given prompt", async () => {
 });
 
 Deno.test("mlpLM: training leaks no tensors and updates the statistics once per step", async () => {
-  await initBackend("cpu");
-  const model = createMlpLM({ ...CYCLIC, dropout: 0.2 }, new Rng(1));
+  await startBackend("cpu");
+  const model = mlpLM.create({ ...CYCLIC, dropout: 0.2 }, new Rng(1));
   const optimizer = new AdamW(model.params.map((p) => p.variable), { lr: 1e-3, weightDecay: 0.01 });
   const rng = new Rng(2);
   const counts: number[] = [];
@@ -473,8 +473,8 @@ Deno.test("mlpLM: training leaks no tensors and updates the statistics once per 
 });
 
 Deno.test("mlpLM: a checkpoint round-trips parameters and BatchNorm buffers", async () => {
-  await initBackend("cpu");
-  const model = createMlpLM(TINY, new Rng(1));
+  await startBackend("cpu");
+  const model = mlpLM.create(TINY, new Rng(1));
   const optimizer = new AdamW(model.params.map((p) => p.variable), { lr: 0.01, weightDecay: 0.01 });
   const rng = new Rng(3);
   for (const [x, y] of [[X1, Y1], [X2, Y2], [X1, Y2]]) {
@@ -490,7 +490,7 @@ Deno.test("mlpLM: a checkpoint round-trips parameters and BatchNorm buffers", as
       vocab: ["a", "b", "c", "d"],
       state: { iter: 3, evalDone: true, bestVal: 1, logFile: "x.txt", rng: rng.getState() },
     });
-    const restored = createMlpLM(TINY, new Rng(99));
+    const restored = mlpLM.create(TINY, new Rng(99));
     restoreWeights(restored, await loadCheckpoint(path));
     const all = (
       m: LanguageModel,
@@ -510,14 +510,14 @@ Deno.test("mlpLM: a checkpoint round-trips parameters and BatchNorm buffers", as
 });
 
 Deno.test("mlpLM: a one-row training batch is refused with BatchNorm (as PyTorch), fine without", async () => {
-  await initBackend("cpu");
-  const model = createMlpLM(TINY, new Rng(1));
+  await startBackend("cpu");
+  const model = mlpLM.create(TINY, new Rng(1));
   const x = tf.tensor2d(X1.slice(0, 12), [1, 12]);
   assert.throws(() => model.forward(x, { training: true, rng: new Rng(1) }), UsageError);
   const logits = model.forward(x, { training: false });
   assert.deepEqual(logits.shape, [1, 4]);
   // Without BatchNorm there is nothing to refuse, and no bn parameters or buffers.
-  const plain = createMlpLM({ ...TINY, use_batch_norm: false }, new Rng(1));
+  const plain = mlpLM.create({ ...TINY, use_batch_norm: false }, new Rng(1));
   assert.deepEqual(
     plain.params.map((p) => p.name),
     [1, 2, 3, 4, 5].flatMap((i) => [`fc${i}.weight`, `fc${i}.bias`]),

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { initBackend } from "../lib/backend.ts";
-import { setFastPaths } from "../lib/fast_paths.ts";
+import { startBackend } from "../run/start.ts";
+import { setFastPaths } from "../nn/fast_paths.ts";
 import {
   causalSelfAttention,
   concatColumns,
@@ -10,7 +10,8 @@ import {
   embedding,
   layerNorm,
   linear,
-} from "../lib/nn.ts";
+  linearOutIn,
+} from "../nn/layers.ts";
 import { Rng } from "../lib/rng.ts";
 
 /** Largest absolute difference between two tensors' values. */
@@ -41,7 +42,7 @@ function randomTensor(shape: number[], rng: Rng): tf.Tensor {
 
 for (const backend of ["cpu", "wasm", "webgpu"]) {
   Deno.test(`${backend}: fast layers equal the plain tfjs composition, values and gradients`, async () => {
-    await initBackend(backend);
+    await startBackend(backend);
     const rng = new Rng(42);
     const x = randomTensor([2, 3, 5], rng);
     const w = randomTensor([5, 4], rng);
@@ -49,39 +50,64 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
     const table = randomTensor([7, 4], rng);
     const ids = tf.tensor2d([[1, 6, 1], [0, 3, 3]], [2, 3], "int32");
 
-    // linear: custom gradient vs tfjs's own matMul gradient; also with 13
+    // linear (+ ReLU): the fast path vs the plain composition; also with 13
     // rows and 19 outputs (on WASM, the bias starts whole column blocks and
-    // the leftover columns' sums).
-    const linearCases = [
-      [x, w, b],
-      [randomTensor([13, 7], rng), randomTensor([7, 19], rng), randomTensor([19], rng)],
+    // the leftover columns' sums), and without a bias.
+    const linearCases: [tf.Tensor, tf.Tensor2D, tf.Tensor1D | undefined][] = [
+      [x, w as tf.Tensor2D, b as tf.Tensor1D],
+      [
+        randomTensor([13, 7], rng),
+        randomTensor([7, 19], rng) as tf.Tensor2D,
+        randomTensor([19], rng) as tf.Tensor1D,
+      ],
+      [x, w as tf.Tensor2D, undefined],
     ];
     for (const [lx, lw, lb] of linearCases) {
-      const outShape = [...lx.shape.slice(0, -1), lw.shape[1]] as number[];
-      const dOut = randomTensor(outShape, rng);
-      const fast = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) => linear(xx, ww, bb);
-      const plain = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
-        xx.reshape([-1, ww.shape[0]]).matMul(ww).add(bb).reshape(outShape);
-      const gFast = tf.grads((xx, ww, bb) => fast(xx, ww, bb).mul(dOut).sum())([lx, lw, lb]);
-      const gPlain = tf.grads((xx, ww, bb) => plain(xx, ww, bb).mul(dOut).sum())([lx, lw, lb]);
-      assert.ok(await maxDiff(fast(lx, lw, lb), plain(lx, lw, lb)) < 1e-4, `linear ${lw.shape}`);
-      for (let i = 0; i < 3; i++) {
-        assert.ok(await maxDiff(gFast[i], gPlain[i]) < 1e-4, `linear ${lw.shape} grad ${i}`);
+      for (const activation of [undefined, "relu"] as const) {
+        const what = `linear ${lw.shape}${lb ? "" : " without bias"}${activation ? " + relu" : ""}`;
+        const dOut = randomTensor([...lx.shape.slice(0, -1), lw.shape[1]], rng);
+        const inputs = lb ? [lx, lw, lb] : [lx, lw];
+        const [fast, plain] = fastAndPlain(() => {
+          const f = (...t: tf.Tensor[]) =>
+            linear(t[0], t[1] as tf.Tensor2D, t[2] as tf.Tensor1D | undefined, activation);
+          return [
+            f(...inputs),
+            ...tf.grads((...t: tf.Tensor[]) => f(...t).mul(dOut).sum())(inputs),
+          ];
+        });
+        for (let i = 0; i < fast.length; i++) {
+          assert.ok(await maxDiff(fast[i], plain[i]) < 1e-4, `${what} output ${i}`);
+        }
       }
     }
 
-    // embedding: vs a one-hot product (differentiable everywhere).
+    // mlpLM's linear with a [out, in] weight, with and without the input's gradient.
+    for (const inputIsData of [false, true]) {
+      const [lx, lw, lb, dOut] = [
+        randomTensor([9, 7], rng) as tf.Tensor2D,
+        randomTensor([11, 7], rng) as tf.Tensor2D,
+        randomTensor([11], rng) as tf.Tensor1D,
+        randomTensor([9, 11], rng),
+      ];
+      const [fast, plain] = fastAndPlain(() => {
+        const f = (xx: tf.Tensor, ww: tf.Tensor, bb: tf.Tensor) =>
+          linearOutIn(xx as tf.Tensor2D, ww as tf.Tensor2D, bb as tf.Tensor1D, inputIsData);
+        const grads = tf.grads((xx, ww, bb) => f(xx, ww, bb).mul(dOut).sum())([lx, lw, lb]);
+        return [f(lx, lw, lb), ...(inputIsData ? grads.slice(1) : grads)];
+      });
+      for (let i = 0; i < fast.length; i++) {
+        assert.ok(await maxDiff(fast[i], plain[i]) < 1e-4, `linearOutIn output ${i}`);
+      }
+    }
+
+    // embedding: the fast path vs the one-hot product, values and the table's gradient.
     const weight = randomTensor([2, 3, 4], rng);
-    const viaEmbedding = (t: tf.Tensor) => embedding(t, ids).mul(weight).sum();
-    const viaOneHot = (t: tf.Tensor) =>
-      tf.oneHot(ids.reshape([-1]), 7).matMul(t).reshape([2, 3, 4]).mul(weight).sum();
-    assert.ok(
-      await maxDiff(
-        embedding(table, ids),
-        tf.oneHot(ids.reshape([-1]), 7).matMul(table).reshape([2, 3, 4]),
-      ) < 1e-6,
-    );
-    assert.ok(await maxDiff(tf.grad(viaEmbedding)(table), tf.grad(viaOneHot)(table)) < 1e-4);
+    const [embFast, embPlain] = fastAndPlain(() => [
+      embedding(table as tf.Tensor2D, ids),
+      tf.grad((t: tf.Tensor) => embedding(t as tf.Tensor2D, ids).mul(weight).sum())(table),
+    ]);
+    assert.ok(await maxDiff(embFast[0], embPlain[0]) < 1e-6, "embedding value");
+    assert.ok(await maxDiff(embFast[1], embPlain[1]) < 1e-4, "embedding gradient");
 
     // cross-entropy: vs tfjs's softmaxCrossEntropy.
     const logits = randomTensor([6, 7], rng) as tf.Tensor2D;
@@ -132,7 +158,7 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
 }
 
 Deno.test("wasm: causal self-attention's kernels equal the plain tfjs composition, values and gradients", async () => {
-  await initBackend("wasm");
+  await startBackend("wasm");
   const rng = new Rng(7);
   // gptLM's CPU shape; rows and heads that fill no block (T = 13 = 6 + 6 + 1,
   // hs = 5); one row; and more (batch, head) pairs than one job's 4095.
@@ -165,7 +191,7 @@ Deno.test("wasm: causal self-attention's kernels equal the plain tfjs compositio
 });
 
 Deno.test("dropout zeroes about p of the values and scales the rest by 1/(1-p)", async () => {
-  await initBackend("cpu");
+  await startBackend("cpu");
   const out = await dropout(tf.ones([10000]), 0.2, new Rng(3)).data();
   const zeros = out.filter((v) => v === 0).length;
   assert.ok(zeros > 1800 && zeros < 2200, `${zeros} zeros`);

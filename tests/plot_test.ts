@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { UserError } from "../lib/errors.ts";
+import { UserError } from "../cli/errors.ts";
 import { runScript, type ScriptResult } from "./helpers.ts";
 import {
   estimateTextWidth,

@@ -2,7 +2,7 @@
 // not needed to run these tests.
 import assert from "node:assert/strict";
 import { PyRandom } from "../lib/pyrandom.ts";
-import { UsageError } from "../lib/errors.ts";
+import { UsageError } from "../cli/errors.ts";
 import { genCodingPatterns, patternsToFloat32 } from "../models/mlp_patterns.ts";
 
 Deno.test("getrandbits(32) matches Python for seed 1234", () => {

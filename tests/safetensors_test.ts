@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { join } from "node:path";
-import { UserError } from "../lib/errors.ts";
+import { UserError } from "../cli/errors.ts";
 import {
   decodeSafetensors,
   DTYPE_SIZES,
@@ -12,7 +12,7 @@ import {
   readSafetensorsFile,
   type TensorEntry,
 } from "../lib/safetensors.ts";
-import { writeFileAtomic } from "../lib/files.ts";
+import { writeFileAtomic } from "../cli/files.ts";
 import { makeVariant } from "./fixtures/atomic_writer.ts";
 
 const enc = new TextEncoder();

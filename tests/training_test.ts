@@ -1,17 +1,18 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
-import { AdamW } from "../lib/adamw.ts";
-import { initBackend } from "../lib/backend.ts";
+import { AdamW } from "../nn/adamw.ts";
+import { startBackend } from "../run/start.ts";
 import { Rng } from "../lib/rng.ts";
-import { parseTrainConfig, pyFloat, runId } from "../lib/train_config.ts";
-import { estimateLoss, getBatch, microBatchCount, trainStep } from "../lib/training.ts";
-import { disposeModel } from "../models/model.ts";
+import { parseTrainConfig, pyFloat, runId } from "../run/config.ts";
+import { estimateLoss, getBatch, microBatchCount, trainStep } from "../run/training.ts";
+import { disposeModel, MODEL_NAMES } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
+import { buildRun } from "../run/run.ts";
 import { modelConfig, preparedWorkdir, runScript, shakespeareData } from "./helpers.ts";
 
 for (const backend of ["cpu", "wasm", "webgpu"]) {
   Deno.test(`${backend}: AdamW matches PyTorch's update formula, step by step`, async () => {
-    await initBackend(backend);
+    await startBackend(backend);
     // Seven values: one four-lane SIMD step and three single ones on WASM.
     const p = tf.variable(tf.tensor1d([1.0, -2.0, 0.5, 0.25, -1.5, 3.0, 0.0]));
     const opt = new AdamW([p], { lr: 0.1, weightDecay: 0.01 });
@@ -80,7 +81,7 @@ Deno.test("--config=cpu is nanoGPT's CPU setting; explicit flags win", () => {
 
 for (const backend of ["cpu", "wasm", "webgpu"]) {
   Deno.test(`bigramLM loss falls on ${backend}`, async () => {
-    const info = await initBackend(backend);
+    const info = await startBackend(backend);
     assert.equal(info.name, backend);
     assert.equal(tf.getBackend(), backend);
     const data = await shakespeareData();
@@ -204,7 +205,7 @@ Deno.test("train and generate refuse bad flags with one line and exit 2", async 
 });
 
 Deno.test("wasm: a gptLM batch split into micro-batches gives the whole batch's step", async () => {
-  await initBackend("wasm");
+  await startBackend("wasm");
   const gptDefault = { ...parseTrainConfig(["--model_name=gptLM"]).config, vocab_size: 65 };
   const defaultModel = createModel("gptLM", gptDefault, new Rng(1));
   // ~230 MB a row at the default size: 64 rows are 8 parts of 8 on WASM, 1 elsewhere.
@@ -248,3 +249,38 @@ Deno.test("wasm: a gptLM batch split into micro-batches gives the whole batch's 
   const maxDiff = whole.weights.reduce((m, w, i) => Math.max(m, Math.abs(w - split.weights[i])), 0);
   assert.ok(maxDiff < 1e-5, `weights after 3 steps differ by ${maxDiff}`);
 });
+
+const LEAK_CONFIGS: Record<string, string[]> = {
+  bigramLM: [],
+  mlpLM: ["--max_hidden_nodes=32", "--char_encoding_len=8"],
+  gptLM: ["--n_layer=1", "--n_head=2", "--n_embd=16", "--dropout=0.1"],
+};
+
+for (const backend of ["cpu", "wasm", "webgpu"]) {
+  Deno.test(`${backend}: no tensor leaks across training steps of any model`, async () => {
+    const { name: backendName } = await startBackend(backend);
+    const data = await shakespeareData();
+    for (const name of MODEL_NAMES) {
+      const { config } = parseTrainConfig([
+        `--model_name=${name}`,
+        ...LEAK_CONFIGS[name],
+        "--block_size=8",
+        "--batch_size=4",
+      ]);
+      const run = buildRun(config, data.vocab.length, backendName);
+      // Tensors and bytes held after step 5 and after step 25: a step that
+      // leaves anything behind grows both.
+      const counts: { tensors: number; bytes: number }[] = [];
+      for (let i = 1; i <= 25; i++) {
+        const loss = run.step(data.train);
+        if (i % 5 === 0) await loss.data();
+        loss.dispose();
+        if (i === 5 || i === 25) {
+          counts.push({ tensors: tf.memory().numTensors, bytes: tf.memory().numBytes });
+        }
+      }
+      assert.deepEqual(counts[1], counts[0], `${name} on ${backend}: step 5 vs step 25`);
+      run.dispose();
+    }
+  });
+}

@@ -5,22 +5,20 @@
  * On WASM they run on our own WebAssembly SIMD kernel (`gemm_kernel.ts`)
  * split across the machine's cores, instead of tfjs-backend-wasm's matMul:
  * that one uses one core, runs every batched or transposed product as a
- * scalar loop (~1.5 GFLOP/s, ten times slower than its plain 2-D path), and
+ * scalar loop (ten times slower than its plain 2-D path), and
  * repacks its right operand whenever that tensor is new — every step, for a
  * weight. Operands are copied into a shared `WebAssembly.Memory` (B, and a
  * transposed A, repacked there into the panels the kernel reads in order),
  * the rows of the result are shared out between this thread and helper
- * threads (`gemm_worker.ts`), and the result is copied back. Elsewhere
- * (WebGPU, cpu), or with the fast paths off, it is `tf.matMul`.
+ * threads (`gemm_worker.ts`), and the result is copied back.
  *
- * It relies on internals of tfjs-backend-wasm 4.22 (see `wasm_heap.ts`).
+ * It relies on internals of tfjs-backend-wasm 4.22 (see `heap.ts`).
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { Worker } from "node:worker_threads";
-import { fastPaths } from "./fast_paths.ts";
-import { heapAddress, type WasmBackendInternals } from "./wasm_heap.ts";
+import { heapAddress, type WasmBackendInternals } from "./heap.ts";
 import {
   COL_BLOCK,
   compileGemm,
@@ -39,17 +37,16 @@ import {
 } from "./gemm_kernel.ts";
 
 /**
- * `op(a) @ op(b)`, where op transposes the last two axes when asked:
- * a (..., m, k) or (..., k, m), b (..., k, n) or (..., n, k) → (..., m, n).
- * Leading axes must be equal (no broadcasting).
+ * `op(a) @ op(b)` on our kernel, where op transposes the last two axes when
+ * asked: a (..., m, k) or (..., k, m), b (..., k, n) or (..., n, k) →
+ * (..., m, n). Leading axes must be equal (no broadcasting).
  */
-export function matMul(
+export function matMulWasm(
   a: tf.Tensor,
   b: tf.Tensor,
   transposeA = false,
   transposeB = false,
 ): tf.Tensor {
-  if (tf.getBackend() !== "wasm" || !fastPaths()) return tf.matMul(a, b, transposeA, transposeB);
   return wasmMatMul(transposeA, transposeB)(a, b);
 }
 
@@ -76,15 +73,15 @@ function wasmMatMul(
         const [as, bs] = saved as [tf.Tensor, tf.Tensor];
         const dc = dy as tf.Tensor;
         if (!transposeA && !transposeB) {
-          return [matMul(dc, bs, false, true), matMul(as, dc, true, false)];
+          return [matMulWasm(dc, bs, false, true), matMulWasm(as, dc, true, false)];
         }
         if (transposeA && !transposeB) {
-          return [matMul(bs, dc, false, true), matMul(as, dc, false, false)];
+          return [matMulWasm(bs, dc, false, true), matMulWasm(as, dc, false, false)];
         }
         if (!transposeA && transposeB) {
-          return [matMul(dc, bs, false, false), matMul(dc, as, true, false)];
+          return [matMulWasm(dc, bs, false, false), matMulWasm(dc, as, true, false)];
         }
-        return [matMul(bs, dc, true, true), matMul(dc, as, true, true)];
+        return [matMulWasm(bs, dc, true, true), matMulWasm(dc, as, true, true)];
       },
     };
   }) as (a: tf.Tensor, b: tf.Tensor) => tf.Tensor;
@@ -92,11 +89,10 @@ function wasmMatMul(
 
 /**
  * The column sums of d (N, out) → (out), a bias's gradient, as the product
- * (1, N) @ (N, out): tfjs-wasm's sum over rows transposes d first and takes
- * ~2 ms at (768, 512).
+ * (1, N) @ (N, out): tfjs-wasm's sum over rows transposes d first.
  */
 export function columnSums(d: tf.Tensor): tf.Tensor {
-  return matMul(tf.ones([1, d.shape[0]]), d).reshape([-1]); // (1, N) @ (N, out) -> (out)
+  return matMulWasm(tf.ones([1, d.shape[0]]), d).reshape([-1]); // (1, N) @ (N, out) -> (out)
 }
 
 /**
@@ -119,8 +115,8 @@ export const matMulAddBias = tf.customGrad((x, w, bias, save) => {
       const [xs, ws] = saved as [tf.Tensor, tf.Tensor];
       const d = dy as tf.Tensor; // (N, out)
       return [
-        matMul(d, ws, false, true), // (N, out) @ (out, in) -> (N, in)
-        matMul(xs, d, true, false), // (in, N) @ (N, out) -> (in, out)
+        matMulWasm(d, ws, false, true), // (N, out) @ (out, in) -> (N, in)
+        matMulWasm(xs, d, true, false), // (in, N) @ (N, out) -> (in, out)
         columnSums(d), // (out)
       ];
     },

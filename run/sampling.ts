@@ -6,7 +6,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { LanguageModel } from "../models/model.ts";
-import type { Rng } from "./rng.ts";
+import type { Rng } from "../lib/rng.ts";
 
 /** How to turn logits into a choice. The defaults reproduce the original. */
 export interface SamplingOptions {
@@ -64,20 +64,12 @@ export function sampleFromLogits(
 }
 
 /**
- * The original's start of generation: token 0 (`"\n"` for tinyshakespeare)
- * for bigramLM and gptLM, an all-zero input (no token) for mlpLM.
- */
-export function startContext(model: LanguageModel): number[] {
-  return model.name === "mlpLM" ? [] : [0];
-}
-
-/**
  * Samples `count` tokens after `context`, calling `onToken` with each as it
  * comes (so text can stream). Returns the new ids.
  */
 export async function generateTokens(
   model: LanguageModel,
-  context: number[],
+  context: readonly number[],
   count: number,
   options: SamplingOptions,
   rng: Rng,

@@ -32,8 +32,14 @@ export interface FlagSpec {
 /** A script's flags by name. */
 export type FlagSpecs = Record<string, FlagSpec>;
 
-/** The parsed values, typed loosely: scripts read them through their own interfaces. */
-export type FlagValues = Record<string, number | boolean | string>;
+/** The value type one spec parses to: a number, a boolean, a choice or a string. */
+export type FlagValue<S extends FlagSpec> = S["type"] extends "int" | "float" ? number
+  : S["type"] extends "bool" ? boolean
+  : S["choices"] extends readonly (infer C)[] ? C
+  : string;
+
+/** Parsed values, each typed by its spec. */
+export type FlagValues<S extends FlagSpecs> = { -readonly [K in keyof S]: FlagValue<S[K]> };
 
 function convert(
   key: string,
@@ -93,11 +99,11 @@ function checkRange(key: string, value: number, spec: FlagSpec): void {
  * set, so presets can yield to explicit flags. Positional arguments are
  * returned when `allowPositionals` is set, otherwise they are an error.
  */
-export function parseFlags(
+export function parseFlags<const S extends FlagSpecs>(
   args: string[],
-  specs: FlagSpecs,
+  specs: S,
   options: { allowPositionals?: boolean } = {},
-): { values: FlagValues; given: Set<string>; positionals: string[] } {
+): { values: FlagValues<S>; given: Set<keyof S & string>; positionals: string[] } {
   const valid = `valid flags: ${Object.keys(specs).map((k) => `--${k}`).join(" ")}`;
   // A bare boolean flag, `--json`, means `--json=true`.
   const isBareBool = (arg: string) =>
@@ -127,8 +133,8 @@ export function parseFlags(
       `unexpected argument: ${(e as Error).message.split("\n")[0]}`,
     );
   }
-  const values: FlagValues = {};
-  const given = new Set<string>();
+  const values: Record<string, number | boolean | string> = {};
+  const given = new Set<keyof S & string>();
   for (const [key, spec] of Object.entries(specs)) {
     const text = (parsed.values as Record<string, string | undefined>)[key];
     if (text === undefined) {
@@ -138,5 +144,5 @@ export function parseFlags(
       given.add(key);
     }
   }
-  return { values, given, positionals: parsed.positionals };
+  return { values: values as FlagValues<S>, given, positionals: parsed.positionals };
 }

@@ -61,7 +61,7 @@ import {
   vZero,
   type WasmFunction,
   whileNot,
-} from "./wasm_asm.ts";
+} from "./asm.ts";
 
 /**
  * `e^x` for x ≤ 0 (below −87.3, e^−87.3 ≈ 1e-38), leaving it on the stack;

@@ -5,9 +5,9 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { AdamW } from "./adamw.ts";
-import { sampleWindows } from "./data.ts";
-import type { Rng } from "./rng.ts";
+import type { AdamW } from "../nn/adamw.ts";
+import { sampleWindows } from "../lib/data.ts";
+import type { Rng } from "../lib/rng.ts";
 import type { Batch, LanguageModel } from "../models/model.ts";
 
 /** A random batch of `batchSize` windows from one split, as the original's `get_batch`. */

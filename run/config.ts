@@ -5,16 +5,16 @@
  *
  * @module
  */
-import { BACKENDS } from "./backend.ts";
-import { UsageError } from "./errors.ts";
-import { type FlagSpecs, parseFlags } from "./flags.ts";
-import { MODEL_NAMES, type ModelConfig, type ModelName } from "../models/model.ts";
-
-/** The activations mlpLM takes (`swiglu` is silu, as in the original). */
-export const ACTIVATIONS = ["relu", "sigmoid", "silu", "swiglu"] as const;
+import { UsageError } from "../cli/errors.ts";
+import { type FlagValues, parseFlags } from "../cli/flags.ts";
+import { BACKEND_FLAG } from "../lib/backend.ts";
+import { ACTIVATION_NAMES } from "../models/mlpLM.ts";
+import { MODEL_NAMES } from "../models/model.ts";
+import { MODELS } from "../models/registry.ts";
+import { loadCheckpoint, type LoadedCheckpoint } from "./checkpoint.ts";
 
 /** Named presets for `--config`. Explicit flags win over a preset. */
-export const PRESETS: Record<string, Record<string, number>> = {
+export const PRESETS: Record<string, Partial<Record<string, number>>> = {
   default: {},
   // nanoGPT's shakespeare_char setting for a laptop CPU.
   cpu: {
@@ -28,7 +28,7 @@ export const PRESETS: Record<string, Record<string, number>> = {
 };
 
 /** Every `train.ts` flag. The first block is the original's, unchanged. */
-export const TRAIN_FLAGS: FlagSpecs = {
+export const TRAIN_FLAGS = {
   batch_size: {
     type: "int",
     default: 64,
@@ -89,7 +89,7 @@ export const TRAIN_FLAGS: FlagSpecs = {
   active_fn: {
     type: "string",
     default: "relu",
-    choices: ACTIVATIONS,
+    choices: ACTIVATION_NAMES,
     help: "mlpLM: relu, sigmoid, silu or swiglu (= silu)",
   },
   n_embd: { type: "int", default: 384, min: 1, help: "gptLM: embedding width" },
@@ -120,12 +120,7 @@ export const TRAIN_FLAGS: FlagSpecs = {
     choices: Object.keys(PRESETS),
     help: "preset: default, or cpu (nanoGPT's CPU setting)",
   },
-  backend: {
-    type: "string",
-    default: "auto",
-    choices: BACKENDS,
-    help: "auto, webgpu, wasm or cpu",
-  },
+  backend: BACKEND_FLAG,
   seed: {
     type: "int",
     default: 1337,
@@ -139,55 +134,80 @@ export const TRAIN_FLAGS: FlagSpecs = {
     help: "AdamW decoupled weight decay",
   },
   out_dir: { type: "string", default: "out", help: "where checkpoints go" },
-};
+} as const;
 
 /** Parsed training settings. */
-export interface TrainConfig extends Omit<ModelConfig, "vocab_size"> {
-  batch_size: number;
-  max_iters: number;
-  eval_interval: number;
-  learning_rate: number;
-  eval_iters: number;
-  model_name: ModelName;
-  dataset: string;
-  resume: boolean;
-  ckpt_file: string;
-  config: string;
-  backend: string;
-  seed: number;
-  weight_decay: number;
-  out_dir: string;
-}
+export type TrainConfig = FlagValues<typeof TRAIN_FLAGS>;
 
-/** Parses `train.ts` arguments: preset first, then explicit flags; then checks. */
-export function parseTrainConfig(
-  args: string[],
-): { config: TrainConfig; given: Set<string> } {
-  const { values, given } = parseFlags(args, TRAIN_FLAGS);
-  for (const [key, value] of Object.entries(PRESETS[values.config as string])) {
-    if (!given.has(key)) values[key] = value;
+/** A training flag's name. */
+export type TrainFlag = keyof typeof TRAIN_FLAGS;
+
+/** Parses `train.ts` arguments: preset first, then explicit flags; then the model's checks. */
+export function parseTrainConfig(args: string[]): { config: TrainConfig; given: Set<TrainFlag> } {
+  const { values: config, given } = parseFlags(args, TRAIN_FLAGS);
+  for (const [key, value] of Object.entries(PRESETS[config.config])) {
+    if (!given.has(key as TrainFlag)) (config as Record<string, unknown>)[key] = value;
   }
-  const config = values as unknown as TrainConfig;
-  checkModelConfig(config);
+  MODELS[config.model_name].checkConfig(config);
   return { config, given };
 }
 
-/** Model settings that pass the flag checks but cannot build the model. */
-export function checkModelConfig(
-  config: Omit<ModelConfig, "vocab_size"> & { model_name: ModelName },
-): void {
-  if (config.model_name === "gptLM" && config.n_embd % config.n_head !== 0) {
-    throw new UsageError(
-      `n_embd (${config.n_embd}) must be divisible by n_head (${config.n_head}): e.g. --n_head=${
-        largestDivisor(config.n_embd, config.n_head)
-      }`,
-    );
+/**
+ * The settings of a training run from its command line: flags and preset,
+ * or, with `--resume=true`, the checkpoint's settings with the few a
+ * resumed run may change; and the checkpoint to resume from.
+ */
+export async function trainSettings(
+  args: string[],
+): Promise<{ config: TrainConfig; ckpt: LoadedCheckpoint | null }> {
+  const { config, given } = parseTrainConfig(args);
+  if (!config.resume) return { config, ckpt: null };
+  if (!config.ckpt_file) {
+    throw new UsageError("--resume=true needs --ckpt_file=PATH (a checkpoint saved by train.ts)");
   }
+  const ckpt = await loadCheckpoint(config.ckpt_file);
+  return { config: resumedConfig(config, given, ckpt.config, ckpt.path), ckpt };
 }
 
-function largestDivisor(n: number, atMost: number): number {
-  for (let d = atMost; d > 1; d--) if (n % d === 0) return d;
-  return 1;
+/** Settings a resumed run may change; everything else comes from the checkpoint. */
+const RESUMABLE: readonly TrainFlag[] = [
+  "max_iters",
+  "eval_interval",
+  "eval_iters",
+  "backend",
+  "out_dir",
+  "resume",
+  "ckpt_file",
+];
+
+/**
+ * A resumed run's settings: the checkpoint's (`saved`), with only the
+ * resumable flags taken from the command line, and only where given again
+ * (even the backend stays: backends differ in the last bits).
+ *
+ * @throws {UsageError} when a flag given differs from the checkpoint's value
+ *   and may not change.
+ */
+export function resumedConfig(
+  flags: TrainConfig,
+  given: Set<TrainFlag>,
+  saved: Record<string, unknown>,
+  path: string,
+): TrainConfig {
+  for (const key of given) {
+    if (!RESUMABLE.includes(key) && saved[key] !== undefined && saved[key] !== flags[key]) {
+      throw new UsageError(
+        `--${key}=${flags[key]} differs from ${path}'s ${key}=${
+          saved[key]
+        }; a resumed run may change only ${RESUMABLE.slice(0, 5).map((k) => `--${k}`).join(", ")}`,
+      );
+    }
+  }
+  const config = { ...flags, ...saved } as TrainConfig;
+  for (const key of RESUMABLE.filter((k) => given.has(k))) {
+    (config as Record<string, unknown>)[key] = flags[key];
+  }
+  return config;
 }
 
 /** Python's `str(float)`: `0.0003`, `1e-05`, `0.0`, so run ids match the original's. */
@@ -204,19 +224,9 @@ export function pyFloat(x: number): string {
  * The original's run id without `loss_` and with `-` for `:` (invalid in
  * Windows file names), e.g. `gptLM_BA-64_BL-256_PAR-10.79_V-65_LR-0.0003_DR-0.2_shakespeare_char`.
  */
-export function runId(
-  config: TrainConfig,
-  vocabSize: number,
-  paramCount: number,
-): string {
+export function runId(config: TrainConfig, vocabSize: number, paramCount: number): string {
   const par = (paramCount / 1e6).toFixed(2);
-  const base = `${config.model_name}_BA-${config.batch_size}_BL-${config.block_size}_PAR-${par}`;
-  const rest = `LR-${pyFloat(config.learning_rate)}_DR-${
-    pyFloat(config.dropout)
-  }_${config.dataset}`;
-  if (config.model_name === "mlpLM") {
-    const bn = config.use_batch_norm ? "True" : "False";
-    return `${base}_E-${config.char_encoding_len}_V-${vocabSize}_AF-${config.active_fn}_BN-${bn}_${rest}`;
-  }
-  return `${base}_V-${vocabSize}_${rest}`;
+  const fields = MODELS[config.model_name].runIdFields({ ...config, vocab_size: vocabSize });
+  return `${config.model_name}_BA-${config.batch_size}_BL-${config.block_size}_PAR-${par}_${fields}_` +
+    `LR-${pyFloat(config.learning_rate)}_DR-${pyFloat(config.dropout)}_${config.dataset}`;
 }

@@ -11,9 +11,9 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { AdamW } from "./adamw.ts";
-import { UserError } from "./errors.ts";
-import type { RngState } from "./rng.ts";
+import type { AdamW } from "../nn/adamw.ts";
+import { UserError } from "../cli/errors.ts";
+import type { RngState } from "../lib/rng.ts";
 import {
   encodeSafetensors,
   entryToFloat32,
@@ -23,11 +23,13 @@ import {
   readSafetensorsFile,
   type SafetensorsContents,
   type TensorEntry,
-} from "./safetensors.ts";
-import { writeFileAtomic } from "./files.ts";
-import type { LanguageModel, ModelName } from "../models/model.ts";
+} from "../lib/safetensors.ts";
+import { writeFileAtomic } from "../cli/files.ts";
+import type { LanguageModel, ModelConfig, ModelName } from "../models/model.ts";
 import { MODEL_NAMES } from "../models/model.ts";
-import type { Vocab } from "./data.ts";
+import { createModel } from "../models/registry.ts";
+import type { Dataset, Vocab } from "../lib/data.ts";
+import { Rng } from "../lib/rng.ts";
 
 /** Bumped when the metadata's meaning changes. */
 export const FORMAT = "simplelm-safetensors/1";
@@ -280,6 +282,23 @@ export function restoreWeights(
       (b.tensor as tf.Variable).assign(
         tf.tensor(values, b.tensor.shape, b.tensor.dtype),
       )
+    );
+  }
+}
+
+/** The checkpoint's model: built from its config and vocabulary, with its weights. */
+export function modelFromCheckpoint(ckpt: LoadedCheckpoint): LanguageModel {
+  const config = { ...ckpt.config, vocab_size: ckpt.vocab.length } as unknown as ModelConfig;
+  const model = createModel(ckpt.modelName, config, new Rng(0)); // every weight is then overwritten
+  restoreWeights(model, ckpt);
+  return model;
+}
+
+/** Refuses a dataset whose vocabulary is not the checkpoint's: its ids would mean other characters. */
+export function checkVocabulary(ckpt: LoadedCheckpoint, data: Dataset): void {
+  if (ckpt.vocab.join("") !== data.vocab.join("")) {
+    throw new UserError(
+      `checkpoint ${ckpt.path}: its vocabulary differs from ${data.dir}/meta.json's`,
     );
   }
 }

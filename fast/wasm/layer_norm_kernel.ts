@@ -42,8 +42,8 @@ import {
   vSub,
   vZero,
   whileNot,
-} from "./wasm_asm.ts";
-import { heapAddress, onHeap, type WasmBackendInternals } from "./wasm_heap.ts";
+} from "./asm.ts";
+import { heapAddress, onHeap, type WasmBackendInternals } from "./heap.ts";
 
 const FORWARD = "SimpleLMLayerNorm";
 const BACKWARD = "SimpleLMLayerNormGrad";

@@ -50,7 +50,7 @@ import {
   vStore,
   vZero,
   whileNot,
-} from "./wasm_asm.ts";
+} from "./asm.ts";
 import { attentionFunctions } from "./attention_kernel.ts";
 
 /** Slots of the control block, an Int32Array at byte 0 of the shared memory. */

@@ -65,3 +65,31 @@ export async function writeFileAtomic(
     }
   } catch { /* best effort */ }
 }
+
+/** Whether anything exists at `path`. */
+export async function exists(path: string): Promise<boolean> {
+  try {
+    await Deno.stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Creates `dir` if needed and checks that files can be written in it.
+ *
+ * @throws {UserError} naming the flag (`--<flag>`) to change.
+ */
+export async function ensureWritableDir(dir: string, flag: string): Promise<void> {
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+    const probe = `${dir}/.write-test-${Deno.pid}`;
+    await Deno.writeTextFile(probe, "");
+    await Deno.remove(probe);
+  } catch (e) {
+    throw new UserError(
+      `cannot write to ${flag} '${dir}': ${(e as Error).message}; pick another --${flag}`,
+    );
+  }
+}

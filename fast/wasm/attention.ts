@@ -14,7 +14,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { COL_BLOCK, CONTROL_BYTES, Job, MAX_CHUNKS, PACK_SLACK, Slot } from "./gemm_kernel.ts";
 import { copyToShared, runJob, sharedFloats, sharedPool, tensorFromShared } from "./matmul.ts";
-import type { WasmBackendInternals } from "./wasm_heap.ts";
+import type { WasmBackendInternals } from "./heap.ts";
 
 const FORWARD = "SimpleLMAttention";
 const BACKWARD = "SimpleLMAttentionGrad";

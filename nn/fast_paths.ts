@@ -1,0 +1,98 @@
+/**
+ * The one switch between the plain layers and their fast paths.
+ *
+ * Every layer in `layers.ts` (and the AdamW update) is written as the plain
+ * tfjs composition, the reference. Code that exists only for speed lives in
+ * `fast/` and registers, per backend, functions that compute the same
+ * numbers by another route (a WebAssembly kernel, a loop over CPU memory, a
+ * WGSL shader). A layer asks {@link fastPath} for one and, when the current
+ * backend has it, hands the work over. With the fast paths off, every layer
+ * runs its plain version: what the fast paths are tested against (to 1e-4),
+ * and the "before" of `deno task bench --plain`.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+
+/** AdamW's per-step constants, the same for every parameter. */
+export interface AdamWStep {
+  beta1: number;
+  beta2: number;
+  eps: number;
+  /** 1 − lr·weight_decay. */
+  decay: number;
+  /** lr / (1 − β1ᵗ). */
+  stepSize: number;
+  /** √(1 − β2ᵗ). */
+  bc2Sqrt: number;
+}
+
+/** What `nn.BatchNorm1d` holds: affine parameters and running statistics. */
+export interface BatchNormState {
+  weight: tf.Variable;
+  bias: tf.Variable;
+  runningMean: tf.Variable;
+  runningVar: tf.Variable;
+  numBatchesTracked: tf.Variable;
+}
+
+/**
+ * Everything a backend may compute by a faster route, by layer name. Each
+ * has the signature of the plain function of the same name.
+ */
+export interface FastPaths {
+  /** `op(a) @ op(b)`, batched over leading axes: see `layers.ts` `matMul`. */
+  matMul(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean): tf.Tensor;
+  /** x (N, in) @ w (in, out) + b, then ReLU when asked: see `linear`. */
+  linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D, activation?: "relu"): tf.Tensor2D;
+  /** x (N, in) @ wᵀ + b with w (out, in): see `linearOutIn`. */
+  linearOutIn(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, inputIsData: boolean): tf.Tensor2D;
+  /** Rows of `table` (V, C) picked by `ids`: see `embedding`. */
+  embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor;
+  /** LayerNorm over the last axis: see `layerNorm`. */
+  layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor;
+  /** Causal attention of every head, without dropout: see `causalSelfAttention`. */
+  causalSelfAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, nHead: number): tf.Tensor;
+  /** Mean cross-entropy: see `crossEntropy`. */
+  crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar;
+  /** bigramLM's loss straight from its table: see `models/bigramLM.ts`. */
+  bigramLoss(table: tf.Tensor2D, x: tf.Tensor, y: tf.Tensor): tf.Scalar;
+  /** BatchNorm1d: see `batchNorm1d`. */
+  batchNorm1d(
+    x: tf.Tensor2D,
+    bn: BatchNormState,
+    training: boolean,
+    eps: number,
+    momentum: number,
+  ): tf.Tensor2D;
+  /** `tf.concat(parts, 1)` of 2-D parts: see `concatColumns`. */
+  concatColumns(parts: tf.Tensor2D[]): tf.Tensor2D;
+  /** One AdamW update of [param, grad, expAvg, expAvgSq], in place: see `nn/adamw.ts`. */
+  adamwUpdate(tensors: [tf.Variable, tf.Tensor, tf.Variable, tf.Variable], step: AdamWStep): void;
+}
+
+const registered = new Map<string, Partial<FastPaths>>();
+let enabled = true;
+
+/**
+ * The fast version of `name` for the current backend, or undefined when
+ * there is none or the fast paths are off: then the plain version runs.
+ */
+export function fastPath<K extends keyof FastPaths>(name: K): FastPaths[K] | undefined {
+  return enabled ? registered.get(tf.getBackend())?.[name] : undefined;
+}
+
+/** Adds (or replaces) fast paths for one tfjs backend (`wasm`, `cpu`, `webgpu`). */
+export function registerFastPaths(backend: string, paths: Partial<FastPaths>): void {
+  registered.set(backend, { ...registered.get(backend), ...paths });
+}
+
+/** Whether the fast paths are on (the default). */
+export function fastPaths(): boolean {
+  return enabled;
+}
+
+/** Turns every fast path on or off. */
+export function setFastPaths(on: boolean): void {
+  enabled = on;
+}

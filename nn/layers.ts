@@ -1,0 +1,209 @@
+/**
+ * The layers the models are built from, each written as PyTorch computes
+ * it, as a plain composition of tfjs ops whose gradients tfjs derives.
+ *
+ * Each layer first asks for a fast path (`fast_paths.ts`): where the
+ * current backend has one (a WebAssembly kernel, a loop over CPU memory, a
+ * WGSL shader, all under `fast/`), it computes the same numbers by that
+ * route. A reader can skip those lines: what follows them is the layer.
+ *
+ * Linear weights are stored `[in, out]` (tfjs's natural layout); the
+ * checkpoint code transposes them to PyTorch's `[out, in]`. mlpLM's layers
+ * keep PyTorch's layout: {@link linearOutIn}.
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import type { Rng } from "../lib/rng.ts";
+import { type BatchNormState, fastPath } from "./fast_paths.ts";
+
+/**
+ * `op(a) @ op(b)`, where op transposes the last two axes when asked:
+ * a (..., m, k) or (..., k, m), b (..., k, n) or (..., n, k) → (..., m, n).
+ */
+export function matMul(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  transposeA = false,
+  transposeB = false,
+): tf.Tensor {
+  const fast = fastPath("matMul");
+  if (fast) return fast(a, b, transposeA, transposeB);
+  return tf.matMul(a, b, transposeA, transposeB);
+}
+
+/**
+ * PyTorch `nn.Linear` on the last axis, `x @ w + b`, followed by a ReLU when
+ * asked (the first half of gptLM's feed-forward net). x (..., in), w (in,
+ * out), b (out) → (..., out).
+ */
+export function linear(
+  x: tf.Tensor,
+  w: tf.Tensor2D,
+  b?: tf.Tensor1D,
+  activation?: "relu",
+): tf.Tensor {
+  const [inFeatures, outFeatures] = w.shape;
+  const flat = x.reshape([-1, inFeatures]) as tf.Tensor2D; // (N, in)
+  const fast = fastPath("linear");
+  let y: tf.Tensor; // (N, out)
+  if (fast) {
+    y = fast(flat, w, b, activation);
+  } else {
+    y = matMul(flat, w); // (N, in) @ (in, out) -> (N, out)
+    if (b) y = y.add(b);
+    if (activation === "relu") y = y.relu();
+  }
+  return y.reshape([...x.shape.slice(0, -1), outFeatures]); // (..., out)
+}
+
+/**
+ * PyTorch `nn.Linear` with the weight in PyTorch's own `[out, in]` layout,
+ * `F.linear(x, w, b) = x @ wᵀ + b`: mlpLM's layers. x (N, in), w (out, in),
+ * b (out) → (N, out). `inputIsData` says x is the model's input, whose
+ * gradient nobody needs.
+ */
+export function linearOutIn(
+  x: tf.Tensor2D,
+  w: tf.Tensor2D,
+  b: tf.Tensor1D,
+  inputIsData: boolean,
+): tf.Tensor2D {
+  const fast = fastPath("linearOutIn");
+  if (fast) return fast(x, w, b, inputIsData);
+  return matMul(x, w, false, true).add(b); // (N, in) @ (in, out) + (out) -> (N, out)
+}
+
+/**
+ * PyTorch `nn.Embedding`: row `ids[n]` of `table` (V, C) for every id, i.e.
+ * the one-hot vector of each id times the table. ids (...) int32 → (..., C).
+ */
+export function embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
+  const fast = fastPath("embedding");
+  if (fast) return fast(table, ids);
+  const [V, C] = table.shape;
+  const oneHot = tf.oneHot(ids.reshape([-1]), V); // (N, V)
+  return matMul(oneHot, table).reshape([...ids.shape, C]); // (N, V) @ (V, C) -> (..., C)
+}
+
+/** PyTorch `nn.LayerNorm` over the last axis (biased variance). x (..., C), weight and bias (C). */
+export function layerNorm(
+  x: tf.Tensor,
+  weight: tf.Tensor,
+  bias: tf.Tensor,
+  eps = 1e-5,
+): tf.Tensor {
+  const fast = fastPath("layerNorm");
+  if (fast) return fast(x, weight, bias, eps);
+  const mean = x.mean(-1, true); // (..., 1)
+  const centered = x.sub(mean); // (..., C)
+  const variance = centered.square().mean(-1, true); // (..., 1)
+  return centered.mul(variance.add(eps).rsqrt()).mul(weight).add(bias); // (..., C)
+}
+
+/** PyTorch `nn.BatchNorm1d`'s defaults. */
+export const BATCH_NORM_EPS = 1e-5;
+export const BATCH_NORM_MOMENTUM = 0.1;
+
+/**
+ * PyTorch `nn.BatchNorm1d` on x (N, C). Training normalises with the
+ * batch's biased variance and moves the running statistics (with the
+ * unbiased variance, as PyTorch); evaluation uses the running statistics.
+ *
+ * The running update is an `assign` inside the forward pass. Under
+ * `tf.variableGrads` those ops are taped but lie off the loss's path, so
+ * they get no gradient and their intermediates are freed with the tape.
+ */
+export function batchNorm1d(
+  x: tf.Tensor2D,
+  bn: BatchNormState,
+  training: boolean,
+  eps = BATCH_NORM_EPS,
+  momentum = BATCH_NORM_MOMENTUM,
+): tf.Tensor2D {
+  const fast = fastPath("batchNorm1d");
+  if (fast) return fast(x, bn, training, eps, momentum);
+  if (!training) {
+    const scale = bn.weight.mul(bn.runningVar.add(eps).rsqrt()); // (C)
+    return x.sub(bn.runningMean).mul(scale).add(bn.bias); // (N, C)
+  }
+  const n = x.shape[0];
+  const mean = x.mean(0); // (C)
+  const centered = x.sub(mean); // (N, C)
+  const variance = centered.square().mean(0); // (C), biased
+  bn.runningMean.assign(bn.runningMean.mul(1 - momentum).add(mean.mul(momentum)));
+  bn.runningVar.assign(
+    bn.runningVar.mul(1 - momentum).add(variance.mul(momentum * n / (n - 1))),
+  );
+  bn.numBatchesTracked.assign(bn.numBatchesTracked.add(tf.scalar(1, "int32")));
+  return centered.mul(variance.add(eps).rsqrt()).mul(bn.weight).add(bn.bias); // (N, C)
+}
+
+/**
+ * Causal multi-head self-attention with the heads side by side: q, k, v
+ * (B, T, C), head h in columns h·hs…(h+1)·hs, and maskBias (T, T), 0 on and
+ * below the diagonal and −∞ above → (B, T, C), each head's
+ * `softmax(q kᵀ · hs^-½ + maskBias) v`. `dropWeights`, given in training
+ * with dropout, is applied to the attention weights.
+ */
+export function causalSelfAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  nHead: number,
+  maskBias: tf.Tensor,
+  dropWeights?: (weights: tf.Tensor) => tf.Tensor,
+): tf.Tensor {
+  const fast = fastPath("causalSelfAttention");
+  if (fast && !dropWeights) return fast(q, k, v, nHead);
+  const [B, T, C] = q.shape as [number, number, number];
+  const hs = C / nHead;
+  const split = (x: tf.Tensor) => x.reshape([B, T, nHead, hs]).transpose([0, 2, 1, 3]); // (B, H, T, hs)
+  const scores = matMul(split(q), split(k), false, true).mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
+  let weights = tf.softmax(scores.add(maskBias)); // (B, H, T, T)
+  if (dropWeights) weights = dropWeights(weights);
+  const heads = matMul(weights, split(v)); // (B, H, T, hs)
+  return heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)
+}
+
+/** `torch.cat(parts, dim=1)` of 2-D parts (rows, cols_i) → (rows, Σ cols_i). */
+export function concatColumns(parts: tf.Tensor2D[]): tf.Tensor2D {
+  const fast = fastPath("concatColumns");
+  if (fast) return fast(parts);
+  return tf.concat(parts, 1);
+}
+
+/**
+ * Inverted dropout (PyTorch `nn.Dropout` in training mode): zero each element
+ * with probability `p` and scale the rest by 1/(1-p). The mask is drawn from
+ * the run's own stream so a seed fixes it on every backend.
+ */
+export function dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor {
+  if (p === 0) return x;
+  const keep = 1 / (1 - p);
+  const mask = new Float32Array(x.size);
+  for (let i = 0; i < mask.length; i++) mask[i] = rng.random() < p ? 0 : keep;
+  return x.mul(tf.tensor(mask, x.shape));
+}
+
+/**
+ * PyTorch `F.cross_entropy(logits, targets)` with mean reduction.
+ * logits (N, V), targets (N) int32 → scalar.
+ */
+export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
+  const fast = fastPath("crossEntropy");
+  if (fast) return fast(logits, targets);
+  const logProbs = tf.logSoftmax(logits); // (N, V)
+  const picked = logProbs.mul(tf.oneHot(targets, logits.shape[1])).sum(1); // (N)
+  return picked.mean().neg() as tf.Scalar;
+}
+
+/** Weights drawn from the run's stream: N(0, std²). */
+export function normalInit(shape: number[], std: number, rng: Rng): tf.Tensor {
+  return tf.tensor(rng.normals(shape.reduce((a, b) => a * b, 1), std), shape);
+}
+
+/** Weights drawn from the run's stream: U(-bound, bound). */
+export function uniformInit(shape: number[], bound: number, rng: Rng): tf.Tensor {
+  return tf.tensor(rng.uniforms(shape.reduce((a, b) => a * b, 1), bound), shape);
+}
