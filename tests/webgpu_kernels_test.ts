@@ -9,13 +9,16 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-webgpu";
+import { Rng } from "../lib/rng.ts";
+import type { AdamWStep, AdamWTensors } from "../nn/fast_paths.ts";
 import {
-  type AdamWStepConstants,
   adamwUpdate,
   batchNorm1d,
   bigramLoss,
   causalSelfAttention,
+  concatColumns,
   crossEntropy,
+  dropout,
   embedding,
   layerNorm,
   linear,
@@ -110,7 +113,7 @@ async function assertSameWithGrads(
 }
 
 interface Counts {
-  /** Kernels tfjs runs (tf.profile), bookkeeping ones (Identity, Reshape, customGrad scopes) included. */
+  /** Kernels tfjs runs (tf.profile), its Identity saves for the gradient included. */
   kernels: number;
   /** Compute dispatches recorded on the GPU. */
   dispatches: number;
@@ -182,14 +185,29 @@ function plainLayerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor): tf.Te
   return centered.mul(variance.add(eps).rsqrt()).mul(weight).add(bias);
 }
 
-function plainAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, nHead: number): tf.Tensor {
+/** nn/layers.ts's dropout: a float mask drawn from `rng`, multiplied in. */
+function plainDropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor {
+  const keep = 1 / (1 - p);
+  const mask = new Float32Array(x.size);
+  for (let i = 0; i < mask.length; i++) mask[i] = rng.random() < p ? 0 : keep;
+  return x.mul(tf.tensor(mask, x.shape));
+}
+
+function plainAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  nHead: number,
+  dropWeights?: (weights: tf.Tensor) => tf.Tensor,
+): tf.Tensor {
   const [B, T, C] = q.shape as [number, number, number];
   const hs = C / nHead;
   const future = tf.linalg.bandPart(tf.ones([T, T]), -1, 0).equal(0); // (T, T)
   const maskBias = tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T]));
   const split = (x: tf.Tensor) => x.reshape([B, T, nHead, hs]).transpose([0, 2, 1, 3]); // (B, H, T, hs)
   const scores = tf.matMul(split(q), split(k), false, true).mul(hs ** -0.5); // (B, H, T, T)
-  const weights = tf.softmax(scores.add(maskBias));
+  let weights = tf.softmax(scores.add(maskBias));
+  if (dropWeights) weights = dropWeights(weights);
   return tf.matMul(weights, split(v)).transpose([0, 2, 1, 3]).reshape([B, T, C]);
 }
 
@@ -200,10 +218,9 @@ function plainCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Tensor {
 }
 
 function plainUpdate(
-  tensors: tf.Tensor[],
-  { beta1, beta2, eps, decay, stepSize, bc2Sqrt }: AdamWStepConstants,
+  [param, g, expAvg, expAvgSq]: AdamWTensors,
+  { beta1, beta2, eps, decay, stepSize, bc2Sqrt }: AdamWStep,
 ): void {
-  const [param, g, expAvg, expAvgSq] = tensors as tf.Variable[];
   tf.tidy(() => {
     const m = expAvg.mul(beta1).add(g.mul(1 - beta1));
     const v = expAvgSq.mul(beta2).add(g.square().mul(1 - beta2));
@@ -262,7 +279,10 @@ Deno.test("webgpu kernels: the registry object names every kernel exported", () 
     "batchNorm1d",
     "bigramLoss",
     "causalSelfAttention",
+    "causalSelfAttentionDropout",
+    "concatColumns",
     "crossEntropy",
+    "dropout",
     "embedding",
     "layerNorm",
     "linear",
@@ -270,9 +290,9 @@ Deno.test("webgpu kernels: the registry object names every kernel exported", () 
   ]);
 });
 
-Deno.test("webgpu kernels: adamwUpdate equals the 13-kernel update, in place, one dispatch", async () => {
+Deno.test("webgpu kernels: adamwUpdate equals the 13-kernel update, in place, one kernel", async () => {
   await onWebGPU(async () => {
-    const constants = (step: number): AdamWStepConstants => ({
+    const constants = (step: number): AdamWStep => ({
       beta1: 0.9,
       beta2: 0.999,
       eps: 1e-8,
@@ -280,35 +300,45 @@ Deno.test("webgpu kernels: adamwUpdate equals the 13-kernel update, in place, on
       stepSize: 3e-3 / (1 - 0.9 ** step),
       bc2Sqrt: Math.sqrt(1 - 0.999 ** step),
     });
-    for (const shape of [[7], [3, 4], [1000], [1]]) {
-      const make = () =>
-        [random(shape, 1), random(shape, 2), tf.zeros(shape), tf.zeros(shape)].map((t) =>
+    // Scalar and vec4 parameters, two a dispatch, the last one alone.
+    const shapes = [[7], [3, 4], [1000], [1], [2, 6]];
+    const make = () =>
+      shapes.map((shape, i) =>
+        [random(shape, i), random(shape, 10 + i), tf.zeros(shape), tf.zeros(shape)].map((t) =>
           tf.variable(t, false)
-        );
-      const [fast, plain] = [make(), make()];
-      for (let step = 1; step <= 3; step++) {
-        const grad = random(shape, 10 + step);
-        fast[1].assign(grad);
-        plain[1].assign(grad);
-        grad.dispose();
-        await fast[0].data(); // a CPU copy the in-place update must not leave stale
-        adamwUpdate(fast, constants(step));
-        plainUpdate(plain, constants(step));
-      }
-      for (const [i, name] of ["param", "grad", "exp_avg", "exp_avg_sq"].entries()) {
-        await assertClose(fast[i], plain[i], `adamw ${shape} ${name}`);
-      }
-      const before = tf.memory().numTensors;
-      const counts = await count(() => adamwUpdate(fast, constants(4)));
-      assert.equal(tf.memory().numTensors, before, "no tensor left behind");
-      const plainCounts = await count(() => plainUpdate(plain, constants(4)));
-      console.log(
-        `adamw ${shape}: plain ${plainCounts.kernels} kernels / ${plainCounts.dispatches} dispatches, ` +
-          `fast ${counts.kernels} / ${counts.dispatches}`,
+        ) as AdamWTensors
       );
-      assert.deepEqual([counts.kernels, counts.dispatches], [1, 1]);
-      tf.dispose([...fast, ...plain]);
+    const [fast, plain] = [make(), make()];
+    for (let step = 1; step <= 3; step++) {
+      for (const [i, shape] of shapes.entries()) {
+        const grad = random(shape, 20 * step + i);
+        (fast[i][1] as tf.Variable).assign(grad);
+        (plain[i][1] as tf.Variable).assign(grad);
+        grad.dispose();
+      }
+      await fast[0][0].data(); // a CPU copy the in-place update must not leave stale
+      adamwUpdate(fast, constants(step));
+      for (const tensors of plain) plainUpdate(tensors, constants(step));
     }
+    for (const [i, shape] of shapes.entries()) {
+      for (const [j, name] of ["param", "grad", "exp_avg", "exp_avg_sq"].entries()) {
+        await assertClose(fast[i][j], plain[i][j], `adamw ${shape} ${name}`);
+      }
+    }
+    const before = tf.memory().numTensors;
+    const counts = await count(() => adamwUpdate(fast, constants(4)));
+    assert.equal(tf.memory().numTensors, before, "no tensor left behind");
+    const plainCounts = await count(() => plain.forEach((t) => plainUpdate(t, constants(4))));
+    console.log(
+      `adamw, ${shapes.length} parameters: plain ${plainCounts.kernels} kernels / ` +
+        `${plainCounts.dispatches} dispatches, fast ${counts.kernels} / ${counts.dispatches}`,
+    );
+    assert.deepEqual([counts.kernels, counts.dispatches], [1, 3]);
+    assert.throws(
+      () => adamwUpdate([[fast[0][0], fast[0][0], fast[0][2], fast[0][3]]], constants(5)),
+      /must not share data/,
+    );
+    tf.dispose([...fast.flat(), ...plain.flat()]);
   });
 });
 
@@ -328,7 +358,7 @@ Deno.test("webgpu kernels: layerNorm equals the plain composition, values and gr
     // forward 1 dispatch; backward 2 (dx with partial dw/db, then their sum)
     await assertCounts("layerNorm (2,16,32)", fast, plainLayerNorm, inputs, {
       dispatches: 3,
-      kernels: 6,
+      kernels: 5, // one each way, and tfjs's saves of x, w and the row statistics
     });
     tf.dispose(inputs);
   });
@@ -353,6 +383,27 @@ Deno.test("webgpu kernels: causalSelfAttention equals the plain composition, val
       assertNoLeak(fast, inputs);
       tf.dispose(inputs);
     }
+    // Dropout on the weights: the mask comes from dropWeights, drawn from equal streams.
+    for (const [B, T, C, H] of [[2, 17, 12, 3], [1, 70, 8, 1], [2, 5, 10, 2]]) {
+      const inputs = [random([B, T, C], 1, 2), random([B, T, C], 2, 2), random([B, T, C], 3)];
+      for (const [name, drop] of [["fast", dropout], ["plain", plainDropout]] as const) {
+        const [fastRng, plainRng] = [new Rng(B + T), new Rng(B + T)];
+        const fast = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
+          causalSelfAttention(q, k, v, H, (w) => drop(w, 0.3, fastRng));
+        const plain = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
+          plainAttention(q, k, v, H, (w) => plainDropout(w, 0.3, plainRng));
+        // Each call draws a new mask: the value and the gradient pass draw the same ones.
+        await assertSameWithGrads(
+          `attention ${[B, T, C, H]} ${name} dropout`,
+          fast,
+          plain,
+          inputs,
+          4,
+        );
+        assertNoLeak(fast, inputs);
+      }
+      tf.dispose(inputs);
+    }
     const inputs = [random([2, 16, 32], 1), random([2, 16, 32], 2), random([2, 16, 32], 3)];
     // forward 1 dispatch; backward 2 (dq and rowsum(dy∘y), then dk and dv)
     await assertCounts(
@@ -360,7 +411,7 @@ Deno.test("webgpu kernels: causalSelfAttention equals the plain composition, val
       (q, k, v) => causalSelfAttention(q, k, v, 4),
       (q, k, v) => plainAttention(q, k, v, 4),
       inputs,
-      { dispatches: 3, kernels: 8 },
+      { dispatches: 3, kernels: 7 }, // one each way, and the saves of q, k, v, y, stats
     );
     tf.dispose(inputs);
   });
@@ -387,7 +438,7 @@ Deno.test("webgpu kernels: crossEntropy equals the plain composition, values and
       (l) => crossEntropy(l as tf.Tensor2D, targets as tf.Tensor1D),
       (l) => plainCrossEntropy(l, targets),
       [random([32, 65], 1)],
-      { dispatches: 3, kernels: 6 },
+      { dispatches: 3, kernels: 5 }, // one each way, and the saves of logits, targets, lse
     );
   });
 });
@@ -441,9 +492,106 @@ Deno.test("webgpu kernels: linear and linearOutIn equal the plain composition, v
       (x, w, b) => linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, "relu"),
       (x, w, b) => tf.matMul(x, w).add(b).relu(),
       inputs,
-      { dispatches: 4, kernels: 8 },
+      { dispatches: 4, kernels: 5 }, // one each way, and the saves of x, w, y
     );
     tf.dispose(inputs);
+  });
+});
+
+Deno.test("webgpu kernels: linear flattens inputs of any rank inside its kernels", async () => {
+  await onWebGPU(async () => {
+    const inputs = [random([2, 3, 7], 1), random([7, 9], 2), random([9], 3)];
+    const plain = (relu: boolean) => (x: tf.Tensor, w: tf.Tensor, b?: tf.Tensor) => {
+      let y = tf.matMul(x.reshape([-1, 7]), w);
+      if (b) y = y.add(b);
+      return (relu ? y.relu() : y).reshape([2, 3, 9]);
+    };
+    for (const relu of [false, true]) {
+      const activation = relu ? "relu" as const : undefined;
+      await assertSameWithGrads(
+        `linear (2,3,7) relu ${relu}`,
+        (x, w, b) => linear(x, w as tf.Tensor2D, b as tf.Tensor1D, activation),
+        plain(relu),
+        inputs,
+        4,
+      );
+      await assertSameWithGrads(
+        `linear (2,3,7) relu ${relu} no bias`,
+        (x, w) => linear(x, w as tf.Tensor2D, undefined, activation),
+        plain(relu),
+        inputs.slice(0, 2),
+        4,
+      );
+    }
+    // forward 1 (the fused product, no Reshape); backward 1 (bias gradient + 2 products)
+    await assertCounts(
+      "linear (2,16,32)→32",
+      (x, w, b) => linear(x, w as tf.Tensor2D, b as tf.Tensor1D),
+      plain(false),
+      inputs,
+      { dispatches: 4, kernels: 4 },
+    );
+    tf.dispose(inputs);
+  });
+});
+
+Deno.test("webgpu kernels: concatColumns equals tf.concat, values and gradients", async () => {
+  await onWebGPU(async () => {
+    const fast = (...parts: tf.Tensor[]) => concatColumns(parts as tf.Tensor2D[]);
+    const plain = (...parts: tf.Tensor[]) => tf.concat(parts, 1);
+    // Scalar columns; vec4 columns; nine parts (two dispatches each way); one row.
+    const cases: [number, number[]][] = [[5, [3, 5, 4]], [6, [8, 8, 8, 8]], [3, Array(9).fill(4)], [
+      1,
+      [2, 6],
+    ]];
+    for (const [rows, widths] of cases) {
+      const parts = widths.map((w, i) => random([rows, w], i + 1));
+      await assertSameWithGrads(`concatColumns ${rows} × ${widths}`, fast, plain, parts, 4);
+      assertNoLeak(fast, parts);
+      tf.dispose(parts);
+    }
+    const parts = [8, 8, 8, 8].map((w, i) => random([32, w], i + 1));
+    // forward 1 dispatch; backward 1 (every part's columns)
+    await assertCounts("concatColumns 4 × (32, 8)", fast, plain, parts, {
+      dispatches: 2,
+      kernels: 2,
+    });
+    tf.dispose(parts);
+  });
+});
+
+Deno.test("webgpu kernels: dropout draws the plain layer's mask from the stream, values and gradients", async () => {
+  await onWebGPU(async () => {
+    // Sizes off a multiple of 32 bits; one element.
+    for (const shape of [[5, 7], [64], [3, 33], [1]]) {
+      const x = random(shape, 1, 3);
+      for (const p of [0.2, 0.5]) {
+        const [fastRng, plainRng] = [new Rng(3), new Rng(3)];
+        await assertSameWithGrads(
+          `dropout ${shape} p ${p}`,
+          (t) => dropout(t, p, fastRng),
+          (t) => plainDropout(t, p, plainRng),
+          [x],
+          4,
+        );
+        assert.equal(
+          fastRng.nextUint32(),
+          plainRng.nextUint32(),
+          "as many draws as the plain layer",
+        );
+        assertNoLeak((t) => dropout(t, p, fastRng), [x]);
+      }
+      x.dispose();
+    }
+    const rng = new Rng(3);
+    // forward 1 dispatch (the mask uploaded as bits); backward 1
+    await assertCounts(
+      "dropout (32, 64) p 0.2",
+      (t) => dropout(t, 0.2, rng),
+      (t) => plainDropout(t, 0.2, rng),
+      [random([32, 64], 1)],
+      { dispatches: 2, kernels: 3 },
+    );
   });
 });
 
@@ -472,7 +620,7 @@ Deno.test("webgpu kernels: embedding equals tfjs's gather, values and gradients"
       (t) => embedding(t as tf.Tensor2D, ids),
       (t) => tf.gather(t, ids),
       [random([65, 32], 1)],
-      { dispatches: 2, kernels: 6 },
+      { dispatches: 2, kernels: 3 }, // one each way, and the save of ids
     );
   });
 });
@@ -493,11 +641,7 @@ Deno.test("webgpu kernels: batchNorm1d equals mlpLM's composition, training and 
         const fast = (on: RunningStats) => (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) =>
           batchNorm1d(
             x as tf.Tensor2D,
-            w as tf.Tensor1D,
-            b as tf.Tensor1D,
-            on.runningMean,
-            on.runningVar,
-            on.numBatchesTracked,
+            { ...on, weight: w as tf.Variable, bias: b as tf.Variable },
             training,
             1e-5,
             0.1,
@@ -532,18 +676,14 @@ Deno.test("webgpu kernels: batchNorm1d equals mlpLM's composition, training and 
       (x, w, b) =>
         batchNorm1d(
           x as tf.Tensor2D,
-          w as tf.Tensor1D,
-          b as tf.Tensor1D,
-          fastStats.runningMean,
-          fastStats.runningVar,
-          fastStats.numBatchesTracked,
+          { ...fastStats, weight: w as tf.Variable, bias: b as tf.Variable },
           true,
           1e-5,
           0.1,
         ),
       (x, w, b) => plainBatchNorm(x, w, b, plainStats, true),
       [random([32, 64], 1), random([64], 2), random([64], 3)],
-      { dispatches: 2, kernels: 6 },
+      { dispatches: 2, kernels: 5 }, // one each way, and the saves of x, w, stats
     );
   });
 });
@@ -575,7 +715,7 @@ Deno.test("webgpu kernels: bigramLoss equals the plain loss, values and gradient
       (t) => bigramLoss(t as tf.Tensor2D, x, y),
       (t) => bincountBigramLoss(t, x, y),
       [random([65, 65], 1)],
-      { dispatches: 4, kernels: 7 },
+      { dispatches: 4, kernels: 6 }, // one each way, and the saves of the table, lse, counts
     );
   });
 });
@@ -603,7 +743,7 @@ Deno.test("webgpu kernels: 10 AdamW steps of a small transformer give the plain 
       attention: (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
       linear: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, relu: boolean) => tf.Tensor;
       loss: (logits: tf.Tensor, targets: tf.Tensor) => tf.Tensor;
-      update: (tensors: tf.Tensor[], c: AdamWStepConstants) => void;
+      update: (updates: AdamWTensors[], c: AdamWStep) => void;
     };
     const fastOps: Ops = {
       embedding: (t, ids) => embedding(t as tf.Tensor2D, ids),
@@ -623,7 +763,7 @@ Deno.test("webgpu kernels: 10 AdamW steps of a small transformer give the plain 
         return relu ? out.relu() : out;
       },
       loss: plainCrossEntropy,
-      update: plainUpdate,
+      update: (updates, c) => updates.forEach((tensors) => plainUpdate(tensors, c)),
     };
     const train = async (ops: Ops): Promise<number[]> => {
       // Inside tidy the initial values' handles are freed; each variable owns its memory.
@@ -652,7 +792,7 @@ Deno.test("webgpu kernels: 10 AdamW steps of a small transformer give the plain 
           const logits = ops.linear(ops.linear(a, w1, b1, true), w2, b2, false); // (B·T, V)
           return ops.loss(logits, y) as tf.Scalar;
         }, params);
-        const c: AdamWStepConstants = {
+        const c: AdamWStep = {
           beta1: 0.9,
           beta2: 0.999,
           eps: 1e-8,
@@ -660,7 +800,7 @@ Deno.test("webgpu kernels: 10 AdamW steps of a small transformer give the plain 
           stepSize: 1e-2 / (1 - 0.9 ** step),
           bc2Sqrt: Math.sqrt(1 - 0.999 ** step),
         };
-        params.forEach((p, i) => ops.update([p, grads[p.name], ...moments[i]], c));
+        ops.update(params.map((p, i) => [p, grads[p.name], ...moments[i]] as AdamWTensors), c);
         losses.push((await value.data())[0]);
         tf.dispose([value, ...Object.values(grads)]);
       }

@@ -1,8 +1,9 @@
 /**
  * Causal multi-head self-attention, every (batch, head) at once, as one
- * WGSL dispatch forward and two backward, flash-attention style: the
- * (B, H, T, T) scores and weights never reach memory. tfjs's composition is
- * dozens of kernels a layer, most of them passes over (B, H, T, T) values.
+ * tfjs kernel each way, flash-attention style: one WGSL dispatch forward
+ * and two backward, and the (B, H, T, T) scores and weights never reach
+ * memory. tfjs's composition is dozens of kernels a layer, most of them
+ * passes over (B, H, T, T) values.
  *
  * Heads are read in place from (B, T, C): head h is columns h·hs…(h+1)·hs.
  * Every dispatch is a grid of (⌈T/64⌉, B·H) workgroups, one thread per
@@ -12,12 +13,15 @@
  * whole workgroup to read, two barriers a tile. Only tiles on or below the
  * diagonal are visited.
  *
- *   forward   y = softmax(q kᵀ·s + mask) v per row, online (running max
- *             and sum, one rescale per key tile); stores y and the row's
- *             logsumexp L (B, H, T)
- *   dQ        P = exp(q kᵀ·s − L), D = rowsum(dy ∘ y) (stored),
- *             dq = Σ_j P(dP − D)·s·k_j with dP = dy vᵀ
- *   dK, dV    per key row: dv = Σ_i P·dy_i, dk = Σ_i P(dP − D)·s·q_i
+ *   forward   y = (softmax(q kᵀ·s + mask) ∘ M) v per row, online (running
+ *             max and sum, one rescale per key tile); stores y and the
+ *             row's logsumexp L in `stats` (B, H, T, 2)
+ *   dQ        P = exp(q kᵀ·s − L), D = rowsum(dy ∘ y) (stored in stats),
+ *             dq = Σ_j P(M·dP − D)·s·k_j with dP = dy vᵀ
+ *   dK, dV    per key row: dv = Σ_i P·M·dy_i, dk = Σ_i P(M·dP − D)·s·q_i
+ *
+ * M is dropout's mask on the weights (B, H, T, T) (0 or 1/(1−p)), read
+ * where dropout is on, and 1 (not read) where it is off.
  *
  * @module
  */
@@ -27,20 +31,26 @@ import {
   dispatch,
   internals,
   type Kernel,
-  release,
+  runKernelForResult,
   vectorHelpers,
   vectorWidth,
 } from "./kernel.ts";
 
 const FORWARD = "WebGPUCausalAttention";
+/** With dropout's mask on the weights as a fourth input. */
+const FORWARD_DROPOUT = "WebGPUCausalAttentionDropout";
 const BACKWARD = "WebGPUCausalAttentionGrad";
 /** Rows (threads) per workgroup. */
 const ROWS = 64;
 /** Floats of one (other-side) tile per operand staged in shared memory, at most (8 KB). */
 const TILE_FLOATS = 2048;
 
-/** The constants every attention shader for head size hs shares. */
-function headConstants(hs: number): { tile: number; head: string } {
+/**
+ * The constants every attention shader for head size hs shares, and
+ * `keep(i, j)`: the factor dropout multiplies weight (i, j) of this
+ * workgroup's (batch, head) by.
+ */
+function headConstants(hs: number, dropout: boolean): { tile: number; head: string } {
   const vec = vectorWidth(hs);
   // Rows per staged tile: two operands of hs floats each, ≤ 16 KB of shared memory.
   const tile = Math.max(1, Math.min(16, Math.floor(TILE_FLOATS / hs)));
@@ -56,6 +66,11 @@ const NEG = -3.0e38;      // below every score: the running max's start
 fn headBase(bh: u32) -> u32 {
   return (bh / u.H) * u.T * u.CV + (bh % u.H) * HV;
 }
+${
+      dropout
+        ? "fn keep(bh: u32, i: u32, j: u32) -> f32 { return mask[(bh * u.T + i) * u.T + j]; }"
+        : "fn keep(bh: u32, i: u32, j: u32) -> f32 { return 1.0; }"
+    }
 `,
   };
 }
@@ -80,17 +95,25 @@ function stageTile(a: string, b: string, aTile: string, bTile: string, threads =
     }`;
 }
 
-function forwardKernel(hs: number): Kernel {
-  const { head, tile } = headConstants(hs);
+/** The mask's binding, where dropout is on. */
+function maskBinding(dropout: boolean, binding: number): string {
+  return dropout
+    ? `@group(0) @binding(${binding}) var<storage, read> mask: array<f32>; // (B, H, T, T)`
+    : "";
+}
+
+function forwardKernel(hs: number, dropout: boolean): Kernel {
+  const { head, tile } = headConstants(hs, dropout);
   return {
-    key: `attention_hs${hs}`,
+    key: `attention_hs${hs}${dropout ? "_dropout" : ""}`,
     uniforms: UNIFORMS,
     code: `${head}
 @group(0) @binding(0) var<storage, read> q: array<V>;
 @group(0) @binding(1) var<storage, read> k: array<V>;
 @group(0) @binding(2) var<storage, read> v: array<V>;
 @group(0) @binding(3) var<storage, read_write> y: array<V>;
-@group(0) @binding(4) var<storage, read_write> lse: array<f32>; // (B, H, T)
+@group(0) @binding(4) var<storage, read_write> stats: array<vec2<f32>>; // (B, H, T): L, and D later
+${maskBinding(dropout, 5)}
 var<workgroup> kTile: array<V, ${tile * (hs / vectorWidth(hs))}>;
 var<workgroup> vTile: array<V, ${tile * (hs / vectorWidth(hs))}>;
 
@@ -132,7 +155,8 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
         if (j0 + r <= i) {
           let p = exp(s[r] - newMax);
           rowSum += p;
-          for (var d = 0u; d < HV; d++) { acc[d] += p * vTile[r * HV + d]; }
+          let pm = p * keep(wid.y, i, j0 + r);
+          for (var d = 0u; d < HV; d++) { acc[d] += pm * vTile[r * HV + d]; }
         }
       }
       rowMax = newMax;
@@ -141,18 +165,18 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   if (valid) {
     for (var d = 0u; d < HV; d++) { y[base + i * u.CV + d] = acc[d] / rowSum; }
-    lse[wid.y * u.T + i] = rowMax + log(rowSum);
+    stats[wid.y * u.T + i] = vec2<f32>(rowMax + log(rowSum), 0.0);
   }
 }
 `,
   };
 }
 
-function queryGradKernel(hs: number): Kernel {
-  const { head, tile } = headConstants(hs);
+function queryGradKernel(hs: number, dropout: boolean): Kernel {
+  const { head, tile } = headConstants(hs, dropout);
   const tileSize = tile * (hs / vectorWidth(hs));
   return {
-    key: `attention_dq_hs${hs}`,
+    key: `attention_dq_hs${hs}${dropout ? "_dropout" : ""}`,
     uniforms: UNIFORMS,
     code: `${head}
 @group(0) @binding(0) var<storage, read> q: array<V>;
@@ -160,9 +184,10 @@ function queryGradKernel(hs: number): Kernel {
 @group(0) @binding(2) var<storage, read> v: array<V>;
 @group(0) @binding(3) var<storage, read> y: array<V>;
 @group(0) @binding(4) var<storage, read> dy: array<V>;
-@group(0) @binding(5) var<storage, read> lse: array<f32>;
+// (B, H, T): L from the forward; D = rowsum(dy ∘ y) written here for dK, dV.
+@group(0) @binding(5) var<storage, read_write> stats: array<vec2<f32>>;
 @group(0) @binding(6) var<storage, read_write> dq: array<V>;
-@group(0) @binding(7) var<storage, read_write> rowDot: array<f32>; // (B, H, T): D = rowsum(dy ∘ y)
+${maskBinding(dropout, 7)}
 var<workgroup> kTile: array<V, ${tileSize}>;
 var<workgroup> vTile: array<V, ${tileSize}>;
 
@@ -186,7 +211,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       D += vdot(dyi[d], y[base + i * u.CV + d]);
     }
   }
-  if (valid) { L = lse[wid.y * u.T + i]; }
+  if (valid) { L = stats[wid.y * u.T + i].x; }
   let keys = min(wid.x * ROWS + ROWS, u.T);
   for (var j0 = 0u; j0 < keys; j0 += TILE) {
     ${stageTile("k", "v", "kTile", "vTile")}
@@ -201,7 +226,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
             dp += vdot(dyi[d], vTile[r * HV + d]);
           }
           let p = exp(s * u.scale - L);
-          let ds = p * (dp - D) * u.scale;
+          let ds = p * (keep(wid.y, i, j0 + r) * dp - D) * u.scale;
           for (var d = 0u; d < HV; d++) { acc[d] += ds * kTile[r * HV + d]; }
         }
       }
@@ -210,7 +235,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
   }
   if (valid) {
     for (var d = 0u; d < HV; d++) { dq[base + i * u.CV + d] = acc[d]; }
-    rowDot[wid.y * u.T + i] = D;
+    stats[wid.y * u.T + i] = vec2<f32>(L, D);
   }
 }
 `,
@@ -222,21 +247,21 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
  * dk (needs k and v) and one dv (needs k only), so no thread holds more
  * than three head-sized vectors; the roles split at a warp boundary.
  */
-function keyValueGradKernel(hs: number): Kernel {
-  const { head, tile } = headConstants(hs);
+function keyValueGradKernel(hs: number, dropout: boolean): Kernel {
+  const { head, tile } = headConstants(hs, dropout);
   const tileSize = tile * (hs / vectorWidth(hs));
   return {
-    key: `attention_dkv_hs${hs}`,
+    key: `attention_dkv_hs${hs}${dropout ? "_dropout" : ""}`,
     uniforms: UNIFORMS,
     code: `${head}
 @group(0) @binding(0) var<storage, read> q: array<V>;
 @group(0) @binding(1) var<storage, read> k: array<V>;
 @group(0) @binding(2) var<storage, read> v: array<V>;
 @group(0) @binding(3) var<storage, read> dy: array<V>;
-@group(0) @binding(4) var<storage, read> lse: array<f32>;
-@group(0) @binding(5) var<storage, read> rowDot: array<f32>;
-@group(0) @binding(6) var<storage, read_write> dk: array<V>;
-@group(0) @binding(7) var<storage, read_write> dv: array<V>;
+@group(0) @binding(4) var<storage, read> stats: array<vec2<f32>>; // (B, H, T): L, D
+@group(0) @binding(5) var<storage, read_write> dk: array<V>;
+@group(0) @binding(6) var<storage, read_write> dv: array<V>;
+${maskBinding(dropout, 7)}
 var<workgroup> qTile: array<V, ${tileSize}>;
 var<workgroup> dyTile: array<V, ${tileSize}>;
 var<workgroup> lseTile: array<f32, TILE>;
@@ -268,8 +293,9 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
       lseTile[lid] = 0.0;
       dTile[lid] = 0.0;
       if (i < u.T) {
-        lseTile[lid] = lse[wid.y * u.T + i];
-        dTile[lid] = rowDot[wid.y * u.T + i];
+        let st = stats[wid.y * u.T + i];
+        lseTile[lid] = st.x;
+        dTile[lid] = st.y;
       }
     }
     workgroupBarrier();
@@ -280,13 +306,15 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
           var s = 0.0;
           for (var d = 0u; d < HV; d++) { s += vdot(qTile[r * HV + d], kj[d]); }
           let p = exp(s * u.scale - lseTile[r]);
+          let m = keep(wid.y, i, j);
           if (forDk) {
             var dp = 0.0;
             for (var d = 0u; d < HV; d++) { dp += vdot(dyTile[r * HV + d], vj[d]); }
-            let ds = p * (dp - dTile[r]) * u.scale;
+            let ds = p * (m * dp - dTile[r]) * u.scale;
             for (var d = 0u; d < HV; d++) { acc[d] += ds * qTile[r * HV + d]; }
           } else {
-            for (var d = 0u; d < HV; d++) { acc[d] += p * dyTile[r * HV + d]; }
+            let pm = p * m;
+            for (var d = 0u; d < HV; d++) { acc[d] += pm * dyTile[r * HV + d]; }
           }
         }
       }
@@ -320,36 +348,70 @@ function layout(q: tf.TensorInfo, nHead: number) {
   };
 }
 
-tf.registerKernel({
-  kernelName: FORWARD,
-  backendName: "webgpu",
-  kernelFunc: ({ inputs, attrs, backend }) => {
-    const { q, k, v } = inputs as Record<string, tf.TensorInfo>;
-    const { nHead } = attrs as unknown as { nHead: number };
-    const gpu = internals(backend);
-    const { B, T, hs, uniforms, grid } = layout(q, nHead);
-    const y = allocate(gpu, q.shape);
-    const lse = allocate(gpu, [B, nHead, T]);
-    dispatch(gpu, forwardKernel(hs), [q, k, v, y, lse], uniforms, grid);
-    return [y, lse];
-  },
-});
+for (const [kernelName, dropout] of [[FORWARD, false], [FORWARD_DROPOUT, true]] as const) {
+  tf.registerKernel({
+    kernelName,
+    backendName: "webgpu",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const { q, k, v, mask } = inputs as Record<string, tf.TensorInfo>;
+      const { nHead } = attrs as unknown as { nHead: number };
+      const gpu = internals(backend);
+      const { B, T, hs, uniforms, grid } = layout(q, nHead);
+      const y = allocate(gpu, q.shape);
+      const stats = allocate(gpu, [B, nHead, T, 2]);
+      const buffers = [q, k, v, y, stats, ...(dropout ? [mask] : [])];
+      dispatch(gpu, forwardKernel(hs, dropout), buffers, uniforms, grid);
+      return [y, stats];
+    },
+  });
+  tf.registerGradient({
+    kernelName,
+    inputsToSave: dropout ? ["q", "k", "v", "mask"] : ["q", "k", "v"],
+    outputsToSave: [true, true], // y, stats
+    gradFunc: (dys, saved, attrs) => {
+      const [q, k, v, ...rest] = saved;
+      const mask = dropout ? rest.shift()! : undefined;
+      const [y, stats] = rest;
+      const dy = (dys as tf.Tensor[])[0];
+      const [dq, dk, dv] = tf.engine().runKernel(
+        BACKWARD,
+        { q, k, v, y, stats, dy, ...(mask ? { mask } : {}) },
+        attrs as tf.NamedAttrMap,
+      ) as tf.Tensor[];
+      return { q: () => dq, k: () => dk, v: () => dv };
+    },
+  });
+}
 
 tf.registerKernel({
   kernelName: BACKWARD,
   backendName: "webgpu",
   kernelFunc: ({ inputs, attrs, backend }) => {
-    const { q, k, v, y, lse, dy } = inputs as Record<string, tf.TensorInfo>;
+    const { q, k, v, y, stats, dy, mask } = inputs as Record<string, tf.TensorInfo>;
     const { nHead } = attrs as unknown as { nHead: number };
     const gpu = internals(backend);
-    const { B, T, hs, uniforms, grid } = layout(q, nHead);
+    const { hs, uniforms, grid } = layout(q, nHead);
+    const dropout = mask !== undefined;
+    const masks = dropout ? [mask] : [];
     const dq = allocate(gpu, q.shape);
-    const rowDot = allocate(gpu, [B, nHead, T]);
-    dispatch(gpu, queryGradKernel(hs), [q, k, v, y, dy, lse, dq, rowDot], uniforms, grid);
+    // Writes D next to L in stats: a scratch half of the saved forward output,
+    // which nothing else reads.
+    dispatch(
+      gpu,
+      queryGradKernel(hs, dropout),
+      [q, k, v, y, dy, stats, dq, ...masks],
+      uniforms,
+      grid,
+    );
     const dk = allocate(gpu, q.shape);
     const dv = allocate(gpu, q.shape);
-    dispatch(gpu, keyValueGradKernel(hs), [q, k, v, dy, lse, rowDot, dk, dv], uniforms, grid);
-    release(gpu, rowDot);
+    dispatch(
+      gpu,
+      keyValueGradKernel(hs, dropout),
+      [q, k, v, dy, stats, dk, dv, ...masks],
+      uniforms,
+      grid,
+    );
     return [dq, dk, dv];
   },
 });
@@ -357,29 +419,23 @@ tf.registerKernel({
 /**
  * `softmax(q kᵀ / √hs + causal mask) v` for every head, heads side by
  * side, with its gradient: q, k, v (B, T, C), head h in columns
- * h·hs…(h+1)·hs → (B, T, C). No dropout on the attention weights.
+ * h·hs…(h+1)·hs → (B, T, C). `dropWeights`, given in training with
+ * dropout, is dropout on the (B, H, T, T) weights: a mask multiplied into
+ * them, which it gives here as what it makes of ones, drawing from the
+ * run's stream as the plain layer's call does.
  */
 export function causalSelfAttention(
   q: tf.Tensor,
   k: tf.Tensor,
   v: tf.Tensor,
   nHead: number,
-): tf.Tensor3D {
-  const op = tf.customGrad((qt, kt, vt, save) => {
-    const inputs = { q: qt as tf.Tensor, k: kt as tf.Tensor, v: vt as tf.Tensor };
-    const [y, lse] = tf.engine().runKernel(FORWARD, inputs, { nHead }) as tf.Tensor[];
-    (save as tf.GradSaveFunc)([inputs.q, inputs.k, inputs.v, y, lse]);
-    return {
-      value: y, // (B, T, C)
-      gradFunc: (dy, saved) => {
-        const [sq, sk, sv, sy, slse] = saved as tf.Tensor[];
-        return tf.engine().runKernel(
-          BACKWARD,
-          { q: sq, k: sk, v: sv, y: sy, lse: slse, dy: dy as tf.Tensor },
-          { nHead },
-        ) as tf.Tensor[]; // dq, dk, dv (B, T, C)
-      },
-    };
-  }) as (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
-  return op(q, k, v) as tf.Tensor3D;
+  dropWeights?: (weights: tf.Tensor) => tf.Tensor,
+): tf.Tensor {
+  if (!dropWeights) return runKernelForResult(FORWARD, { q, k, v }, { nHead }); // (B, T, C)
+  const [B, T] = q.shape;
+  const ones = tf.fill([B, nHead, T, T], 1); // filled on the GPU, not uploaded
+  const mask = dropWeights(ones); // (B, H, T, T): 0 or 1/(1−p)
+  const y = runKernelForResult(FORWARD_DROPOUT, { q, k, v, mask }, { nHead }); // (B, T, C)
+  tf.dispose([ones, mask]); // the gradient keeps its own reference to the mask
+  return y;
 }

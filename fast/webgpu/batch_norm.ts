@@ -1,5 +1,5 @@
 /**
- * mlpLM's BatchNorm1d as one WGSL dispatch forward (statistics, the
+ * mlpLM's BatchNorm1d as one tfjs kernel and one WGSL dispatch each way: forward (statistics, the
  * normalised output and, in training, the running statistics updated in
  * place) and one backward, where tfjs's composition is dozens of kernels.
  *
@@ -12,11 +12,13 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import type { BatchNormState } from "../../nn/fast_paths.ts";
 import {
   allocate,
   dispatch,
   internals,
   type Kernel,
+  runKernelForResult,
   vectorHelpers,
   vectorWidth,
   writtenInPlace,
@@ -240,10 +242,27 @@ tf.registerKernel({
   },
 });
 
+tf.registerGradient({
+  kernelName: FORWARD,
+  inputsToSave: ["x", "weight"],
+  outputsToSave: [false, true], // stats
+  gradFunc: (dys, saved, attrs) => {
+    const [x, weight, stats] = saved;
+    const dy = (dys as tf.Tensor[])[0];
+    const [dx, dw, db] = tf.engine().runKernel(
+      BACKWARD,
+      { x, dy, weight, stats },
+      attrs as tf.NamedAttrMap,
+    ) as tf.Tensor[];
+    return { x: () => dx, weight: () => dw, bias: () => db };
+  },
+});
+
 /**
- * PyTorch `nn.BatchNorm1d` on x (N, C) with weight and bias (C), with its
- * gradient. Training normalises with the batch's biased variance and moves
- * the running statistics in place (the unbiased variance, as PyTorch):
+ * PyTorch `nn.BatchNorm1d` on x (N, C) with `bn`'s weight and bias (C),
+ * with its gradient. Training normalises with the batch's biased variance
+ * and moves `bn`'s running statistics in place (the unbiased variance, as
+ * PyTorch):
  *
  *   running_mean ← (1−momentum)·running_mean + momentum·mean
  *   running_var  ← (1−momentum)·running_var + momentum·var·N/(N−1)
@@ -253,40 +272,15 @@ tf.registerKernel({
  */
 export function batchNorm1d(
   x: tf.Tensor2D,
-  weight: tf.Tensor1D,
-  bias: tf.Tensor1D,
-  runningMean: tf.Variable,
-  runningVar: tf.Variable,
-  numBatchesTracked: tf.Variable,
+  bn: BatchNormState,
   training: boolean,
   eps: number,
   momentum: number,
 ): tf.Tensor2D {
-  const op = tf.customGrad((xt, w, b, save) => {
-    const [y, stats] = tf.engine().runKernel(
-      FORWARD,
-      {
-        x: xt as tf.Tensor,
-        weight: w as tf.Tensor,
-        bias: b as tf.Tensor,
-        runningMean,
-        runningVar,
-        numBatchesTracked,
-      },
-      { training, eps, momentum },
-    ) as tf.Tensor[];
-    (save as tf.GradSaveFunc)([xt as tf.Tensor, w as tf.Tensor, stats]);
-    return {
-      value: y as tf.Tensor2D, // (N, C)
-      gradFunc: (dy, saved) => {
-        const [sx, sw, sstats] = saved as tf.Tensor[];
-        return tf.engine().runKernel(
-          BACKWARD,
-          { x: sx, dy: dy as tf.Tensor, weight: sw, stats: sstats },
-          { training },
-        ) as tf.Tensor[]; // dx (N, C), dw (C), db (C)
-      },
-    };
-  }) as (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor2D;
-  return op(x, weight, bias);
+  const { weight, bias, runningMean, runningVar, numBatchesTracked } = bn;
+  return runKernelForResult(
+    FORWARD,
+    { x, weight, bias, runningMean, runningVar, numBatchesTracked },
+    { training, eps, momentum },
+  ) as tf.Tensor2D;
 }

@@ -1,5 +1,5 @@
 /**
- * bigramLM's counted loss: the batch's pairs counted with integer atomics
+ * bigramLM's counted loss as one tfjs kernel each way: the batch's pairs counted with integer atomics
  * into a zeroed (V, V) table (one dispatch), then the counts-mode softmax
  * loss of `cross_entropy.ts` over the table's rows (two dispatches) —
  * V² work instead of N·V — and one dispatch backward. The plain
@@ -9,7 +9,15 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { allocate, capWorkgroups, clear, dispatch, internals, type Kernel } from "./kernel.ts";
+import {
+  allocate,
+  capWorkgroups,
+  clear,
+  dispatch,
+  internals,
+  type Kernel,
+  runKernelForResult,
+} from "./kernel.ts";
 import { softmaxLoss, softmaxLossGrad } from "./cross_entropy.ts";
 
 const FORWARD = "WebGPUBigramLoss";
@@ -78,6 +86,22 @@ tf.registerKernel({
   },
 });
 
+tf.registerGradient({
+  kernelName: FORWARD,
+  inputsToSave: ["table"],
+  outputsToSave: [false, true, true, true], // lse, row counts, pair counts
+  gradFunc: (dys, saved, attrs) => {
+    const [table, lse, rowCounts, counts] = saved;
+    const dy = (dys as tf.Tensor[])[0];
+    const dtable = tf.engine().runKernel(
+      BACKWARD,
+      { table, counts, lse, rowCounts, dy },
+      attrs as tf.NamedAttrMap,
+    ) as tf.Tensor;
+    return { table: () => dtable }; // (V, V)
+  },
+});
+
 /**
  * bigramLM's mean cross-entropy from pair counts, with the table's
  * gradient: table (V, V), ids x and targets y (B, T) int32 → scalar. With
@@ -88,24 +112,7 @@ tf.registerKernel({
  *   dW[a] = (n_a · softmax(W[a]) − count(a, ·)) / N
  */
 export function bigramLoss(table: tf.Tensor2D, x: tf.Tensor, y: tf.Tensor): tf.Scalar {
-  const op = tf.customGrad((t, save) => {
-    const tt = t as tf.Tensor;
-    const [loss, lse, rowCounts, counts] = tf.engine().runKernel(
-      FORWARD,
-      { table: tt, ids: x, targets: y },
-    ) as tf.Tensor[];
-    (save as tf.GradSaveFunc)([tt, counts, lse, rowCounts]);
-    return {
-      value: loss as tf.Scalar,
-      gradFunc: (dy, saved) => {
-        const [st, scounts, slse, srowCounts] = saved as tf.Tensor[];
-        return tf.engine().runKernel(
-          BACKWARD,
-          { table: st, counts: scounts, lse: slse, rowCounts: srowCounts, dy: dy as tf.Tensor },
-          { positions: x.size },
-        ) as tf.Tensor; // (V, V)
-      },
-    };
-  }) as (table: tf.Tensor) => tf.Scalar;
-  return op(table);
+  return runKernelForResult(FORWARD, { table, ids: x, targets: y }, {
+    positions: x.size,
+  }) as tf.Scalar;
 }

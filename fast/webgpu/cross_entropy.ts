@@ -7,7 +7,7 @@
  *   count c_ab per column, loss_a = n_a·logsumexp(row) − Σ_b c_ab·row[b]
  *   with n_a = Σ_b c_ab.
  *
- * Forward is two dispatches: per-row logsumexp and loss with per-workgroup
+ * Each is one tfjs kernel each way. Forward is two dispatches: per-row logsumexp and loss with per-workgroup
  * partial sums, then their sum divided by N. Backward is one, rebuilding
  * the softmax from the saved logsumexp: (n·softmax − c)·dy/N, where in
  * target mode n = 1 and c is one-hot.
@@ -27,6 +27,7 @@ import {
   internals,
   type Kernel,
   release,
+  runKernelForResult,
   vectorHelpers,
   vectorWidth,
   type WebGPUBackendInternals,
@@ -271,28 +272,23 @@ tf.registerKernel({
   },
 });
 
+tf.registerGradient({
+  kernelName: FORWARD,
+  inputsToSave: ["logits", "targets"],
+  outputsToSave: [false, true], // lse
+  gradFunc: (dys, saved) => {
+    const [logits, targets, lse] = saved;
+    const dy = (dys as tf.Tensor[])[0];
+    const dlogits = tf.engine().runKernel(BACKWARD, { logits, targets, lse, dy }) as tf.Tensor;
+    return { logits: () => dlogits }; // (N, V)
+  },
+});
+
 /**
  * PyTorch `F.cross_entropy(logits, targets)` with mean reduction, with its
  * gradient: logits (N, V), targets (N) int32 → scalar. Per row,
  * loss = logsumexp(row) − row[target].
  */
 export function crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar {
-  const op = tf.customGrad((l, save) => {
-    const lt = l as tf.Tensor;
-    const [loss, lse] = tf.engine().runKernel(FORWARD, { logits: lt, targets }) as tf.Tensor[];
-    (save as tf.GradSaveFunc)([lt, targets, lse]);
-    return {
-      value: loss as tf.Scalar,
-      gradFunc: (dy, saved) => {
-        const [sl, st, slse] = saved as tf.Tensor[];
-        return tf.engine().runKernel(BACKWARD, {
-          logits: sl,
-          targets: st,
-          lse: slse,
-          dy: dy as tf.Tensor,
-        }) as tf.Tensor; // (N, V)
-      },
-    };
-  }) as (logits: tf.Tensor) => tf.Scalar;
-  return op(logits);
+  return runKernelForResult(FORWARD, { logits, targets }) as tf.Scalar;
 }

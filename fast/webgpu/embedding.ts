@@ -1,7 +1,8 @@
 /**
- * `nn.Embedding`: tfjs's gather forward (one dispatch), and backward a
- * scatter-add of dy's rows into a zeroed (V, C) table, one dispatch, where
- * tfjs's gradient is UnsortedSegmentSum between transposes.
+ * `nn.Embedding` as one tfjs kernel each way: tfjs's gather forward (one
+ * dispatch), and backward a scatter-add of dy's rows into a zeroed (V, C)
+ * table, one dispatch, where tfjs's gradient is UnsortedSegmentSum between
+ * transposes.
  *
  * WGSL has no float atomics: each thread adds one element of dy with a
  * compare-and-swap loop on the float's bits (`atomic<u32>`). Consecutive
@@ -16,8 +17,18 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { allocate, capWorkgroups, clear, dispatch, internals, type Kernel } from "./kernel.ts";
+import {
+  allocate,
+  capWorkgroups,
+  clear,
+  dispatch,
+  internals,
+  type Kernel,
+  tfjsKernel,
+  view,
+} from "./kernel.ts";
 
+const FORWARD = "WebGPUEmbedding";
 const BACKWARD = "WebGPUEmbeddingGrad";
 const WORKGROUP = 256;
 
@@ -70,24 +81,37 @@ tf.registerKernel({
   },
 });
 
+tf.registerKernel({
+  kernelName: FORWARD,
+  backendName: "webgpu",
+  kernelFunc: ({ inputs, backend }) => {
+    const { table, ids } = inputs as Record<string, tf.TensorInfo>;
+    const n = tf.util.sizeFromShape(ids.shape);
+    const rows = tfjsKernel("GatherV2", internals(backend), {
+      x: table,
+      indices: view(ids, [n]),
+    }, { axis: 0, batchDims: 0 }); // (N, C)
+    return view(rows, [...ids.shape, table.shape[1]]); // (..., C)
+  },
+});
+
+tf.registerGradient({
+  kernelName: FORWARD,
+  inputsToSave: ["ids"],
+  gradFunc: (dy, saved, attrs) => {
+    const table = tf.engine().runKernel(
+      BACKWARD,
+      { ids: saved[0], dy: dy as tf.Tensor },
+      attrs as tf.NamedAttrMap,
+    ) as tf.Tensor;
+    return { table: () => table }; // (V, C)
+  },
+});
+
 /**
  * PyTorch `nn.Embedding`: rows of `table` (V, C) picked by `ids` (int32,
  * any shape) → (..., C), with the table's gradient.
  */
 export function embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
-  const [V, C] = table.shape;
-  const op = tf.customGrad((t, save) => {
-    const flatIds = ids.reshape([-1]); // (N)
-    (save as tf.GradSaveFunc)([flatIds]);
-    return {
-      value: tf.gather(t as tf.Tensor, flatIds).reshape([...ids.shape, C]), // (..., C)
-      gradFunc: (dy, saved) =>
-        tf.engine().runKernel(
-          BACKWARD,
-          { ids: saved[0], dy: dy as tf.Tensor },
-          { vocab: V },
-        ) as tf.Tensor, // (V, C)
-    };
-  }) as (table: tf.Tensor) => tf.Tensor;
-  return op(table);
+  return tf.engine().runKernel(FORWARD, { table, ids }, { vocab: table.shape[0] }) as tf.Tensor;
 }

@@ -120,13 +120,39 @@ function pipeline(
   return found;
 }
 
+/**
+ * A tensor's data under another shape of the same size, as tfjs-backend-webgpu's
+ * own Reshape does it: no copy, no dispatch, and no kernel tfjs counts.
+ * Not a new reference: the view must not outlive, or be disposed instead
+ * of, its tensor (returned from a kernel, it is the tensor).
+ */
+export function view(info: tf.TensorInfo, shape: number[]): tf.TensorInfo {
+  return { dataId: info.dataId, shape, dtype: info.dtype };
+}
+
 /** A tensor seen as a flat 1-D buffer: `recordAndSubmit` gives each binding one shape uniform. */
 function flat(info: tf.TensorInfo): tf.TensorInfo {
-  return {
-    dataId: info.dataId,
-    shape: [Math.max(1, tf.util.sizeFromShape(info.shape))],
-    dtype: info.dtype,
-  };
+  return view(info, [Math.max(1, tf.util.sizeFromShape(info.shape))]);
+}
+
+/**
+ * Runs tfjs-backend-webgpu's own kernel `name` (its product, gather,
+ * concatenation) from inside one of ours: its dispatches join ours, and
+ * tfjs counts one kernel, ours.
+ */
+export function tfjsKernel(
+  name: string,
+  backend: WebGPUBackendInternals,
+  inputs: Record<string, tf.TensorInfo> | tf.TensorInfo[],
+  attrs: Record<string, unknown>,
+): tf.TensorInfo {
+  const kernel = tf.getKernel(name, "webgpu");
+  if (!kernel) throw new Error(`tfjs-backend-webgpu has no kernel ${name}`);
+  return kernel.kernelFunc({
+    inputs: inputs as tf.NamedTensorInfoMap,
+    attrs: attrs as tf.NamedAttrMap,
+    backend: backend as unknown as tf.KernelBackend,
+  }) as tf.TensorInfo;
 }
 
 /**
@@ -163,6 +189,26 @@ export function dispatch(
   backend.recordAndSubmit(program, first, rest, data);
 }
 
+/**
+ * Runs our tfjs kernel `name` whose first output is the result and whose
+ * others (row statistics and such) are only for its gradient: tfjs saves
+ * those for the gradient with references of their own, so they are freed
+ * here, with or without a gradient to come.
+ */
+export function runKernelForResult(
+  name: string,
+  inputs: tf.NamedTensorMap,
+  attrs: Record<string, unknown> = {},
+): tf.Tensor {
+  const [result, ...forGradient] = tf.engine().runKernel(
+    name,
+    inputs,
+    attrs as tf.NamedAttrMap,
+  ) as tf.Tensor[];
+  tf.dispose(forGradient);
+  return result;
+}
+
 /** A new tensor's storage on the GPU, its contents undefined (pooled buffers are reused). */
 export function allocate(
   backend: WebGPUBackendInternals,
@@ -194,6 +240,11 @@ export function release(backend: WebGPUBackendInternals, ...infos: tf.TensorInfo
  */
 export function writtenInPlace(backend: WebGPUBackendInternals, info: tf.TensorInfo): void {
   backend.tensorMap.get(info.dataId).values = null;
+}
+
+/** Greatest common divisor. */
+export function gcd(a: number, b: number): number {
+  return b === 0 ? a : gcd(b, a % b);
 }
 
 /** Elements per vector for rows of `width` floats: 4 (vec4 loads) when it divides them, else 1. */

@@ -1,7 +1,8 @@
 /**
- * LayerNorm over the last axis as one WGSL dispatch forward and two
- * backward (dx with per-row-group partial dw/db sums, then the sum of the
- * partials), where tfjs's composition is dozens of kernels.
+ * LayerNorm over the last axis as one tfjs kernel each way: one WGSL
+ * dispatch forward and two backward (dx with per-row-group partial dw/db
+ * sums, then the sum of the partials), where tfjs's composition is dozens
+ * of kernels.
  *
  * Layout, both directions: a workgroup of 256 threads is 8 row groups of
  * 32 lanes; a row group owns one row at a time, each lane holding
@@ -20,6 +21,7 @@ import {
   internals,
   type Kernel,
   release,
+  runKernelForResult,
   vectorHelpers,
   vectorWidth,
 } from "./kernel.ts";
@@ -222,6 +224,22 @@ tf.registerKernel({
   },
 });
 
+tf.registerGradient({
+  kernelName: FORWARD,
+  inputsToSave: ["x", "weight"],
+  outputsToSave: [false, true], // stats
+  gradFunc: (dys, saved) => {
+    const [x, weight, stats] = saved;
+    const dy = (dys as tf.Tensor[])[0];
+    const [dx, dw, db] = tf.engine().runKernel(
+      BACKWARD,
+      { x, weight, stats, dy },
+      {},
+    ) as tf.Tensor[];
+    return { x: () => dx, weight: () => dw, bias: () => db };
+  },
+});
+
 /**
  * PyTorch `nn.LayerNorm` over the last axis (biased variance), with its
  * gradient: x (..., C), weight and bias (C) → (..., C). Per row, with
@@ -236,24 +254,5 @@ export function layerNorm(
   bias: tf.Tensor,
   eps: number,
 ): tf.Tensor {
-  const op = tf.customGrad((xt, w, b, save) => {
-    const [y, stats] = tf.engine().runKernel(
-      FORWARD,
-      { x: xt as tf.Tensor, weight: w as tf.Tensor, bias: b as tf.Tensor },
-      { eps },
-    ) as tf.Tensor[];
-    (save as tf.GradSaveFunc)([xt as tf.Tensor, w as tf.Tensor, stats]);
-    return {
-      value: y, // (..., C)
-      gradFunc: (dy, saved) => {
-        const [sx, sw, sstats] = saved as tf.Tensor[];
-        return tf.engine().runKernel(
-          BACKWARD,
-          { x: sx, weight: sw, stats: sstats, dy: dy as tf.Tensor },
-          {},
-        ) as tf.Tensor[]; // dx (..., C), dw (C), db (C)
-      },
-    };
-  }) as (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
-  return op(x, weight, bias);
+  return runKernelForResult(FORWARD, { x, weight, bias }, { eps }); // (..., C)
 }

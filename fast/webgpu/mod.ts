@@ -6,11 +6,14 @@
  *
  * @module
  */
+import type { FastPaths } from "../../nn/fast_paths.ts";
 import { adamwUpdate } from "./adamw.ts";
 import { causalSelfAttention } from "./attention.ts";
 import { batchNorm1d } from "./batch_norm.ts";
 import { bigramLoss } from "./bigram_loss.ts";
+import { concatColumns } from "./concat.ts";
 import { crossEntropy } from "./cross_entropy.ts";
+import { dropout } from "./dropout.ts";
 import { embedding } from "./embedding.ts";
 import { layerNorm } from "./layer_norm.ts";
 import { linear, linearOutIn } from "./linear.ts";
@@ -20,21 +23,25 @@ export {
   batchNorm1d,
   bigramLoss,
   causalSelfAttention,
+  concatColumns,
   crossEntropy,
+  dropout,
   embedding,
   layerNorm,
   linear,
   linearOutIn,
 };
-export type { AdamWStepConstants } from "./adamw.ts";
 
 /** The fast paths implemented for WebGPU, by registry name. */
-export const webgpuFastPaths = {
+export const webgpuFastPaths: Partial<FastPaths> = {
   adamwUpdate,
   batchNorm1d,
   bigramLoss,
-  causalSelfAttention,
+  causalSelfAttention: (q, k, v, nHead) => causalSelfAttention(q, k, v, nHead),
+  causalSelfAttentionDropout: causalSelfAttention,
+  concatColumns,
   crossEntropy,
+  dropout,
   embedding,
   layerNorm,
   linear,

@@ -10,6 +10,7 @@
 import * as tf from "@tensorflow/tfjs";
 import {
   dispatch,
+  gcd,
   type Kernel,
   vectorHelpers,
   vectorWidth,
@@ -77,10 +78,6 @@ export function columnSums(
     [rows, columns, split / vec],
     [Math.ceil(columns / LANES), 1, 1],
   );
-}
-
-function gcd(a: number, b: number): number {
-  return b === 0 ? a : gcd(b, a % b);
 }
 
 const SUM_WORKGROUP = 256;
