@@ -1,6 +1,7 @@
 /**
  * The WGSL fast paths (`fast/webgpu/`) against the plain tfjs compositions
- * they replace, on the webgpu backend: values and gradients to 1e-4
+ * they replace (`nn/layers.ts`, `nn/adamw.ts`: no fast path is registered
+ * in this file), on the webgpu backend: values and gradients to 1e-4
  * (relative to the largest reference value), at awkward sizes; the tfjs
  * kernels (tf.profile) and GPU dispatches each uses; tensors not leaked.
  *
@@ -10,7 +11,14 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-webgpu";
 import { Rng } from "../lib/rng.ts";
-import type { AdamWStep, AdamWTensors } from "../nn/fast_paths.ts";
+import { AdamW } from "../nn/adamw.ts";
+import {
+  type AdamWStep,
+  type AdamWTensors,
+  type BatchNormState,
+  fastPath,
+} from "../nn/fast_paths.ts";
+import * as layers from "../nn/layers.ts";
 import {
   adamwUpdate,
   batchNorm1d,
@@ -33,6 +41,7 @@ async function useWebGPU(): Promise<GPUDevice> {
   tf.enableProdMode();
   assert.ok(await tf.setBackend("webgpu"), "the webgpu backend starts");
   await tf.ready();
+  assert.equal(fastPath("layerNorm"), undefined, "nothing registered here: nn/ runs plain");
   return (tf.backend() as unknown as { device: GPUDevice }).device;
 }
 
@@ -175,22 +184,14 @@ function assertNoLeak(f: (...xs: tf.Tensor[]) => tf.Tensor, inputs: tf.Tensor[])
   assert.equal(tf.memory().numTensors, before, "tensor count flat");
 }
 
-// ---- the plain compositions (as in lib/nn.ts, lib/adamw.ts, models/) ----
+// ---- the plain compositions: nn/layers.ts and nn/adamw.ts, with no fast path registered here ----
 
-function plainLayerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor): tf.Tensor {
-  const eps = 1e-5;
-  const mean = x.mean(-1, true); // (..., 1)
-  const centered = x.sub(mean); // (..., C)
-  const variance = centered.square().mean(-1, true); // (..., 1)
-  return centered.mul(variance.add(eps).rsqrt()).mul(weight).add(bias);
-}
+const plainLayerNorm = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => layers.layerNorm(x, w, b);
 
-/** nn/layers.ts's dropout: a float mask drawn from `rng`, multiplied in. */
-function plainDropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor {
-  const keep = 1 / (1 - p);
-  const mask = new Float32Array(x.size);
-  for (let i = 0; i < mask.length; i++) mask[i] = rng.random() < p ? 0 : keep;
-  return x.mul(tf.tensor(mask, x.shape));
+/** gptLM's mask bias: 0 on and below the diagonal, −∞ above. (T, T) */
+function causalMaskBias(T: number): tf.Tensor {
+  const future = tf.linalg.bandPart(tf.ones([T, T]), -1, 0).equal(0);
+  return tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T]));
 }
 
 function plainAttention(
@@ -200,75 +201,36 @@ function plainAttention(
   nHead: number,
   dropWeights?: (weights: tf.Tensor) => tf.Tensor,
 ): tf.Tensor {
-  const [B, T, C] = q.shape as [number, number, number];
-  const hs = C / nHead;
-  const future = tf.linalg.bandPart(tf.ones([T, T]), -1, 0).equal(0); // (T, T)
-  const maskBias = tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T]));
-  const split = (x: tf.Tensor) => x.reshape([B, T, nHead, hs]).transpose([0, 2, 1, 3]); // (B, H, T, hs)
-  const scores = tf.matMul(split(q), split(k), false, true).mul(hs ** -0.5); // (B, H, T, T)
-  let weights = tf.softmax(scores.add(maskBias));
-  if (dropWeights) weights = dropWeights(weights);
-  return tf.matMul(weights, split(v)).transpose([0, 2, 1, 3]).reshape([B, T, C]);
+  return layers.causalSelfAttention(q, k, v, nHead, causalMaskBias(q.shape[1]!), dropWeights);
 }
 
-function plainCrossEntropy(logits: tf.Tensor, targets: tf.Tensor): tf.Tensor {
-  const logProbs = tf.logSoftmax(logits); // (N, V)
-  const picked = logProbs.mul(tf.oneHot(targets as tf.Tensor1D, logits.shape[1]!)).sum(1); // (N)
-  return picked.mean().neg();
+const plainCrossEntropy = (logits: tf.Tensor, targets: tf.Tensor) =>
+  layers.crossEntropy(logits as tf.Tensor2D, targets as tf.Tensor1D);
+
+/** AdamW's constants at `step`, as nn/adamw.ts computes them. */
+function adamwStep(lr: number, weightDecay: number, step: number): AdamWStep {
+  return {
+    beta1: 0.9,
+    beta2: 0.999,
+    eps: 1e-8,
+    decay: 1 - lr * weightDecay,
+    stepSize: lr / (1 - 0.9 ** step),
+    bc2Sqrt: Math.sqrt(1 - 0.999 ** step),
+  };
 }
 
-function plainUpdate(
-  [param, g, expAvg, expAvgSq]: AdamWTensors,
-  { beta1, beta2, eps, decay, stepSize, bc2Sqrt }: AdamWStep,
-): void {
-  tf.tidy(() => {
-    const m = expAvg.mul(beta1).add(g.mul(1 - beta1));
-    const v = expAvgSq.mul(beta2).add(g.square().mul(1 - beta2));
-    const denom = v.sqrt().div(bc2Sqrt).add(eps);
-    param.assign(param.mul(decay).sub(m.div(denom).mul(stepSize)));
-    expAvg.assign(m);
-    expAvgSq.assign(v);
-  });
-}
-
-interface RunningStats {
-  runningMean: tf.Variable;
-  runningVar: tf.Variable;
-  numBatchesTracked: tf.Variable;
-}
+/** Running statistics of a BatchNorm1d. */
+type RunningStats = Omit<BatchNormState, "weight" | "bias">;
 
 function plainBatchNorm(
   x: tf.Tensor,
   weight: tf.Tensor,
   bias: tf.Tensor,
-  bn: RunningStats,
+  stats: RunningStats,
   training: boolean,
-  eps = 1e-5,
-  momentum = 0.1,
 ): tf.Tensor {
-  if (!training) {
-    const scale = weight.mul(bn.runningVar.add(eps).rsqrt());
-    return x.sub(bn.runningMean).mul(scale).add(bias);
-  }
-  const n = x.shape[0];
-  const mean = x.mean(0);
-  const centered = x.sub(mean);
-  const variance = centered.square().mean(0);
-  bn.runningMean.assign(bn.runningMean.mul(1 - momentum).add(mean.mul(momentum)));
-  bn.runningVar.assign(bn.runningVar.mul(1 - momentum).add(variance.mul(momentum * n / (n - 1))));
-  bn.numBatchesTracked.assign(bn.numBatchesTracked.add(tf.scalar(1, "int32")));
-  return centered.mul(variance.add(eps).rsqrt()).mul(weight).add(bias);
-}
-
-/** bigramLM's loss with the fast paths on before this work: pairs counted by bincount. */
-function bincountBigramLoss(table: tf.Tensor, x: tf.Tensor, y: tf.Tensor): tf.Tensor {
-  const V = table.shape[0];
-  const pairCounts = tf.tidy(() => {
-    const pairs = x.mul(tf.scalar(V, "int32")).add(y).reshape([-1]) as tf.Tensor1D;
-    return tf.bincount(pairs, tf.tensor1d([], "float32"), V * V).reshape([V, V]);
-  });
-  const rowCounts = pairCounts.sum(1);
-  return tf.logSumExp(table, 1).mul(rowCounts).sum().sub(pairCounts.mul(table).sum()).div(x.size);
+  const bn = { ...stats, weight: weight as tf.Variable, bias: bias as tf.Variable };
+  return layers.batchNorm1d(x as tf.Tensor2D, bn, training);
 }
 
 // ---- tests ----
@@ -290,16 +252,8 @@ Deno.test("webgpu kernels: the registry object names every kernel exported", () 
   ]);
 });
 
-Deno.test("webgpu kernels: adamwUpdate equals the 13-kernel update, in place, one kernel", async () => {
+Deno.test("webgpu kernels: adamwUpdate equals AdamW's 13-kernel update, in place, one kernel", async () => {
   await onWebGPU(async () => {
-    const constants = (step: number): AdamWStep => ({
-      beta1: 0.9,
-      beta2: 0.999,
-      eps: 1e-8,
-      decay: 1 - 3e-3 * 0.1,
-      stepSize: 3e-3 / (1 - 0.9 ** step),
-      bc2Sqrt: Math.sqrt(1 - 0.999 ** step),
-    });
     // Scalar and vec4 parameters, two a dispatch, the last one alone.
     const shapes = [[7], [3, 4], [1000], [1], [2, 6]];
     const make = () =>
@@ -308,37 +262,47 @@ Deno.test("webgpu kernels: adamwUpdate equals the 13-kernel update, in place, on
           tf.variable(t, false)
         ) as AdamWTensors
       );
-    const [fast, plain] = [make(), make()];
+    const fast = make();
+    const params = make().map(([param]) => param);
+    const plain = new AdamW(params, { lr: 3e-3, weightDecay: 0.1 });
+    const grads = (step: number) =>
+      Object.fromEntries(params.map((p, i) => [p.name, random(shapes[i], 20 * step + i)]));
     for (let step = 1; step <= 3; step++) {
-      for (const [i, shape] of shapes.entries()) {
-        const grad = random(shape, 20 * step + i);
-        (fast[i][1] as tf.Variable).assign(grad);
-        (plain[i][1] as tf.Variable).assign(grad);
-        grad.dispose();
-      }
+      const g = grads(step);
+      fast.forEach((tensors, i) => (tensors[1] as tf.Variable).assign(g[params[i].name]));
       await fast[0][0].data(); // a CPU copy the in-place update must not leave stale
-      adamwUpdate(fast, constants(step));
-      for (const tensors of plain) plainUpdate(tensors, constants(step));
+      adamwUpdate(fast, adamwStep(3e-3, 0.1, step));
+      plain.applyGradients(g);
+      tf.dispose(Object.values(g));
     }
     for (const [i, shape] of shapes.entries()) {
-      for (const [j, name] of ["param", "grad", "exp_avg", "exp_avg_sq"].entries()) {
-        await assertClose(fast[i][j], plain[i][j], `adamw ${shape} ${name}`);
+      const { expAvg, expAvgSq } = plain.moments.get(params[i])!;
+      for (const [j, t] of [params[i], expAvg, expAvgSq].entries()) {
+        await assertClose(
+          fast[i][[0, 2, 3][j]],
+          t,
+          `adamw ${shape} ${["param", "exp_avg", "exp_avg_sq"][j]}`,
+        );
       }
     }
     const before = tf.memory().numTensors;
-    const counts = await count(() => adamwUpdate(fast, constants(4)));
+    const counts = await count(() => adamwUpdate(fast, adamwStep(3e-3, 0.1, 4)));
     assert.equal(tf.memory().numTensors, before, "no tensor left behind");
-    const plainCounts = await count(() => plain.forEach((t) => plainUpdate(t, constants(4))));
+    const g = grads(4);
+    const plainCounts = await count(() => plain.applyGradients(g));
+    tf.dispose(Object.values(g));
     console.log(
       `adamw, ${shapes.length} parameters: plain ${plainCounts.kernels} kernels / ` +
         `${plainCounts.dispatches} dispatches, fast ${counts.kernels} / ${counts.dispatches}`,
     );
     assert.deepEqual([counts.kernels, counts.dispatches], [1, 3]);
     assert.throws(
-      () => adamwUpdate([[fast[0][0], fast[0][0], fast[0][2], fast[0][3]]], constants(5)),
+      () =>
+        adamwUpdate([[fast[0][0], fast[0][0], fast[0][2], fast[0][3]]], adamwStep(3e-3, 0.1, 5)),
       /must not share data/,
     );
-    tf.dispose([...fast.flat(), ...plain.flat()]);
+    plain.dispose();
+    tf.dispose([...fast.flat(), ...params]);
   });
 });
 
@@ -386,12 +350,12 @@ Deno.test("webgpu kernels: causalSelfAttention equals the plain composition, val
     // Dropout on the weights: the mask comes from dropWeights, drawn from equal streams.
     for (const [B, T, C, H] of [[2, 17, 12, 3], [1, 70, 8, 1], [2, 5, 10, 2]]) {
       const inputs = [random([B, T, C], 1, 2), random([B, T, C], 2, 2), random([B, T, C], 3)];
-      for (const [name, drop] of [["fast", dropout], ["plain", plainDropout]] as const) {
+      for (const [name, drop] of [["fast", dropout], ["plain", layers.dropout]] as const) {
         const [fastRng, plainRng] = [new Rng(B + T), new Rng(B + T)];
         const fast = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
           causalSelfAttention(q, k, v, H, (w) => drop(w, 0.3, fastRng));
         const plain = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
-          plainAttention(q, k, v, H, (w) => plainDropout(w, 0.3, plainRng));
+          plainAttention(q, k, v, H, (w) => layers.dropout(w, 0.3, plainRng));
         // Each call draws a new mask: the value and the gradient pass draw the same ones.
         await assertSameWithGrads(
           `attention ${[B, T, C, H]} ${name} dropout`,
@@ -570,7 +534,7 @@ Deno.test("webgpu kernels: dropout draws the plain layer's mask from the stream,
         await assertSameWithGrads(
           `dropout ${shape} p ${p}`,
           (t) => dropout(t, p, fastRng),
-          (t) => plainDropout(t, p, plainRng),
+          (t) => layers.dropout(t, p, plainRng),
           [x],
           4,
         );
@@ -588,7 +552,7 @@ Deno.test("webgpu kernels: dropout draws the plain layer's mask from the stream,
     await assertCounts(
       "dropout (32, 64) p 0.2",
       (t) => dropout(t, 0.2, rng),
-      (t) => plainDropout(t, 0.2, rng),
+      (t) => layers.dropout(t, 0.2, rng),
       [random([32, 64], 1)],
       { dispatches: 2, kernels: 3 },
     );
@@ -690,134 +654,25 @@ Deno.test("webgpu kernels: batchNorm1d equals mlpLM's composition, training and 
 
 Deno.test("webgpu kernels: bigramLoss equals the plain loss, values and gradient", async () => {
   await onWebGPU(async () => {
+    const plain = (V: number, x: tf.Tensor, y: tf.Tensor) => (t: tf.Tensor) =>
+      plainCrossEntropy(layers.embedding(t as tf.Tensor2D, x).reshape([-1, V]), y.reshape([-1]));
     // vocabulary 65; vec4 rows; one position.
     for (const [V, B, T] of [[65, 2, 7], [8, 3, 5], [65, 1, 1]]) {
       const [x, y] = [randomIds([B, T], V, 1), randomIds([B, T], V, 2)];
       const fast = (t: tf.Tensor) => bigramLoss(t as tf.Tensor2D, x, y);
-      const plain = (t: tf.Tensor) =>
-        plainCrossEntropy(tf.gather(t, x).reshape([-1, V]), y.reshape([-1]));
       const table = random([V, V], 3, 2);
-      await assertSameWithGrads(`bigramLoss V ${V} (${B},${T})`, fast, plain, [table], 4);
-      await assertSameWithGrads(
-        `bigramLoss V ${V} (${B},${T}) vs bincount`,
-        fast,
-        (t) => bincountBigramLoss(t, x, y),
-        [table],
-        4,
-      );
+      await assertSameWithGrads(`bigramLoss V ${V} (${B},${T})`, fast, plain(V, x, y), [table], 4);
       assertNoLeak(fast, [table]);
       tf.dispose([x, y, table]);
     }
     const [x, y] = [randomIds([2, 16], 65, 1), randomIds([2, 16], 65, 2)];
     // forward 3 dispatches (count pairs, rows, sum); backward 1
     await assertCounts(
-      "bigramLoss V 65 (2,16) vs bincount composition",
+      "bigramLoss V 65 (2,16)",
       (t) => bigramLoss(t as tf.Tensor2D, x, y),
-      (t) => bincountBigramLoss(t, x, y),
+      plain(65, x, y),
       [random([65, 65], 1)],
       { dispatches: 4, kernels: 6 }, // one each way, and the saves of the table, lse, counts
     );
-  });
-});
-
-Deno.test("webgpu kernels: 10 AdamW steps of a small transformer give the plain path's losses", async () => {
-  await onWebGPU(async () => {
-    const [V, C, H, B, T] = [65, 16, 2, 2, 9];
-    const shapes: Record<string, number[]> = {
-      tok: [V, C],
-      lnW: [C],
-      lnB: [C],
-      wq: [C, C],
-      wk: [C, C],
-      wv: [C, C],
-      w1: [C, 4 * C],
-      b1: [4 * C],
-      w2: [4 * C, V],
-      b2: [V],
-    };
-    const x = randomIds([B, T], V, 1);
-    const y = randomIds([B * T], V, 2);
-    type Ops = {
-      embedding: (t: tf.Tensor, ids: tf.Tensor) => tf.Tensor;
-      layerNorm: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor;
-      attention: (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
-      linear: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor, relu: boolean) => tf.Tensor;
-      loss: (logits: tf.Tensor, targets: tf.Tensor) => tf.Tensor;
-      update: (updates: AdamWTensors[], c: AdamWStep) => void;
-    };
-    const fastOps: Ops = {
-      embedding: (t, ids) => embedding(t as tf.Tensor2D, ids),
-      layerNorm: (x, w, b) => layerNorm(x, w, b, 1e-5),
-      attention: (q, k, v) => causalSelfAttention(q, k, v, H),
-      linear: (x, w, b, relu) =>
-        linear(x as tf.Tensor2D, w as tf.Tensor2D, b as tf.Tensor1D, relu ? "relu" : undefined),
-      loss: (l, t) => crossEntropy(l as tf.Tensor2D, t as tf.Tensor1D),
-      update: adamwUpdate,
-    };
-    const plainOps: Ops = {
-      embedding: (t, ids) => tf.gather(t, ids),
-      layerNorm: plainLayerNorm,
-      attention: (q, k, v) => plainAttention(q, k, v, H),
-      linear: (x, w, b, relu) => {
-        const out = tf.matMul(x, w).add(b);
-        return relu ? out.relu() : out;
-      },
-      loss: plainCrossEntropy,
-      update: (updates, c) => updates.forEach((tensors) => plainUpdate(tensors, c)),
-    };
-    const train = async (ops: Ops): Promise<number[]> => {
-      // Inside tidy the initial values' handles are freed; each variable owns its memory.
-      const params = tf.tidy(() =>
-        Object.entries(shapes).map(([name, shape], i) =>
-          tf.variable(
-            name.startsWith("ln") ? tf.ones(shape) : random(shape, 10 + i, 0.5),
-            true,
-            `${name}_${ops === fastOps}`,
-          )
-        )
-      );
-      const moments = tf.tidy(() =>
-        params.map((
-          p,
-        ) => [tf.variable(tf.zerosLike(p), false), tf.variable(tf.zerosLike(p), false)])
-      );
-      const [tok, lnW, lnB, wq, wk, wv, w1, b1, w2, b2] = params;
-      const losses: number[] = [];
-      for (let step = 1; step <= 10; step++) {
-        const { value, grads } = tf.variableGrads(() => {
-          const h = ops.embedding(tok, x).reshape([B * T, C]); // (B·T, C)
-          const n = ops.layerNorm(h, lnW, lnB);
-          const [q, k, v] = [wq, wk, wv].map((w) => tf.matMul(n, w).reshape([B, T, C]));
-          const a = h.add(ops.attention(q, k, v).reshape([B * T, C])); // (B·T, C)
-          const logits = ops.linear(ops.linear(a, w1, b1, true), w2, b2, false); // (B·T, V)
-          return ops.loss(logits, y) as tf.Scalar;
-        }, params);
-        const c: AdamWStep = {
-          beta1: 0.9,
-          beta2: 0.999,
-          eps: 1e-8,
-          decay: 1 - 1e-2 * 0.1,
-          stepSize: 1e-2 / (1 - 0.9 ** step),
-          bc2Sqrt: Math.sqrt(1 - 0.999 ** step),
-        };
-        ops.update(params.map((p, i) => [p, grads[p.name], ...moments[i]] as AdamWTensors), c);
-        losses.push((await value.data())[0]);
-        tf.dispose([value, ...Object.values(grads)]);
-      }
-      tf.dispose([...params, ...moments.flat()]);
-      return losses;
-    };
-    const before = tf.memory().numTensors;
-    const fast = await train(fastOps);
-    assert.equal(tf.memory().numTensors, before, "fast training leaves no tensor behind");
-    const plain = await train(plainOps);
-    for (let i = 0; i < fast.length; i++) {
-      assert.ok(
-        Math.abs(fast[i] - plain[i]) <= 1e-4 * plain[i],
-        `step ${i + 1}: fast ${fast[i]}, plain ${plain[i]}`,
-      );
-    }
-    assert.ok(fast[9] < fast[0] - 0.5, `it learns: ${fast[0]} → ${fast[9]}`);
-    tf.dispose([x, y]);
   });
 });
