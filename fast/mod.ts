@@ -7,10 +7,12 @@
  *   products, attention, LayerNorm and AdamW, and loops over tfjs's memory
  *   (`host.ts`) where tfjs would run many small kernels or lacks one.
  * - cpu: the same loops over memory.
- * - WebGPU: our WGSL kernels (`webgpu/`), each a dispatch or two where
- *   tfjs's composition runs tens of kernels: AdamW, LayerNorm, attention,
- *   cross-entropy, the linear layers' bias and ReLU, the embedding's
- *   gradient, BatchNorm, bigramLM's counted loss.
+ * - WebGPU: our WGSL kernels (`webgpu/`), one tfjs kernel each way for
+ *   each layer (a dispatch or a few) where tfjs's composition runs tens:
+ *   AdamW of every parameter, LayerNorm, attention (with dropout too),
+ *   cross-entropy, linear layers around tfjs's fused product, the
+ *   embedding, BatchNorm, bigramLM's counted loss, the join of gptLM's
+ *   per-head weights, dropout.
  *
  * Nothing outside `run/` imports this folder: the layers and models read
  * complete without it.

@@ -308,8 +308,10 @@ Deno.test("webgpu kernels: adamwUpdate equals AdamW's 13-kernel update, in place
 
 Deno.test("webgpu kernels: layerNorm equals the plain composition, values and gradients", async () => {
   await onWebGPU(async () => {
-    // vec4 rows; one row of 5; C = 65; rows over 8·128 (backward row groups loop).
-    for (const shape of [[2, 3, 8], [1, 1, 5], [3, 65], [1030, 8], [4, 36]]) {
+    // vec4 rows (8 lanes a row); one row of 5; C = 65 (32 lanes); C = 200 (16 lanes, the last
+    // ones short); more rows than 32·128 row groups (the backward's row groups loop); C = 36
+    // (9 vec4 over 8 lanes).
+    for (const shape of [[2, 3, 8], [1, 1, 5], [3, 65], [3, 200], [4100, 4], [4, 36]]) {
       const C = shape[shape.length - 1];
       const inputs = [random(shape, 1, 2), random([C], 2), random([C], 3)];
       const fast = (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => layerNorm(x, w, b, 1e-5);
