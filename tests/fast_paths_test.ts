@@ -49,9 +49,9 @@ for (const backend of ["wasm", "cpu", "webgpu"]) {
       // short, and on WebGPU a narrower gptLM. (Not for mlpLM: BatchNorm over
       // 4 rows turns float rounding into visible loss changes on any two
       // paths; it is quick at 32 anyway.)
-      const run = backend !== "wasm" && name !== "mlpLM" ? [...flags, "--batch_size=4"] : flags;
+      let run = backend !== "wasm" && name !== "mlpLM" ? [...flags, "--batch_size=4"] : flags;
       if (backend === "webgpu" && name === "gptLM") {
-        run.push("--block_size=16", "--n_embd=32", "--n_layer=1");
+        run = [...run, "--block_size=16", "--n_embd=32", "--n_layer=1"];
       }
       const fast = await withFastPaths(true, () => trainLosses(run, 50));
       const plain = await withFastPaths(false, () => trainLosses(run, 50));
