@@ -62,7 +62,15 @@ export async function main(args: string[]): Promise<void> {
     if (studio.trainer.state.running) {
       console.error("stopping the training (it saves a checkpoint to resume from)…");
     }
-    studio.shutdown().then(() => Deno.exit(0));
+    studio.shutdown().then(() => {
+      const { resumeFrom } = studio.trainer.state;
+      if (resumeFrom) {
+        console.error(
+          `saved ${resumeFrom}; resume it from the studio, or with:\n  deno task train --resume=true --ckpt_file=${resumeFrom}`,
+        );
+      }
+      Deno.exit(0);
+    });
   };
   Deno.addSignalListener("SIGINT", onSignal);
   Deno.addSignalListener("SIGTERM", onSignal);

@@ -252,3 +252,34 @@ Deno.test("runs are listed with model, parameters, steps and best val loss", asy
     await Deno.remove(project, { recursive: true });
   }
 });
+
+Deno.test("a loss log written by another process reaches the page as an event", async () => {
+  const { studio, project } = await scratchStudio();
+  const log = `${project}/loss_gptLM_elsewhere.txt`;
+  await Deno.writeTextFile(log, "10 4.0 4.1\n");
+  const response = await fetch(`${studio.url}api/events`);
+  const reader = response.body!.pipeThrough(new TextDecoderStream()).getReader();
+  /** Reads events until one says the log holds `evals` evaluations. */
+  const untilEvals = async (evals: number) => {
+    let text = "";
+    while (true) {
+      const { value, done } = await reader.read();
+      if (done) throw new Error("events ended");
+      text += value;
+      for (const block of text.split("\n\n")) {
+        const data = /^event: runs\ndata: (.*)$/m.exec(block)?.[1];
+        const runs = data ? JSON.parse(data) : [];
+        if (runs.some((r: { log: { evals: number } }) => r.log?.evals === evals)) return;
+      }
+    }
+  };
+  try {
+    await untilEvals(1);
+    await Deno.writeTextFile(log, "20 3.5 3.6\n", { append: true });
+    await untilEvals(2);
+  } finally {
+    await reader.cancel();
+    await studio.shutdown();
+    await Deno.remove(project, { recursive: true });
+  }
+});
