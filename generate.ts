@@ -13,13 +13,14 @@ import * as tf from "@tensorflow/tfjs";
 import { runMain, UsageError, UserError } from "./cli/errors.ts";
 import { parseFlags } from "./cli/flags.ts";
 import { BACKEND_FLAG } from "./lib/backend.ts";
-import { encode, stoiOf } from "./lib/data.ts";
+import { encode, stoiOf, type Vocab } from "./lib/data.ts";
 import { Rng } from "./lib/rng.ts";
 import { latestCheckpoint, loadCheckpoint, modelFromCheckpoint } from "./run/checkpoint.ts";
-import { generateTokens } from "./run/sampling.ts";
+import { generateTokens, softmax } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
 
-const FLAGS = {
+/** generate.ts's flags. */
+export const FLAGS = {
   ckpt: { type: "string", default: "", help: "checkpoint; default: the newest under out/" },
   prompt: { type: "string", default: "", help: "text to continue" },
   max_new_tokens: { type: "int", default: 500, min: 1, help: "characters to sample" },
@@ -40,6 +41,11 @@ const FLAGS = {
     help: "nucleus sampling mass",
   },
   num_samples: { type: "int", default: 1, min: 1, help: "independent samples" },
+  json: {
+    type: "bool",
+    default: false,
+    help: "stdout: one JSON object a character (its probability, the likeliest others)",
+  },
   seed: {
     type: "int",
     default: -1,
@@ -50,6 +56,33 @@ const FLAGS = {
 } as const;
 
 const encoder = new TextEncoder();
+
+/** How many of the likeliest other characters a `--json` line lists. */
+const ALTERNATIVES = 5;
+
+/**
+ * One `--json` line: the sampled character, its probability at `temperature`
+ * (before top-k/top-p) and the likeliest others, e.g.
+ * `{"row":0,"text":"t","p":0.62,"top":[["e",0.1],…]}`.
+ */
+export function jsonLine(
+  row: number,
+  id: number,
+  logits: Float32Array,
+  temperature: number,
+  vocab: Vocab,
+): string {
+  const probs = softmax(logits, temperature);
+  const others = [...probs.keys()].filter((i) => i !== id)
+    .sort((a, b) => probs[b] - probs[a])
+    .slice(0, ALTERNATIVES);
+  return JSON.stringify({
+    row,
+    text: vocab[id],
+    p: probs[id],
+    top: others.map((i) => [vocab[i], probs[i]]),
+  });
+}
 
 export async function main(args: string[]) {
   const { values } = parseFlags(args, FLAGS);
@@ -87,13 +120,20 @@ export async function main(args: string[]) {
     topP: values.top_p,
   };
   for (let s = 0; s < values.num_samples; s++) {
+    if (values.json) {
+      await generateTokens(model, context, values.max_new_tokens, options, rng, (id, logits) => {
+        const line = jsonLine(s, id, logits, values.temperature, ckpt.vocab);
+        Deno.stdout.writeSync(encoder.encode(line + "\n"));
+      });
+      continue;
+    }
     if (s > 0) await Deno.stdout.write(encoder.encode("\n---------------\n"));
     await Deno.stdout.write(encoder.encode(values.prompt));
     await generateTokens(model, context, values.max_new_tokens, options, rng, (id) => {
       Deno.stdout.writeSync(encoder.encode(ckpt.vocab[id]));
     });
   }
-  await Deno.stdout.write(encoder.encode("\n"));
+  if (!values.json) await Deno.stdout.write(encoder.encode("\n"));
   tf.disposeVariables();
 }
 

@@ -59,12 +59,11 @@ export async function main(args: string[]): Promise<void> {
   const onSignal = () => {
     if (stopping) Deno.exit(130); // a second Ctrl-C: stop now
     stopping = true;
-    if (studio.trainer.state.running) {
-      console.error("stopping the training (it saves a checkpoint to resume from)…");
-    }
+    const training = studio.trainer.state.running;
+    if (training) console.error("stopping the training (it saves a checkpoint to resume from)…");
     studio.shutdown().then(() => {
       const { resumeFrom } = studio.trainer.state;
-      if (resumeFrom) {
+      if (training && resumeFrom) {
         console.error(
           `saved ${resumeFrom}; resume it from the studio, or with:\n  deno task train --resume=true --ckpt_file=${resumeFrom}`,
         );

@@ -16,12 +16,16 @@
  * @module
  */
 import { UsageError, UserError } from "../cli/errors.ts";
+import { type FlagSpec, type FlagSpecs, parseFlags } from "../cli/flags.ts";
 import { DEMO_EVAL_ITERS, DEMO_RUNS } from "../demo.ts";
+import { FLAGS as GENERATE_FLAGS } from "../generate.ts";
 import { PRESETS, TRAIN_FLAGS } from "../run/config.ts";
 import { buildSpec } from "../plot.ts";
 import { RefusedPath, resolveRunFile } from "./paths.ts";
 import { RunScanner, type RunSummary } from "./runs.ts";
-import { type Folders, taskCommand, Trainer, TrainingBusy } from "./training.ts";
+import { Busy, flagArgs, type Folders, taskCommand } from "./children.ts";
+import { StreamedJob } from "./jobs.ts";
+import { Trainer } from "./training.ts";
 
 /** Request bodies above this are refused: the page's forms are a few hundred bytes. */
 export const MAX_BODY_BYTES = 64 * 1024;
@@ -84,6 +88,7 @@ export async function startStudio(options: StudioOptions): Promise<Studio> {
   );
   const scanner = new RunScanner(folders.project);
   const watcher = new RunWatcher(scanner, events);
+  const sampler = new StreamedJob(folders, taskCommand(tasks, "generate"), "sampling");
   events.onFirstClient = () => watcher.start();
   events.onLastClient = () => watcher.stop();
 
@@ -93,6 +98,7 @@ export async function startStudio(options: StudioOptions): Promise<Studio> {
         runs: (await scanner.scan()).runs,
         training: trainer.state,
         trainFlags: TRAIN_FLAGS,
+        generateFlags: GENERATE_FLAGS,
         presets: PRESETS,
         demo: Object.fromEntries(DEMO_RUNS.map((r) => [r.model, [...r.args, DEMO_EVAL_ITERS]])),
         exposed: !isLoopback(options.hostname),
@@ -103,6 +109,10 @@ export async function startStudio(options: StudioOptions): Promise<Studio> {
     "POST /api/train/stop": async (request) => {
       await readFields(request);
       return json(trainer.stop());
+    },
+    "POST /api/sample": async (request) => {
+      const args = await checkedArgs(request, GENERATE_FLAGS, folders.project);
+      return sampler.start([...args, "--json=true"]);
     },
   };
 
@@ -157,6 +167,7 @@ export async function startStudio(options: StudioOptions): Promise<Studio> {
       trainer.stop();
       await trainer.finished();
       watcher.stop();
+      sampler.stop();
       events.close();
       await server.shutdown();
     },
@@ -183,7 +194,7 @@ function errorResponse(e: unknown): Response {
     ? 400
     : e instanceof RefusedPath
     ? 403
-    : e instanceof TrainingBusy
+    : e instanceof Busy
     ? 409
     : e instanceof UserError
     ? 422
@@ -212,6 +223,24 @@ function checkOrigin(request: Request, url: URL, options: StudioOptions): void {
   if (request.method !== "GET" && origin !== null && origin !== url.origin) {
     throw new HttpError(403, `origin ${origin} refused: only the studio's own page may do this`);
   }
+}
+
+/**
+ * A job's fields as arguments, judged by the script's own flag parser
+ * (`specs`), with the checkpoint (required) inside the project folder.
+ */
+async function checkedArgs(
+  request: Request,
+  specs: { ckpt: FlagSpec } & FlagSpecs,
+  project: string,
+): Promise<string[]> {
+  const fields = await readFields(request);
+  delete fields.json;
+  const args = flagArgs(fields);
+  const { values } = parseFlags(args, specs);
+  if (!values.ckpt) throw new UsageError("--ckpt: pick a checkpoint (train one first)");
+  await resolveRunFile(project, String(values.ckpt));
+  return args;
 }
 
 /** One URL-decoding of a path; a malformed escape is refused. */

@@ -1,9 +1,7 @@
 /**
- * The studio's computing children: each script runs as `deno task <name>`
- * would run it (the permissions are read from that task in `deno.json`), in
- * the project folder. The one training the studio may run at a time is
- * watched here: its output is read line by line into progress, evaluations
- * and samples, and Stop sends SIGINT, as Ctrl-C does.
+ * The one training the studio may run at a time: train.ts as a child with
+ * the train task's permissions, its output read line by line into progress,
+ * evaluations and samples, and Stop sending SIGINT, as Ctrl-C does.
  *
  * @module
  */
@@ -11,77 +9,8 @@ import { UsageError } from "../cli/errors.ts";
 import { exists } from "../cli/files.ts";
 import { PROGRESS_SECONDS_ENV } from "../cli/progress.ts";
 import { parseTrainConfig } from "../run/config.ts";
+import { Busy, eachLine, flagArgs, type Folders, spawnTask, type TaskCommand } from "./children.ts";
 import { checkRelativePath, realPathInside, resolveRunFile } from "./paths.ts";
-
-/** A script and the permission flags its `deno.json` task gives it. */
-export interface TaskCommand {
-  flags: string[];
-  script: string;
-}
-
-/**
- * Reads task `name` of the form `deno run <flags> <script>.ts` from
- * `deno.json`'s tasks, so a child gets exactly the task's permissions.
- */
-export function taskCommand(tasks: Record<string, string>, name: string): TaskCommand {
-  const words = (tasks[name] ?? "").trim().split(/\s+/);
-  const script = words.at(-1) ?? "";
-  if (words[0] !== "deno" || words[1] !== "run" || !script.endsWith(".ts")) {
-    throw new Error(`deno.json task '${name}' is not 'deno run <flags> <script>.ts'`);
-  }
-  return { flags: words.slice(2, -1), script };
-}
-
-/**
- * The deno binary for children: this process's own when it may run it,
- * else `deno` from PATH (the only program the studio task may run).
- */
-export function denoBinary(): string {
-  const own = Deno.permissions.querySync({ name: "run", command: Deno.execPath() });
-  return own.state === "granted" ? Deno.execPath() : "deno";
-}
-
-/** Where the code is and where the runs are. */
-export interface Folders {
-  /** The folder holding deno.json and the scripts. */
-  code: string;
-  /** The project folder: the children's working folder, with datas/, out/ and the loss logs. */
-  project: string;
-}
-
-/**
- * Starts `task` with `args` in the project folder, in its own process group
- * (a Ctrl-C in the studio's terminal reaches the studio, which then stops
- * the child once, rather than the child directly).
- */
-export function spawnTask(
-  folders: Folders,
-  task: TaskCommand,
-  args: string[],
-  env: Record<string, string> = {},
-): Deno.ChildProcess {
-  return new Deno.Command(denoBinary(), {
-    args: [
-      "run",
-      ...task.flags,
-      "--config",
-      `${folders.code}/deno.json`,
-      `${folders.code}/${task.script}`,
-      ...args,
-    ],
-    cwd: folders.project,
-    env: { NO_COLOR: "1", ...env },
-    stdin: "null",
-    stdout: "piped",
-    stderr: "piped",
-    detached: true,
-  }).spawn();
-}
-
-/** Form fields → `--key=value` arguments (the page sends strings; the parser judges them). */
-export function flagArgs(fields: Record<string, unknown>): string[] {
-  return Object.entries(fields).map(([key, value]) => `--${key}=${String(value)}`);
-}
 
 /** Progress as train.ts prints it between evaluations. */
 export interface TrainProgress {
@@ -137,11 +66,6 @@ const PROGRESS =
 const EVALUATION =
   /^>>> step (\d+): train loss ([\d.]+|NaN), val loss ([\d.]+|NaN), min loss ([\d.]+|NaN)/;
 
-/** A second start while one runs. */
-export class TrainingBusy extends Error {
-  override name = "TrainingBusy";
-}
-
 /** The one training the studio runs at a time. */
 export class Trainer {
   #state: TrainState = idleState();
@@ -168,11 +92,11 @@ export class Trainer {
    *
    * @throws {UsageError} for a value the CLI would refuse
    * @throws {RefusedPath} for a path outside the project folder
-   * @throws {TrainingBusy} while a training runs
+   * @throws {Busy} while a training runs
    */
   async start(fields: Record<string, unknown>): Promise<TrainState> {
     if (this.#state.running) {
-      throw new TrainingBusy(
+      throw new Busy(
         `a training is already running (pid ${this.#state.pid}${
           this.#state.logFile ? `, logging to ${this.#state.logFile}` : ""
         }): stop it first`,
@@ -193,7 +117,7 @@ export class Trainer {
       }
       await resolveRunFile(this.folders.project, config.ckpt_file);
     }
-    if (this.#state.running) throw new TrainingBusy("a training is already running: stop it first");
+    if (this.#state.running) throw new Busy("a training is already running: stop it first");
     // A fresh clone has the text but not its prepared form: prepare it first, as the demo does.
     const prepare = config.dataset === "shakespeare_char" &&
       !await exists(`${this.folders.project}/datas/${config.dataset}/meta.json`);
@@ -221,8 +145,8 @@ export class Trainer {
     this.#emitState();
     const [status] = await Promise.all([
       child.status,
-      this.#read(child.stdout, "out"),
-      this.#read(child.stderr, "err"),
+      eachLine(child.stdout, (line) => this.#line(line, "out")),
+      eachLine(child.stderr, (line) => this.#line(line, "err")),
     ]);
     this.#child = null;
     return status.code;
@@ -241,16 +165,6 @@ export class Trainer {
   /** Resolves when the current training (if any) has ended and its output is read. */
   finished(): Promise<void> {
     return this.#done;
-  }
-
-  async #read(stream: ReadableStream<Uint8Array>, from: "out" | "err"): Promise<void> {
-    let pending = "";
-    for await (const chunk of stream.pipeThrough(new TextDecoderStream())) {
-      const lines = (pending + chunk).split("\n");
-      pending = lines.pop()!;
-      for (const line of lines) this.#line(line, from);
-    }
-    if (pending) this.#line(pending, from);
   }
 
   /** Reads one output line; samples come on stdout, between an evaluation and its save. */

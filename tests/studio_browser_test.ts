@@ -6,7 +6,7 @@
  */
 import assert from "node:assert/strict";
 import puppeteer, { type Browser, type Page } from "puppeteer-core";
-import { taskCommand } from "../studio/training.ts";
+import { taskCommand } from "../studio/children.ts";
 import { preparedWorkdir, ROOT } from "./helpers.ts";
 
 const CHROMIUM = "/usr/bin/chromium";
@@ -117,6 +117,30 @@ Deno.test("the studio in headless chromium: train, watch, stop, sample, look ins
     const saved = /saved (out\/\S+\.last\.safetensors)/.exec(stopped)?.[1];
     assert.ok(saved, stopped);
     await Deno.stat(`${project}/${saved}`);
+
+    // Sample from the stopped run's checkpoint: characters stream in, each with its probability.
+    await page.waitForFunction(
+      `[...document.querySelectorAll("#sample-ckpt option")].some((o) => o.value === "${saved}")`,
+      { timeout: 10_000 },
+    );
+    await setField(page, "sample-ckpt", saved!);
+    await setField(page, "sample-prompt", "ROMEO:");
+    await setField(page, "sample-max_new_tokens", "40");
+    await setField(page, "sample-seed", "7");
+    await setField(page, "sample-backend", "cpu");
+    await page.click("#sample-start");
+    await page.waitForFunction(
+      `document.querySelectorAll("#sample-text .ch").length === 40 &&
+        document.querySelector("#sample-state").textContent === "done"`,
+      { timeout: 30_000 },
+    );
+    assert.equal(await page.$eval("#sample-error", (e) => e.textContent), "");
+    assert.equal(await page.$eval("#sample-text .prompt", (e) => e.textContent), "ROMEO:");
+    await page.hover("#sample-text .ch:nth-of-type(3)");
+    assert.match(
+      await page.$eval("#sample-detail", (e) => e.textContent!),
+      /^\S+ had probability \d+\.\d+%; likeliest others: (\S+ \d+\.\d+%, ){4}\S+ \d+\.\d+%$/,
+    );
     assert.deepEqual(pageErrors, []);
   } finally {
     await browser?.close();

@@ -8,7 +8,7 @@ import { encodeSafetensors, f32Entry } from "../lib/safetensors.ts";
 import { checkRelativePath, RefusedPath } from "../studio/paths.ts";
 import { RunScanner } from "../studio/runs.ts";
 import { MAX_BODY_BYTES, startStudio, type Studio } from "../studio/server.ts";
-import { taskCommand } from "../studio/training.ts";
+import { taskCommand } from "../studio/children.ts";
 import { ROOT, runScript } from "./helpers.ts";
 
 /** A studio on a free port over a scratch project folder. */

@@ -410,9 +410,231 @@ function appendLog(text) {
 }
 
 // ---------------------------------------------------------------------------
-// Sample
+// Sample and See inside: jobs whose results stream in as newline-delimited JSON
 
-function updateSampleCheckpoints() {}
+/** Reads a response of one JSON object a line, yielding each as it arrives. */
+async function* jsonLines(response) {
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let pending = "";
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    const lines = (pending + value).split("\n");
+    pending = lines.pop();
+    for (const line of lines) if (line) yield JSON.parse(line);
+  }
+}
+
+/** Fields of generate.ts and inspect.ts the forms offer (the rest keep their defaults). */
+const SAMPLE_FLAGS = ["ckpt", "prompt", "max_new_tokens", "temperature", "top_k", "top_p", "seed"];
+const INSIDE_FLAGS = ["ckpt", "prompt", "pictures", "max_new_tokens", "seed"];
+
+/** A form of `names` from `specs`: the checkpoint as a choice of the listed ones, the prompt wide. */
+function buildJobForm(prefix, container, specs, names) {
+  for (const name of [...names, "backend"]) {
+    const field = flagField(prefix, name, specs[name]);
+    if (name === "ckpt") {
+      const select = document.createElement("select");
+      select.id = `${prefix}-ckpt`;
+      select.name = "ckpt";
+      select.setAttribute("aria-describedby", `${prefix}-ckpt-help`);
+      field.querySelector("input").replaceWith(select);
+      field.querySelector(".help").textContent = "checkpoint to use (listed under Runs)";
+    }
+    if (name === "prompt") {
+      const area = document.createElement("textarea");
+      area.id = `${prefix}-prompt`;
+      area.name = "prompt";
+      area.rows = 2;
+      area.spellcheck = false;
+      area.setAttribute("aria-describedby", `${prefix}-prompt-help`);
+      field.querySelector("input").replaceWith(area);
+      field.classList.add("wide");
+    }
+    container.append(field);
+  }
+}
+
+/** Every model checkpoint listed, newest run first, into the checkpoint choices. */
+function updateSampleCheckpoints() {
+  const paths = runs.flatMap((run) => run.checkpoints.filter((c) => !c.problem).map((c) => c.path));
+  for (const id of ["sample-ckpt", "inside-ckpt"]) {
+    const select = $(id);
+    if (!select) continue;
+    const chosen = select.value;
+    select.replaceChildren(...paths.map((path) => new Option(path, path)));
+    if (paths.includes(chosen)) select.value = chosen;
+  }
+}
+
+/** The non-empty fields of a form. */
+function formFields(form) {
+  const fields = {};
+  for (const input of form.querySelectorAll("input, select, textarea")) {
+    if (input.value !== "") fields[input.name] = input.value;
+  }
+  return fields;
+}
+
+/**
+ * Runs one streamed job: posts the form's fields to `path` and hands each
+ * object to `onItem`; errors go to `errorBox`, the state line to `stateBox`.
+ */
+function streamedJob({ form, path, start, stop, errorBox, stateBox, onStart, onItem }) {
+  let controller = null;
+  form.addEventListener("submit", async (event) => {
+    event.preventDefault();
+    errorBox.textContent = "";
+    controller = new AbortController();
+    start.disabled = true;
+    stop.disabled = false;
+    stateBox.textContent = "starting…";
+    try {
+      const response = await fetch(path, {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: JSON.stringify(formFields(form)),
+        signal: controller.signal,
+      });
+      if (!response.ok) {
+        errorBox.textContent = (await response.json()).error;
+        stateBox.textContent = "";
+        return;
+      }
+      onStart();
+      stateBox.textContent = "running…";
+      for await (const item of jsonLines(response)) {
+        if (item.error) errorBox.textContent = item.error;
+        else if (item.done) stateBox.textContent = item.code === 0 ? "done" : "ended";
+        else onItem(item);
+      }
+    } catch (e) {
+      stateBox.textContent = e.name === "AbortError" ? "stopped" : `failed: ${e.message}`;
+    } finally {
+      start.disabled = false;
+      stop.disabled = true;
+    }
+  });
+  stop.addEventListener("click", () => controller?.abort());
+}
+
+/** Space, newline and tab as visible symbols, for labels. */
+function visible(ch) {
+  return ch === " " ? "␣" : ch === "\n" ? "↵" : ch === "\t" ? "⇥" : ch;
+}
+
+function percent(p) {
+  return `${(100 * p).toFixed(p < 0.001 ? 2 : 1)}%`;
+}
+
+/** One sampled character: its probability and the likeliest others. */
+function describeChar(item) {
+  const others = item.top.map(([text, p]) => `${visible(text)} ${percent(p)}`).join(", ");
+  return `${visible(item.text)} had probability ${percent(item.p)}; likeliest others: ${others}`;
+}
+
+function buildSample() {
+  buildJobForm("sample", $("sample-fields"), info.generateFlags, SAMPLE_FLAGS);
+  const text = $("sample-text");
+  text.tabIndex = 0;
+  text.setAttribute("aria-label", "sampled text; arrow keys move between characters");
+  let chars = [];
+  let current = -1;
+  const show = (i) => {
+    if (i < 0 || i >= chars.length) return;
+    chars[current]?.classList.remove("current");
+    current = i;
+    chars[i].classList.add("current");
+    $("sample-detail").textContent = describeChar(chars[i].item);
+  };
+  text.addEventListener("mouseover", (event) => {
+    if (event.target.item) show(chars.indexOf(event.target));
+  });
+  text.addEventListener("keydown", (event) => {
+    if (event.key === "ArrowRight") show(current + 1);
+    else if (event.key === "ArrowLeft") show(current - 1);
+    else return;
+    event.preventDefault();
+  });
+  streamedJob({
+    form: $("sample-form"),
+    path: "/api/sample",
+    start: $("sample-start"),
+    stop: $("sample-stop"),
+    errorBox: $("sample-error"),
+    stateBox: $("sample-state"),
+    onStart: () => {
+      const prompt = document.createElement("span");
+      prompt.className = "prompt";
+      prompt.textContent = $("sample-prompt").value;
+      text.replaceChildren(prompt);
+      chars = [];
+      current = -1;
+      $("sample-detail").textContent = "";
+    },
+    onItem: (item) => {
+      const span = document.createElement("span");
+      span.className = "ch";
+      span.textContent = item.text;
+      span.title = describeChar(item);
+      span.item = item;
+      chars.push(span);
+      text.append(span);
+    },
+  });
+}
+
+function buildInside() {
+  const body = $("inside-body");
+  if (!info.inspectFlags) {
+    body.innerHTML = `<p class="muted">The pictures need <code>deno task inspect</code>, which this
+      version of the project does not have yet.</p>`;
+    return;
+  }
+  body.innerHTML = `
+    <p class="muted">The pictures of inspect.ts for a checkpoint and a prompt: the next-character
+    probabilities, the surprise of each character, attention, embeddings and more.</p>
+    <form id="inside-form"><div class="fields" id="inside-fields"></div>
+      <div class="buttons"><button type="submit" id="inside-start">Show the pictures</button>
+      <button type="button" id="inside-stop" disabled>Stop</button></div></form>
+    <p id="inside-error" class="error" role="alert"></p>
+    <p id="inside-state" class="muted" role="status" aria-live="polite"></p>
+    <div id="inside-pictures" class="pictures"></div>`;
+  buildJobForm("inside", $("inside-fields"), info.inspectFlags, INSIDE_FLAGS);
+  streamedJob({
+    form: $("inside-form"),
+    path: "/api/inspect",
+    start: $("inside-start"),
+    stop: $("inside-stop"),
+    errorBox: $("inside-error"),
+    stateBox: $("inside-state"),
+    onStart: () => {
+      for (const img of $("inside-pictures").querySelectorAll("img")) URL.revokeObjectURL(img.src);
+      $("inside-pictures").replaceChildren();
+    },
+    onItem: (item) => {
+      if (item.note) {
+        const note = document.createElement("p");
+        note.className = "muted";
+        note.textContent = item.note;
+        $("inside-pictures").append(note);
+        return;
+      }
+      // As an image, the SVG is shown but cannot run anything.
+      const figure = document.createElement("figure");
+      figure.dataset.name = item.name;
+      const heading = document.createElement("h3");
+      heading.textContent = item.title;
+      const img = document.createElement("img");
+      img.src = URL.createObjectURL(new Blob([item.svg], { type: "image/svg+xml" }));
+      img.alt = `${item.title}: ${item.caption}`;
+      const caption = document.createElement("figcaption");
+      caption.textContent = item.caption;
+      figure.append(heading, img, caption);
+      $("inside-pictures").append(figure);
+    },
+  });
+}
 
 // ---------------------------------------------------------------------------
 
@@ -422,6 +644,8 @@ async function main() {
   $("exposed").hidden = !info.exposed;
   runs = info.runs;
   buildTrainForm();
+  buildSample();
+  buildInside();
   onTrainEvent({ kind: "state", state: info.training });
   listen();
 }
