@@ -4,6 +4,7 @@
  * port) and how it lists runs.
  */
 import assert from "node:assert/strict";
+import { jsonLine } from "../generate.ts";
 import { encodeSafetensors, f32Entry } from "../lib/safetensors.ts";
 import { checkRelativePath, RefusedPath } from "../studio/paths.ts";
 import { RunScanner } from "../studio/runs.ts";
@@ -282,4 +283,19 @@ Deno.test("a loss log written by another process reaches the page as an event", 
     await studio.shutdown();
     await Deno.remove(project, { recursive: true });
   }
+});
+
+Deno.test("generate --json lines: the probability at the temperature and the likeliest others", () => {
+  const logits = new Float32Array([0, Math.log(2), Math.log(3), Math.log(4)]);
+  const vocab = ["a", "b", "c", "\n"];
+  const line = JSON.parse(jsonLine(0, 1, logits, 1, vocab));
+  assert.equal(line.text, "b");
+  assert.ok(Math.abs(line.p - 0.2) < 1e-7);
+  assert.deepEqual(line.top.map(([text]: [string]) => text), ["\n", "c", "a"]);
+  assert.ok(Math.abs(line.top[0][1] - 0.4) < 1e-7);
+  // At temperature 0.5 the weights are squared: 1, 4, 9, 16 out of 30.
+  const sharp = JSON.parse(jsonLine(2, 0, logits, 0.5, vocab));
+  assert.equal(sharp.row, 2);
+  assert.ok(Math.abs(sharp.p - 1 / 30) < 1e-7);
+  assert.ok(Math.abs(sharp.top[0][1] - 16 / 30) < 1e-7);
 });
