@@ -440,6 +440,7 @@ function buildJobForm(prefix, container, specs, names) {
       select.setAttribute("aria-describedby", `${prefix}-ckpt-help`);
       field.querySelector("input").replaceWith(select);
       field.querySelector(".help").textContent = "checkpoint to use (listed under Runs)";
+      field.classList.add("wide");
     }
     if (name === "prompt") {
       const area = document.createElement("textarea");
