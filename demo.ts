@@ -95,6 +95,7 @@ export async function main(args: string[]): Promise<void> {
   console.log(
     "next: deno task train --model_name=gptLM --config=cpu   (see README.md for every flag)",
   );
+  console.log(`look inside a model: deno task inspect --ckpt=${results.at(-1)!.checkpointPath}`);
 }
 
 if (import.meta.main) await runMain(() => main(Deno.args));

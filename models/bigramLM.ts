@@ -43,6 +43,8 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       const last = tf.tensor1d([context[context.length - 1]], "int32");
       return forward(last).reshape([V]) as tf.Tensor1D;
     },
+    tokenEmbeddings: () => table.clone(),
+    transitionLogits: () => table.clone(),
   };
 }
 

@@ -13,7 +13,14 @@
 import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../cli/errors.ts";
 import type { BatchNormState } from "../nn/fast_paths.ts";
-import { batchNorm1d, crossEntropy, dropout, linearOutIn, uniformInit } from "../nn/layers.ts";
+import {
+  batchNorm1d,
+  crossEntropy,
+  dropout,
+  linearOutIn,
+  matMul,
+  uniformInit,
+} from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
 import { genCodingPatterns, patternsToFloat32 } from "./mlp_patterns.ts";
 import type {
@@ -164,6 +171,13 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       return tf.tidy(() =>
         forward(tf.tensor2d(x, [1, T * E]), { training: false }).reshape([V]) as tf.Tensor1D
       );
+    },
+    tokenEmbeddings() {
+      // fc1's columns that read the last input position, applied to each code.
+      return tf.tidy(() => {
+        const w = layers[0].weight.slice([0, (T - 1) * E], [widths[1], E]); // (H, E)
+        return matMul(tf.tensor2d(codes, [V, E]), w, false, true) as tf.Tensor2D; // (V, E) @ (E, H) -> (V, H)
+      });
     },
   };
 }

@@ -9,9 +9,11 @@
  *   GET  /runs/<path>           a loss log or a checkpoint, as a file
  *   GET  /api/state             runs, training, and what the forms offer
  *   GET  /api/events            server-sent events: runs changed, training output
- *   GET  /api/curve?log=…       plot.ts's Vega-Lite spec for one or more loss logs
+ *   GET  /api/curve?log=…       plot.ts's Vega-Lite spec for one or more loss logs (&bpc=1)
  *   POST /api/train             start a training ({fields}: train.ts's flags)
  *   POST /api/train/stop        stop it as Ctrl-C does
+ *   POST /api/sample            sample ({fields}: generate.ts's flags), streamed as JSON lines
+ *   POST /api/inspect           the pictures ({fields}: inspect.ts's flags), streamed likewise
  *
  * @module
  */
@@ -19,8 +21,10 @@ import { UsageError, UserError } from "../cli/errors.ts";
 import { type FlagSpec, type FlagSpecs, parseFlags } from "../cli/flags.ts";
 import { DEMO_EVAL_ITERS, DEMO_RUNS } from "../demo.ts";
 import { FLAGS as GENERATE_FLAGS } from "../generate.ts";
+import { PICTURE_NAMES } from "../inside/pictures.ts";
+import { FLAGS as INSPECT_FLAGS } from "../inspect.ts";
 import { PRESETS, TRAIN_FLAGS } from "../run/config.ts";
-import { buildSpec } from "../plot.ts";
+import { buildSpec, vocabSizeOf } from "../plot.ts";
 import { RefusedPath, resolveRunFile } from "./paths.ts";
 import { RunScanner, type RunSummary } from "./runs.ts";
 import { Busy, flagArgs, type Folders, taskCommand } from "./children.ts";
@@ -89,6 +93,7 @@ export async function startStudio(options: StudioOptions): Promise<Studio> {
   const scanner = new RunScanner(folders.project);
   const watcher = new RunWatcher(scanner, events);
   const sampler = new StreamedJob(folders, taskCommand(tasks, "generate"), "sampling");
+  const inspector = new StreamedJob(folders, taskCommand(tasks, "inspect"), "drawing pictures");
   events.onFirstClient = () => watcher.start();
   events.onLastClient = () => watcher.stop();
 
@@ -99,6 +104,8 @@ export async function startStudio(options: StudioOptions): Promise<Studio> {
         training: trainer.state,
         trainFlags: TRAIN_FLAGS,
         generateFlags: GENERATE_FLAGS,
+        inspectFlags: INSPECT_FLAGS,
+        pictureNames: PICTURE_NAMES,
         presets: PRESETS,
         demo: Object.fromEntries(DEMO_RUNS.map((r) => [r.model, [...r.args, DEMO_EVAL_ITERS]])),
         exposed: !isLoopback(options.hostname),
@@ -113,6 +120,13 @@ export async function startStudio(options: StudioOptions): Promise<Studio> {
     "POST /api/sample": async (request) => {
       const args = await checkedArgs(request, GENERATE_FLAGS, folders.project);
       return sampler.start([...args, "--json=true"]);
+    },
+    "POST /api/inspect": async (request) => {
+      const args = await checkedArgs(request, INSPECT_FLAGS, folders.project);
+      if (args.some((arg) => arg.startsWith("--out_dir="))) {
+        throw new UsageError("--out_dir: the studio shows the pictures and writes no files");
+      }
+      return inspector.start([...args, "--json=true"]);
     },
   };
 
@@ -168,6 +182,7 @@ export async function startStudio(options: StudioOptions): Promise<Studio> {
       await trainer.finished();
       watcher.stop();
       sampler.stop();
+      inspector.stop();
       events.close();
       await server.shutdown();
     },
@@ -318,7 +333,11 @@ async function vendorFile(name: string): Promise<Response> {
   return await file(new URL(name, import.meta.resolve(pkg)).pathname);
 }
 
-/** plot.ts's spec for the loss logs named by `log=` (one: train and val; several: val compared). */
+/**
+ * plot.ts's spec for the loss logs named by `log=` (one: train and val;
+ * several: val compared), with the uniform-guess line as plot.ts draws it,
+ * in bits per character with `bpc=1`.
+ */
 async function curveSpec(scanner: RunScanner, url: URL): Promise<unknown> {
   const logs = url.searchParams.getAll("log");
   if (logs.length === 0) throw new HttpError(400, "name at least one loss log: ?log=loss_….txt");
@@ -328,7 +347,10 @@ async function curveSpec(scanner: RunScanner, url: URL): Promise<unknown> {
     const rows = await scanner.rows(path.slice(scanner.root.length + 1));
     if (rows.length > 0) runs.push({ name: log, rows });
   }
-  return runs.length > 0 ? buildSpec(runs) : null;
+  if (runs.length === 0) return null;
+  const vocabSizes = (await Promise.all(runs.map((r) => vocabSizeOf(r.name))))
+    .filter((v) => v !== null);
+  return buildSpec(runs, { vocabSizes, bpc: url.searchParams.get("bpc") === "1" });
 }
 
 /** Server-sent events to every open page. */

@@ -1,14 +1,8 @@
 import assert from "node:assert/strict";
 import { UserError } from "../cli/errors.ts";
 import { runScript, type ScriptResult } from "./helpers.ts";
-import {
-  estimateTextWidth,
-  installTextMetrics,
-  parseLossFile,
-  renderSvg,
-  type Run,
-  textMetrics,
-} from "../plot.ts";
+import { estimateTextWidth, installTextMetrics, textMetrics } from "../lib/charts.ts";
+import { parseLossFile, renderSvg, type Run, vocabSizeOf } from "../plot.ts";
 
 const LONG_A = "loss_gptLM_BA-64_BL-256_PAR-10.79_V-65_LR-0.0003_DR-0.2_shakespeare_char.txt";
 const LONG_B = "loss_gptLM_BA-32_BL-128_PAR-2.5_V-65_LR-0.001_DR-0.1_shakespeare_char.txt";
@@ -81,6 +75,39 @@ Deno.test("renderSvg of several runs compares validation curves", async () => {
     assert.ok(svg.includes(`>Validation Loss - ${name}<`), name);
   }
   assert.ok(!svg.includes("Training Loss"));
+});
+
+Deno.test("a dashed line marks ln(vocab_size), the uniform guess; --bpc shows bits", async () => {
+  const nats = await renderSvg([run(LONG_A)], { vocabSizes: [65] });
+  assert.ok(nats.includes(">uniform guess: ln 65 = 4.17<"));
+  assert.match(nats, /stroke-dasharray="6,4"/);
+  assert.ok(nats.includes(">Loss<"));
+  const bits = await renderSvg([run(LONG_A)], { vocabSizes: [65], bpc: true });
+  assert.ok(bits.includes(">uniform guess: log2 65 = 6.02 bits<"));
+  assert.ok(bits.includes(">Bits per character<"));
+  const none = await renderSvg([run(LONG_A)]);
+  assert.ok(!none.includes("uniform guess") && !/stroke-dasharray/.test(none));
+});
+
+Deno.test("vocabSizeOf reads the run id's V field, else the dataset's meta.json", async () => {
+  assert.equal(await vocabSizeOf(`runs/${LONG_A}`), 65);
+  assert.equal(
+    await vocabSizeOf("loss_gptLM_BA:64_BL:256_PAR:10.79_V:65_LR:0.0003_DR:0.2_x.log"),
+    65,
+  );
+  assert.equal(await vocabSizeOf("loss_single.log"), null);
+  const dir = await Deno.makeTempDir({ prefix: "plot_test_" });
+  const cwd = Deno.cwd();
+  try {
+    await Deno.mkdir(`${dir}/datas/tiny`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/datas/tiny/meta.json`, JSON.stringify({ vocab_size: 12 }));
+    Deno.chdir(dir);
+    assert.equal(await vocabSizeOf("loss_newLM_BA-4_BL-8_PAR-0.01_LR-0.001_DR-0.0_tiny_2.txt"), 12);
+    assert.equal(await vocabSizeOf("loss_newLM_BA-4_BL-8_PAR-0.01_LR-0.001_DR-0.0_none.txt"), null);
+  } finally {
+    Deno.chdir(cwd);
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 // --- text width --------------------------------------------------------------
@@ -163,6 +190,17 @@ Deno.test("cli: file names on stdin", async () => {
     assert.ok(svg.startsWith("<svg") && svg.trimEnd().endsWith("</svg>"));
     assert.ok(svg.includes("Validation Loss Comparison"));
     assert.ok(svg.includes("loss_single.log"));
+  });
+});
+
+Deno.test("cli: --bpc and --vocab_size", async () => {
+  await withLossFiles(async (dir) => {
+    const r = await plot(["loss_single.log", "--bpc", "--vocab_size=100"], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    const svg = await Deno.readTextFile(`${dir}/loss.svg`);
+    assert.ok(svg.includes(">uniform guess: log2 100 = 6.64 bits<"));
+    const none = await plot(["loss_single.log"], { cwd: dir });
+    assert.match(none.stderr, /^note: no vocabulary size .*--vocab_size=N/);
   });
 });
 

@@ -139,8 +139,30 @@ Deno.test("the studio in headless chromium: train, watch, stop, sample, look ins
     await page.hover("#sample-text .ch:nth-of-type(3)");
     assert.match(
       await page.$eval("#sample-detail", (e) => e.textContent!),
-      /^\S+ had probability \d+\.\d+%; likeliest others: (\S+ \d+\.\d+%, ){4}\S+ \d+\.\d+%$/,
+      /^\S+ had probability \d+\.\d+%; likeliest others: (\S+ \d+\.\d+%, ){3}\S+ \d+\.\d+%$/,
     );
+
+    // See inside: the attention picture for the same checkpoint and prompt.
+    await setField(page, "inside-ckpt", saved!);
+    await setField(page, "inside-prompt", "ROMEO: and JULIET");
+    await setField(page, "inside-pictures", "attention");
+    await setField(page, "inside-backend", "cpu");
+    await page.click("#inside-start");
+    await page.waitForFunction(
+      `document.querySelector("#inside-state").textContent === "done"`,
+      { timeout: 30_000 },
+    );
+    assert.equal(await page.$eval("#inside-error", (e) => e.textContent), "");
+    const picture = await page.waitForFunction(
+      `(() => { const img = document.querySelector('#inside-pictures figure[data-name="attention"] img');
+        return img && img.complete && img.naturalWidth > 0 ? img : null; })()`,
+      { timeout: 10_000 },
+    );
+    const size = await picture.evaluate((img) => {
+      const { naturalWidth, naturalHeight } = img as unknown as Record<string, number>;
+      return { naturalWidth, naturalHeight };
+    });
+    assert.ok(size.naturalWidth > 100 && size.naturalHeight > 100, JSON.stringify(size));
     assert.deepEqual(pageErrors, []);
   } finally {
     await browser?.close();

@@ -291,11 +291,12 @@ Deno.test("generate --json lines: the probability at the temperature and the lik
   const line = JSON.parse(jsonLine(0, 1, logits, 1, vocab));
   assert.equal(line.text, "b");
   assert.ok(Math.abs(line.p - 0.2) < 1e-7);
-  assert.deepEqual(line.top.map(([text]: [string]) => text), ["\n", "c", "a"]);
-  assert.ok(Math.abs(line.top[0][1] - 0.4) < 1e-7);
+  assert.deepEqual(line.top.map((c: { text: string }) => c.text), ["\n", "c", "a"]);
+  assert.deepEqual(line.top[0].label, "↵");
+  assert.ok(Math.abs(line.top[0].p - 0.4) < 1e-7);
   // At temperature 0.5 the weights are squared: 1, 4, 9, 16 out of 30.
   const sharp = JSON.parse(jsonLine(2, 0, logits, 0.5, vocab));
   assert.equal(sharp.row, 2);
   assert.ok(Math.abs(sharp.p - 1 / 30) < 1e-7);
-  assert.ok(Math.abs(sharp.top[0][1] - 16 / 30) < 1e-7);
+  assert.ok(Math.abs(sharp.top[0].p - 16 / 30) < 1e-7);
 });

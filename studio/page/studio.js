@@ -141,7 +141,7 @@ async function updateCurve() {
   const key = logs.map((path) => {
     const log = runs.find((r) => r.log?.path === path)?.log;
     return `${path}:${log?.evals}:${log?.lastIter}`;
-  }).join("|");
+  }).join("|") + $("curve-bpc").checked;
   if (key === curveKey) return;
   curveKey = key;
   const caption = $("curve-caption");
@@ -152,7 +152,8 @@ async function updateCurve() {
     caption.textContent = "";
     return;
   }
-  const query = logs.map((path) => `log=${encodeURIComponent(path)}`).join("&");
+  const bpc = $("curve-bpc").checked ? "&bpc=1" : "";
+  const query = logs.map((path) => `log=${encodeURIComponent(path)}`).join("&") + bpc;
   const { ok, data } = await api("GET", `/api/curve?${query}`);
   if (key !== curveKey) return; // a newer update is on its way
   if (!ok || !data.spec) {
@@ -442,6 +443,15 @@ function buildJobForm(prefix, container, specs, names) {
       field.querySelector(".help").textContent = "checkpoint to use (listed under Runs)";
       field.classList.add("wide");
     }
+    if (name === "pictures") {
+      const select = document.createElement("select");
+      select.id = `${prefix}-pictures`;
+      select.name = "pictures";
+      select.setAttribute("aria-describedby", `${prefix}-pictures-help`);
+      select.append(new Option("(all the model has)", ""));
+      for (const picture of info.pictureNames) select.append(new Option(picture, picture));
+      field.querySelector("input").replaceWith(select);
+    }
     if (name === "prompt") {
       const area = document.createElement("textarea");
       area.id = `${prefix}-prompt`;
@@ -519,19 +529,14 @@ function streamedJob({ form, path, start, stop, errorBox, stateBox, onStart, onI
   stop.addEventListener("click", () => controller?.abort());
 }
 
-/** Space, newline and tab as visible symbols, for labels. */
-function visible(ch) {
-  return ch === " " ? "␣" : ch === "\n" ? "↵" : ch === "\t" ? "⇥" : ch;
-}
-
 function percent(p) {
   return `${(100 * p).toFixed(p < 0.001 ? 2 : 1)}%`;
 }
 
 /** One sampled character: its probability and the likeliest others. */
 function describeChar(item) {
-  const others = item.top.map(([text, p]) => `${visible(text)} ${percent(p)}`).join(", ");
-  return `${visible(item.text)} had probability ${percent(item.p)}; likeliest others: ${others}`;
+  const others = item.top.map((c) => `${c.label} ${percent(c.p)}`).join(", ");
+  return `${item.label} had probability ${percent(item.p)}; likeliest others: ${others}`;
 }
 
 function buildSample() {
@@ -587,14 +592,10 @@ function buildSample() {
 
 function buildInside() {
   const body = $("inside-body");
-  if (!info.inspectFlags) {
-    body.innerHTML = `<p class="muted">The pictures need <code>deno task inspect</code>, which this
-      version of the project does not have yet.</p>`;
-    return;
-  }
   body.innerHTML = `
-    <p class="muted">The pictures of inspect.ts for a checkpoint and a prompt: the next-character
-    probabilities, the surprise of each character, attention, embeddings and more.</p>
+    <p class="muted">The pictures of <code>deno task inspect</code> for a checkpoint and a prompt
+    (or, without one, a sample): the next-character probabilities, the surprise of each character,
+    the bigram table, attention, embeddings, and what a sample shares with the training text.</p>
     <form id="inside-form"><div class="fields" id="inside-fields"></div>
       <div class="buttons"><button type="submit" id="inside-start">Show the pictures</button>
       <button type="button" id="inside-stop" disabled>Stop</button></div></form>
@@ -644,6 +645,7 @@ async function main() {
   info = data;
   $("exposed").hidden = !info.exposed;
   runs = info.runs;
+  $("curve-bpc").addEventListener("change", updateCurve);
   buildTrainForm();
   buildSample();
   buildInside();
