@@ -18,7 +18,7 @@
 
 import type { TopLevelSpec } from "vega-lite";
 import { runMain, UsageError, UserError } from "./cli/errors.ts";
-import { writeFileAtomic } from "./cli/files.ts";
+import { checkRegularFile, insideProject, writeFileAtomic } from "./cli/files.ts";
 import { parseFlags } from "./cli/flags.ts";
 import { estimateTextWidth, FONT, renderSpec } from "./lib/charts.ts";
 import { datasetDir } from "./lib/data.ts";
@@ -46,7 +46,7 @@ const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
  * @param name the file name, used in error messages
  * @returns the rows in file order (possibly empty)
  * @throws {UserError} on a line without exactly three numbers, naming the
- *   file and the 1-based line number
+ *   file and the 1-based line number (never quoting the line)
  */
 export function parseLossFile(text: string, name: string): LossRow[] {
   const rows: LossRow[] = [];
@@ -55,10 +55,15 @@ export function parseLossFile(text: string, name: string): LossRow[] {
     const line = lines[i].trim();
     if (line === "") continue;
     const cols = line.split(/\s+/);
-    if (cols.length !== 3 || !cols.every((c) => NUMBER.test(c))) {
-      const shown = line.length > 60 ? `${line.slice(0, 57)}...` : line;
+    const bad = cols.findIndex((c) => !NUMBER.test(c));
+    if (cols.length !== 3 || bad >= 0) {
+      // Described, not quoted: the file may not be a loss log at all.
       throw new UserError(
-        `${name}:${i + 1}: expected "iter train val" (3 numbers), got "${shown}"`,
+        `${name}:${i + 1}: expected "iter train val" (3 numbers), got ${
+          cols.length !== 3
+            ? `${cols.length} field${cols.length === 1 ? "" : "s"}`
+            : `a field ${bad + 1} that is not a number`
+        }`,
       );
     }
     const [iter, train, val] = cols.map(Number);
@@ -251,10 +256,13 @@ async function loadRuns(files: string[]): Promise<Run[]> {
   const unique = [...new Set(files)];
   const loaded: { path: string; rows: LossRow[] }[] = [];
   for (const path of unique) {
+    await insideProject(path, "loss file");
     let text;
     try {
+      await checkRegularFile(path, "loss file"); // a FIFO would block the read forever
       text = await Deno.readTextFile(path);
-    } catch {
+    } catch (e) {
+      if (e instanceof UserError) throw e;
       if (unique.length === 1) {
         throw new UserError(`${path} not found or cannot be read`);
       }
@@ -295,12 +303,14 @@ export async function main(args: string[]): Promise<string> {
   if (out === "") throw new UsageError("--out= needs a path");
   let files = fromArgs;
   if (files.length === 0 && !Deno.stdin.isTerminal()) {
+    // One name per line, as `ls` writes them: a name may hold spaces.
     const text = await new Response(Deno.stdin.readable).text();
-    files = text.split(/\s+/).filter((f) => f !== "");
+    files = text.split(/\r?\n/).filter((f) => f.trim() !== "");
   }
   if (files.length === 0) {
     throw new UsageError(`no loss files given; ${USAGE}`);
   }
+  await insideProject(out, "--out");
   const runs = await loadRuns(files);
   const vocabSizes = values.vocab_size > 0
     ? [values.vocab_size]

@@ -31,6 +31,7 @@ import {
   type Mode,
   type ModelConfig,
   type ModelDefinition,
+  type ModelSizes,
   nextTokenBatch,
   type Param,
 } from "./model.ts";
@@ -191,10 +192,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     buffers,
     targetsPerRow: T0,
     startContext: [0],
-    // Per layer and position ~40 C-sized and ~6 (H, T)-sized float32 values
-    // (activations, attention maps, masks), ×1.5 for the backward's
-    // temporaries: measured ~250 MB at the default config on WASM.
-    bytesPerRow: 4 * 1.5 * L * T0 * (40 * C + 6 * H * T0),
+    bytesPerRow: sizes(config).bytesPerRow,
     makeBatch: (windows, batchSize) => nextTokenBatch(windows, batchSize, T0),
     forward,
     loss(x, y, mode) {
@@ -226,6 +224,23 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   };
 }
 
+/** A gptLM's sizes from its settings (see {@link ModelSizes}). */
+function sizes(config: ModelConfig): ModelSizes {
+  const { vocab_size: V, block_size: T, n_embd: C, n_head: H, n_layer: L } = config;
+  return {
+    // Embeddings; per block q, k, v and proj (4C² + C), the feed-forward net
+    // (8C² + 5C) and two LayerNorms (4C); ln_f; lm_head.
+    params: V * C + T * C + L * (12 * C * C + 10 * C) + 2 * C + C * V + V,
+    buffers: L * H * T * T, // one (T, T) mask per head
+    tensors: 2 + L * (4 * H + 10) + 4,
+    // Per layer and position ~40 C-sized and ~6 (H, T)-sized float32 values
+    // (activations, attention maps, masks), ×1.5 for the backward's
+    // temporaries: measured ~250 MB at the default config on WASM.
+    bytesPerRow: 4 * 1.5 * L * T * (40 * C + 6 * H * T),
+    splittable: true,
+  };
+}
+
 /** Settings that pass the flag checks but cannot build a gptLM. */
 function checkConfig(config: Omit<ModelConfig, "vocab_size">): void {
   const { n_embd: C, n_head: H } = config;
@@ -246,4 +261,6 @@ export const gptLM: ModelDefinition = {
   create,
   checkConfig,
   runIdFields: (config) => `V-${config.vocab_size}`,
+  sizes,
+  sizeFlags: ["--n_embd", "--n_layer", "--block_size"],
 };

@@ -128,6 +128,20 @@ export interface ExpertRouting {
   scores: tf.Tensor3D;
 }
 
+/** What a model's settings cost, known before anything is built. */
+export interface ModelSizes {
+  /** Trainable values: {@link countParams} of the built model. */
+  params: number;
+  /** Values of its buffers (BatchNorm statistics, attention masks). */
+  buffers: number;
+  /** Tensors its parameters and buffers make. */
+  tensors: number;
+  /** Rough bytes one batch row holds through a training step: its input, activations and their gradients. */
+  bytesPerRow: number;
+  /** Whether its batches may be split into micro-batches ({@link LanguageModel.bytesPerRow} is set). */
+  splittable: boolean;
+}
+
 /** What each model module exports: how to build the model and what it knows about its settings. */
 export interface ModelDefinition {
   /** A new model with weights drawn from `rng`. */
@@ -142,6 +156,10 @@ export interface ModelDefinition {
    * as the original names its loss logs, e.g. `V-65`.
    */
   runIdFields(config: ModelConfig): string;
+  /** Its sizes from the settings alone, so that what cannot fit is refused before it is built. */
+  sizes(config: ModelConfig): ModelSizes;
+  /** The flags that set its size, named when it is too large, e.g. `["--n_embd", "--n_layer"]`. */
+  sizeFlags: readonly string[];
 }
 
 /**

@@ -22,11 +22,13 @@ export interface SamplingOptions {
 export function softmax(logits: ArrayLike<number>, temperature = 1): Float64Array {
   const V = logits.length;
   let max = -Infinity;
-  for (let i = 0; i < V; i++) max = Math.max(max, logits[i] / temperature);
+  for (let i = 0; i < V; i++) max = Math.max(max, logits[i]);
   const probs = new Float64Array(V);
   let total = 0;
   for (let i = 0; i < V; i++) {
-    total += probs[i] = Math.exp(logits[i] / temperature - max);
+    // (l - max) / T, not l / T - max / T: never Infinity - Infinity, so a
+    // temperature too small to divide by gives its limit, greedy decoding.
+    total += probs[i] = Math.exp((logits[i] - max) / temperature);
   }
   for (let i = 0; i < V; i++) probs[i] /= total;
   return probs;

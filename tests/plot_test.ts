@@ -38,15 +38,21 @@ Deno.test("parseLossFile accepts a single line, with or without newline", () => 
   assert.deepEqual(parseLossFile("\n\n", "a"), []);
 });
 
-Deno.test("parseLossFile names file and line of a malformed line", () => {
-  for (
-    const bad of ["500 2.4 2.5 9", "500 2.4", "500 abc 2.5", "500 2.4 0x10"]
-  ) {
+Deno.test("parseLossFile names file and line of a malformed line, and never quotes it", () => {
+  const cases: [string, string][] = [
+    ["500 2.4 2.5 9", "got 4 fields"],
+    ["500 2.4", "got 2 fields"],
+    ["500 abc 2.5", "got a field 2 that is not a number"],
+    ["500 2.4 0x10", "got a field 3 that is not a number"],
+    ["root:x:0:0:root:/root:/bin/bash", "got 1 field"],
+  ];
+  for (const [bad, why] of cases) {
     assert.throws(
       () => parseLossFile(`0 4 4\n\n${bad}\n`, "loss_x.txt"),
       (e: unknown) =>
-        e instanceof UserError && e.message.startsWith("loss_x.txt:3:") &&
-        e.message.includes(bad),
+        e instanceof UserError &&
+        e.message === `loss_x.txt:3: expected "iter train val" (3 numbers), ${why}` &&
+        !e.message.includes(bad),
     );
   }
 });
@@ -285,6 +291,9 @@ Deno.test("cli: malformed line names file and line", async () => {
     await Deno.writeTextFile(`${dir}/loss_bad.txt`, "0 4 4\n500 2.4 oops\n");
     const r = await plot(["loss_bad.txt", LONG_A], { cwd: dir });
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^error: loss_bad\.txt:2: .*"500 2\.4 oops"\n$/);
+    assert.equal(
+      r.stderr,
+      'error: loss_bad.txt:2: expected "iter train val" (3 numbers), got a field 3 that is not a number\n',
+    );
   });
 });
