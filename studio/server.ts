@@ -173,7 +173,13 @@ export async function startStudio(options: StudioOptions): Promise<Studio> {
     throw e;
   }
   const { port } = server.addr as Deno.NetAddr;
-  const shownHost = options.hostname.includes(":") ? `[${options.hostname}]` : options.hostname;
+  // Listening on every address: this machine reaches it at 127.0.0.1.
+  const anyAddress = options.hostname === "0.0.0.0" || options.hostname === "::";
+  const shownHost = anyAddress
+    ? "127.0.0.1"
+    : options.hostname.includes(":")
+    ? `[${options.hostname}]`
+    : options.hostname;
   return {
     url: `http://${shownHost}:${port}/`,
     trainer,

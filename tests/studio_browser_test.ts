@@ -154,15 +154,13 @@ Deno.test("the studio in headless chromium: train, watch, stop, sample, look ins
     );
     assert.equal(await page.$eval("#inside-error", (e) => e.textContent), "");
     const picture = await page.waitForFunction(
-      `(() => { const img = document.querySelector('#inside-pictures figure[data-name="attention"] img');
+      `(() => { const img = document.querySelector('#inside-results figure[data-name="attention"] img');
         return img && img.complete && img.naturalWidth > 0 ? img : null; })()`,
       { timeout: 10_000 },
     );
-    const size = await picture.evaluate((img) => {
-      const { naturalWidth, naturalHeight } = img as unknown as Record<string, number>;
-      return { naturalWidth, naturalHeight };
-    });
-    assert.ok(size.naturalWidth > 100 && size.naturalHeight > 100, JSON.stringify(size));
+    // Shown on the page, not merely loaded.
+    const box = await picture.asElement()!.boundingBox();
+    assert.ok(box && box.width > 100 && box.height > 100, JSON.stringify(box));
     assert.deepEqual(pageErrors, []);
   } finally {
     await browser?.close();

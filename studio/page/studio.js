@@ -451,6 +451,7 @@ function buildJobForm(prefix, container, specs, names) {
       select.append(new Option("(all the model has)", ""));
       for (const picture of info.pictureNames) select.append(new Option(picture, picture));
       field.querySelector("input").replaceWith(select);
+      field.querySelector(".help").textContent = "one picture, or all the model can show";
     }
     if (name === "prompt") {
       const area = document.createElement("textarea");
@@ -601,7 +602,7 @@ function buildInside() {
       <button type="button" id="inside-stop" disabled>Stop</button></div></form>
     <p id="inside-error" class="error" role="alert"></p>
     <p id="inside-state" class="muted" role="status" aria-live="polite"></p>
-    <div id="inside-pictures" class="pictures"></div>`;
+    <div id="inside-results" class="pictures"></div>`;
   buildJobForm("inside", $("inside-fields"), info.inspectFlags, INSIDE_FLAGS);
   streamedJob({
     form: $("inside-form"),
@@ -611,15 +612,15 @@ function buildInside() {
     errorBox: $("inside-error"),
     stateBox: $("inside-state"),
     onStart: () => {
-      for (const img of $("inside-pictures").querySelectorAll("img")) URL.revokeObjectURL(img.src);
-      $("inside-pictures").replaceChildren();
+      for (const img of $("inside-results").querySelectorAll("img")) URL.revokeObjectURL(img.src);
+      $("inside-results").replaceChildren();
     },
     onItem: (item) => {
       if (item.note) {
         const note = document.createElement("p");
         note.className = "muted";
         note.textContent = item.note;
-        $("inside-pictures").append(note);
+        $("inside-results").append(note);
         return;
       }
       // As an image, the SVG is shown but cannot run anything.
@@ -633,7 +634,7 @@ function buildInside() {
       const caption = document.createElement("figcaption");
       caption.textContent = item.caption;
       figure.append(heading, img, caption);
-      $("inside-pictures").append(figure);
+      $("inside-results").append(figure);
     },
   });
 }
