@@ -41,8 +41,9 @@ export interface TrainState {
   checkpoint: string | null;
   progress: TrainProgress | null;
   evaluations: TrainEvaluation[];
-  /** The checkpoint Stop saved, to resume from. */
+  /** The checkpoint Stop saved, to resume from, and when it stopped (`after step 212`). */
   resumeFrom: string | null;
+  stoppedWhen: string | null;
   exitCode: number | null;
   /** The `error: …` line the training ended with, if any. */
   error: string | null;
@@ -210,6 +211,8 @@ export class Trainer {
     } else if ((match = /^logging to (.+)$/.exec(text))) {
       state.logFile = match[1];
       this.#emitState();
+    } else if ((match = /^stopped by \S+ (.+); resume with:$/.exec(text))) {
+      state.stoppedWhen = match[1];
     } else if ((match = /--resume=true --ckpt_file=(\S+)$/.exec(text))) {
       state.resumeFrom = match[1];
       this.#emitState();
@@ -237,6 +240,7 @@ function idleState(): TrainState {
     progress: null,
     evaluations: [],
     resumeFrom: null,
+    stoppedWhen: null,
     exitCode: null,
     error: null,
     lines: [],

@@ -354,9 +354,7 @@ function renderTraining() {
       : `Training (pid ${t.pid})${t.logFile ? `, logging to ${t.logFile}` : ""}.`;
   } else if (t && t.exitCode !== null) {
     if (t.resumeFrom) {
-      text = `Stopped after step ${
-        t.progress?.iter ?? "?"
-      }; saved ${t.resumeFrom}. Resume continues it exactly.`;
+      text = `Stopped ${t.stoppedWhen}; saved ${t.resumeFrom}. Resume continues it exactly.`;
     } else if (t.exitCode === 0) {
       text = `Finished: loss log ${t.logFile}, best checkpoint ${t.checkpoint}.`;
     } else {
