@@ -15,7 +15,8 @@
 import * as tf from "@tensorflow/tfjs";
 import { runMain, UsageError } from "./cli/errors.ts";
 import { parseFlags } from "./cli/flags.ts";
-import { type PreparedData, tokenize } from "./lib/data.ts";
+import { decodeText, type PreparedData, tokenize } from "./lib/data.ts";
+import { readProjectFile } from "./cli/files.ts";
 import { fastPaths, setFastPaths } from "./nn/fast_paths.ts";
 import { parseTrainConfig, type TrainConfig } from "./run/config.ts";
 import { buildRun, type Run } from "./run/run.ts";
@@ -204,7 +205,8 @@ export async function main(args: string[]): Promise<BenchResult[]> {
   }
 
   // tinyshakespeare as prepare tokenizes it, read once for every run.
-  const data = tokenize(await Deno.readTextFile("datas/tinyshakespeare.txt"));
+  const text = "datas/tinyshakespeare.txt";
+  const data = tokenize(decodeText(await readProjectFile(text, "text"), text));
   setFastPaths(!values.plain);
   if (!values.json && fastPaths() && runs.some((c) => c.backend === "wasm")) {
     const ceiling = wasmProductCeiling();

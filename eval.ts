@@ -53,7 +53,7 @@ export async function main(args: string[]): Promise<EvalResult> {
     throw new UsageError("--ckpt=PATH is required (a checkpoint saved by train.ts)");
   }
   const ckpt = await loadCheckpoint(values.ckpt);
-  const dataset = await loadDataset((ckpt.config.dataset as string) ?? "shakespeare_char");
+  const dataset = await loadDataset(ckpt.config.dataset);
   checkVocabulary(ckpt, dataset);
   const backend = await startBackend(values.backend);
   const model = modelFromCheckpoint(ckpt);

@@ -13,13 +13,15 @@ import * as tf from "@tensorflow/tfjs";
 import { runMain, UsageError, UserError } from "./cli/errors.ts";
 import { parseFlags } from "./cli/flags.ts";
 import { BACKEND_FLAG } from "./lib/backend.ts";
-import { encode, stoiOf } from "./lib/data.ts";
+import { visibleChar } from "./lib/chars.ts";
+import { encode, stoiOf, type Vocab } from "./lib/data.ts";
 import { Rng } from "./lib/rng.ts";
 import { latestCheckpoint, loadCheckpoint, modelFromCheckpoint } from "./run/checkpoint.ts";
-import { generateTokens } from "./run/sampling.ts";
+import { generateTokens, softmax } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
 
-const FLAGS = {
+/** generate.ts's flags. */
+export const FLAGS = {
   ckpt: { type: "string", default: "", help: "checkpoint; default: the newest under out/" },
   prompt: { type: "string", default: "", help: "text to continue" },
   max_new_tokens: { type: "int", default: 500, min: 1, help: "characters to sample" },
@@ -40,6 +42,16 @@ const FLAGS = {
     help: "nucleus sampling mass",
   },
   num_samples: { type: "int", default: 1, min: 1, help: "independent samples" },
+  show_probs: {
+    type: "bool",
+    default: false,
+    help: "on stderr: each sampled character's probability and the likeliest others",
+  },
+  json: {
+    type: "bool",
+    default: false,
+    help: "stdout: one JSON object a character (its probability, the likeliest others)",
+  },
   seed: {
     type: "int",
     default: -1,
@@ -50,6 +62,55 @@ const FLAGS = {
 } as const;
 
 const encoder = new TextEncoder();
+
+/** How many of the likeliest other characters `--show_probs` and `--json` list. */
+const ALTERNATIVES = 4;
+
+/** The probabilities at `temperature` (before top-k/top-p) and the likeliest ids other than `id`. */
+function likeliestOthers(
+  id: number,
+  logits: Float32Array,
+  temperature: number,
+): { probs: Float64Array; others: number[] } {
+  const probs = softmax(logits, temperature);
+  const others = [...probs.keys()].filter((i) => i !== id)
+    .sort((a, b) => probs[b] - probs[a])
+    .slice(0, ALTERNATIVES);
+  return { probs, others };
+}
+
+/**
+ * One `--show_probs` line: the sampled character and its probability at
+ * `temperature` (before top-k/top-p), then the likeliest others, e.g.
+ * `t 0.621 | e 0.102  h 0.051  o 0.030  ␣ 0.021`.
+ */
+export function probsLine(
+  id: number,
+  logits: Float32Array,
+  temperature: number,
+  vocab: Vocab,
+): string {
+  const { probs, others } = likeliestOthers(id, logits, temperature);
+  const show = (i: number) => `${visibleChar(vocab[i])} ${probs[i].toFixed(3)}`;
+  return `${show(id)} | ${others.map(show).join("  ")}`;
+}
+
+/**
+ * One `--json` line, for programs (the studio): the sample's row, the
+ * character (and its visible label), its probability and the likeliest
+ * others, e.g. `{"row":0,"text":" ","label":"␣","p":0.62,"top":[{"text":"e","label":"e","p":0.1},…]}`.
+ */
+export function jsonLine(
+  row: number,
+  id: number,
+  logits: Float32Array,
+  temperature: number,
+  vocab: Vocab,
+): string {
+  const { probs, others } = likeliestOthers(id, logits, temperature);
+  const char = (i: number) => ({ text: vocab[i], label: visibleChar(vocab[i]), p: probs[i] });
+  return JSON.stringify({ row, ...char(id), top: others.map(char) });
+}
 
 export async function main(args: string[]) {
   const { values } = parseFlags(args, FLAGS);
@@ -86,14 +147,28 @@ export async function main(args: string[]) {
     topK: values.top_k,
     topP: values.top_p,
   };
+  if (values.show_probs) {
+    console.error(
+      `each sampled character, its probability at temperature ${values.temperature} | the ${ALTERNATIVES} likeliest others`,
+    );
+  }
   for (let s = 0; s < values.num_samples; s++) {
+    if (values.json) {
+      await generateTokens(model, context, values.max_new_tokens, options, rng, (id, logits) => {
+        const line = jsonLine(s, id, logits, values.temperature, ckpt.vocab);
+        Deno.stdout.writeSync(encoder.encode(line + "\n"));
+      });
+      continue;
+    }
     if (s > 0) await Deno.stdout.write(encoder.encode("\n---------------\n"));
+    if (s > 0 && values.show_probs) console.error("---------------");
     await Deno.stdout.write(encoder.encode(values.prompt));
-    await generateTokens(model, context, values.max_new_tokens, options, rng, (id) => {
+    await generateTokens(model, context, values.max_new_tokens, options, rng, (id, logits) => {
       Deno.stdout.writeSync(encoder.encode(ckpt.vocab[id]));
+      if (values.show_probs) console.error(probsLine(id, logits, values.temperature, ckpt.vocab));
     });
   }
-  await Deno.stdout.write(encoder.encode("\n"));
+  if (!values.json) await Deno.stdout.write(encoder.encode("\n"));
   tf.disposeVariables();
 }
 

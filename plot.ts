@@ -9,17 +9,19 @@
  *
  * One file: its training and validation curves. Several files: each file's
  * validation curve, for comparison. Each loss file has one line per
- * evaluation, `iter train val`, e.g. `500 2.4512 2.4987`.
+ * evaluation, `iter train val`, e.g. `500 2.4512 2.4987`. A dashed line
+ * marks ln(vocab_size), the loss of a uniform guess; `--bpc` shows bits per
+ * character instead of nats.
  *
  * @module
  */
 
-import * as vega from "vega";
-import * as vl from "vega-lite";
 import type { TopLevelSpec } from "vega-lite";
 import { runMain, UsageError, UserError } from "./cli/errors.ts";
-import { writeFileAtomic } from "./cli/files.ts";
+import { checkRegularFile, insideProject, writeFileAtomic } from "./cli/files.ts";
 import { parseFlags } from "./cli/flags.ts";
+import { estimateTextWidth, FONT, renderSpec } from "./lib/charts.ts";
+import { datasetDir } from "./lib/data.ts";
 
 /** One evaluation: iteration number, training loss and validation loss. */
 export interface LossRow {
@@ -44,7 +46,7 @@ const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
  * @param name the file name, used in error messages
  * @returns the rows in file order (possibly empty)
  * @throws {UserError} on a line without exactly three numbers, naming the
- *   file and the 1-based line number
+ *   file and the 1-based line number (never quoting the line)
  */
 export function parseLossFile(text: string, name: string): LossRow[] {
   const rows: LossRow[] = [];
@@ -53,10 +55,15 @@ export function parseLossFile(text: string, name: string): LossRow[] {
     const line = lines[i].trim();
     if (line === "") continue;
     const cols = line.split(/\s+/);
-    if (cols.length !== 3 || !cols.every((c) => NUMBER.test(c))) {
-      const shown = line.length > 60 ? `${line.slice(0, 57)}...` : line;
+    const bad = cols.findIndex((c) => !NUMBER.test(c));
+    if (cols.length !== 3 || bad >= 0) {
+      // Described, not quoted: the file may not be a loss log at all.
       throw new UserError(
-        `${name}:${i + 1}: expected "iter train val" (3 numbers), got "${shown}"`,
+        `${name}:${i + 1}: expected "iter train val" (3 numbers), got ${
+          cols.length !== 3
+            ? `${cols.length} field${cols.length === 1 ? "" : "s"}`
+            : `a field ${bad + 1} that is not a number`
+        }`,
       );
     }
     const [iter, train, val] = cols.map(Number);
@@ -66,125 +73,20 @@ export function parseLossFile(text: string, name: string): LossRow[] {
 }
 
 // ---------------------------------------------------------------------------
-// Text measurement
-
-/**
- * Advance widths (1/1000 em) of ASCII 32..126 in Helvetica / Arial (the
- * Adobe core-font AFM metrics; Arial and Liberation Sans share them).
- */
-// deno-fmt-ignore
-const HELVETICA = [
-  278, 278, 355, 556, 556, 889, 667, 191, 333, 333, 389, 584, 278, 333, 278, 278,
-  556, 556, 556, 556, 556, 556, 556, 556, 556, 556, 278, 278, 584, 584, 584, 556,
-  1015, 667, 667, 722, 722, 667, 611, 778, 722, 278, 500, 667, 556, 833, 722, 778,
-  667, 778, 722, 667, 611, 722, 667, 944, 667, 667, 611, 278, 278, 278, 469, 556,
-  333, 556, 556, 500, 556, 556, 278, 556, 556, 222, 222, 500, 222, 833, 556, 556,
-  556, 556, 333, 500, 278, 556, 500, 722, 500, 500, 500, 334, 260, 334, 584,
-];
-
-/** Same for Helvetica Bold / Arial Bold. */
-// deno-fmt-ignore
-const HELVETICA_BOLD = [
-  278, 333, 474, 556, 556, 889, 722, 238, 333, 333, 389, 584, 278, 333, 278, 278,
-  556, 556, 556, 556, 556, 556, 556, 556, 556, 556, 333, 333, 584, 584, 584, 611,
-  975, 722, 722, 722, 722, 667, 611, 778, 722, 278, 556, 722, 611, 833, 722, 778,
-  667, 778, 722, 667, 611, 722, 667, 944, 667, 667, 611, 333, 278, 333, 584, 556,
-  333, 556, 611, 556, 611, 556, 333, 611, 611, 278, 278, 556, 278, 889, 611, 611,
-  611, 611, 389, 556, 333, 611, 556, 778, 556, 556, 500, 389, 280, 389, 584,
-];
-
-/** True for code points drawn double width (CJK, Hangul, fullwidth forms). */
-function isWide(cp: number): boolean {
-  return (cp >= 0x1100 && cp <= 0x115f) ||
-    (cp >= 0x2e80 && cp <= 0xa4cf) ||
-    (cp >= 0xac00 && cp <= 0xd7a3) ||
-    (cp >= 0xf900 && cp <= 0xfaff) ||
-    (cp >= 0xfe30 && cp <= 0xfe4f) ||
-    (cp >= 0xff00 && cp <= 0xff60) ||
-    (cp >= 0xffe0 && cp <= 0xffe6) ||
-    (cp >= 0x1f300 && cp <= 0x1faff) ||
-    (cp >= 0x20000 && cp <= 0x3fffd);
-}
-
-/**
- * Estimates the rendered width in pixels of `text` in a Helvetica/Arial-like
- * sans-serif font (monospace fonts: 0.6 em per character).
- *
- * @param text the string to measure
- * @param fontSize font size in pixels
- * @param bold whether the font weight is bold (>= 600)
- * @param monospace whether the font family is monospace
- */
-export function estimateTextWidth(
-  text: string,
-  fontSize: number,
-  bold = false,
-  monospace = false,
-): number {
-  const table = bold ? HELVETICA_BOLD : HELVETICA;
-  let units = 0;
-  for (const ch of text) {
-    const cp = ch.codePointAt(0)!;
-    if (monospace) units += isWide(cp) ? 1200 : 600;
-    else if (cp >= 32 && cp <= 126) units += table[cp - 32];
-    else if (cp < 32 || (cp >= 0x300 && cp <= 0x36f) || cp === 0x200b) {
-      // control characters, combining marks, zero-width space
-    } else if (isWide(cp)) units += 1000;
-    else units += bold ? 611 : 556; // a typical lower-case letter
-  }
-  return (units / 1000) * fontSize;
-}
-
-/** The part of a Vega text item that matters for measuring it. */
-interface TextItem {
-  fontSize?: number | string;
-  fontWeight?: number | string;
-  font?: string;
-  limit?: number;
-}
-
-/** Vega's text metrics hook; present at runtime, absent from vega-typings. */
-interface TextMetrics {
-  width: (item: TextItem, text: unknown) => number;
-  estimateWidth: (item: TextItem, text: unknown) => number;
-}
-
-/**
- * Vega's text metrics (vega-scenegraph `textMetrics`). Without a canvas Vega
- * falls back to `estimateWidth` (0.8 x length x fontSize, far too wide for
- * a proportional font); assigning `width` is the documented hook for custom
- * measurers (vl-convert does the same).
- */
-export const textMetrics: TextMetrics =
-  (vega as unknown as { textMetrics: TextMetrics }).textMetrics;
-
-/** Width of a Vega text item's line, as Vega's `textMetrics.width` expects. */
-export function vegaTextWidth(item: TextItem, text: unknown): number {
-  const size = item.fontSize != null ? (+item.fontSize || 0) : 11;
-  const s = text == null ? "" : String(text).trim();
-  if (size <= 0 || s === "") return 0;
-  const weight = String(item.fontWeight ?? "");
-  const bold = weight === "bold" || weight === "bolder" || +weight >= 600;
-  const mono = /mono|courier|consolas|menlo/i.test(item.font ?? "");
-  const width = estimateTextWidth(s, size, bold, mono);
-  // Vega truncates text longer than item.limit (with an ellipsis) using this
-  // same function, so it must not truncate itself; the truncated text is at
-  // most `limit` wide.
-  const limit = item.limit ?? 0;
-  return limit > 0 ? Math.min(width, limit) : width;
-}
-
-/** Makes Vega measure text with {@link vegaTextWidth}. Idempotent. */
-export function installTextMetrics(): void {
-  textMetrics.width = vegaTextWidth;
-}
-
-// ---------------------------------------------------------------------------
 // Chart
 
-/** Font used for every text of the chart; the metrics above are for it. */
-const FONT = "Helvetica, Arial, 'Liberation Sans', sans-serif";
 const TITLE_SIZE = 14;
+
+/** How to draw the curves. */
+export interface PlotOptions {
+  /**
+   * Vocabulary sizes to mark with a dashed line at ln(V) (log2(V) in bits):
+   * the loss of a uniform guess, where an untrained model starts.
+   */
+  vocabSizes?: number[];
+  /** Bits per character (loss / ln 2) instead of nats. */
+  bpc?: boolean;
+}
 
 /**
  * Builds the Vega-Lite spec (data inlined). One run: its training and
@@ -192,32 +94,45 @@ const TITLE_SIZE = 14;
  *
  * @param runs the runs to plot, in legend order; at least one
  */
-export function buildSpec(runs: Run[]): TopLevelSpec {
+export function buildSpec(runs: Run[], options: PlotOptions = {}): TopLevelSpec {
   if (runs.length === 0) throw new Error("buildSpec: no runs");
   const single = runs.length === 1;
   const title = single
     ? `Training and Validation Loss - ${runs[0].name}`
     : "Validation Loss Comparison";
+  const unit = options.bpc ? 1 / Math.LN2 : 1; // nats → bits
   const values: { iter: number; loss: number; series: string }[] = [];
   const series: string[] = [];
   if (single) {
     series.push("Training Loss", "Validation Loss");
     for (const r of runs[0].rows) {
-      values.push({ iter: r.iter, loss: r.train, series: series[0] });
-      values.push({ iter: r.iter, loss: r.val, series: series[1] });
+      values.push({ iter: r.iter, loss: r.train * unit, series: series[0] });
+      values.push({ iter: r.iter, loss: r.val * unit, series: series[1] });
     }
   } else {
     for (const run of runs) {
       const name = `Validation Loss - ${run.name}`;
       series.push(name);
       for (const r of run.rows) {
-        values.push({ iter: r.iter, loss: r.val, series: name });
+        values.push({ iter: r.iter, loss: r.val * unit, series: name });
       }
     }
   }
+  const references = [...new Set(options.vocabSizes ?? [])].map((v) => ({
+    loss: Math.log(v) * unit,
+    label: options.bpc
+      ? `uniform guess: log2 ${v} = ${Math.log2(v).toFixed(2)} bits`
+      : `uniform guess: ln ${v} = ${Math.log(v).toFixed(2)}`,
+  }));
   // Widen the plot so a long title (long file name) still fits above it.
   const titleWidth = estimateTextWidth(title, TITLE_SIZE, true);
   const width = Math.round(Math.min(1200, Math.max(600, titleWidth + 20)));
+  const y = {
+    field: "loss",
+    type: "quantitative" as const,
+    title: options.bpc ? "Bits per character" : "Loss",
+    scale: { zero: false },
+  };
   return {
     $schema: "https://vega.github.io/schema/vega-lite/v6.json",
     title: { text: title, anchor: "middle", fontSize: TITLE_SIZE },
@@ -225,38 +140,58 @@ export function buildSpec(runs: Run[]): TopLevelSpec {
     height: 360,
     background: "white",
     padding: 16,
-    data: { values },
-    mark: {
-      type: "line",
-      strokeWidth: 1.5,
-      point: { filled: true, size: 30 },
-    },
-    encoding: {
-      x: {
-        field: "iter",
-        type: "quantitative",
-        title: "Iteration",
-        axis: { format: "~r" },
-      },
-      y: {
-        field: "loss",
-        type: "quantitative",
-        title: "Loss",
-        scale: { zero: false },
-      },
-      color: {
-        field: "series",
-        type: "nominal",
-        scale: { domain: series },
-        legend: {
-          title: null,
-          orient: "bottom",
-          direction: "vertical",
-          labelLimit: 0,
-          labelFontSize: 12,
+    layer: [
+      {
+        data: { values },
+        mark: {
+          type: "line",
+          strokeWidth: 1.5,
+          point: { filled: true, size: 30 },
+        },
+        encoding: {
+          x: {
+            field: "iter",
+            type: "quantitative",
+            title: "Iteration",
+            axis: { format: "~r" },
+          },
+          y,
+          color: {
+            field: "series",
+            type: "nominal",
+            scale: { domain: series },
+            legend: {
+              title: null,
+              orient: "bottom",
+              direction: "vertical",
+              labelLimit: 0,
+              labelFontSize: 12,
+            },
+          },
         },
       },
-    },
+      ...(references.length === 0 ? [] : [
+        {
+          data: { values: references },
+          mark: { type: "rule" as const, strokeDash: [6, 4], color: "#555", strokeWidth: 1.2 },
+          encoding: { y },
+        },
+        {
+          data: { values: references },
+          mark: {
+            type: "text" as const,
+            x: "width" as const,
+            align: "right" as const,
+            baseline: "top" as const, // below the line: losses fall away from it
+            dx: -4,
+            dy: 4,
+            color: "#333",
+            fontSize: 11,
+          },
+          encoding: { y, text: { field: "label" } },
+        },
+      ]),
+    ],
     config: {
       font: FONT,
       axis: { labelFontSize: 11, titleFontSize: 12, grid: true },
@@ -272,29 +207,48 @@ export function buildSpec(runs: Run[]): TopLevelSpec {
  * @param runs the runs to plot; at least one
  * @returns the complete SVG document
  */
-export async function renderSvg(runs: Run[]): Promise<string> {
-  installTextMetrics();
-  const compiled = vl.compile(buildSpec(runs)).spec;
-  const view = new vega.View(vega.parse(compiled), { renderer: "none" });
-  try {
-    return await view.toSVG();
-  } finally {
-    view.finalize();
-  }
+export async function renderSvg(runs: Run[], options: PlotOptions = {}): Promise<string> {
+  return await renderSpec(buildSpec(runs, options));
 }
 
 // ---------------------------------------------------------------------------
 // Command line
 
-const USAGE = "usage: ls loss_*.txt | deno task plot [--out=PATH]" +
-  "  or  deno task plot [--out=PATH] FILE...";
+const USAGE = "usage: ls loss_*.txt | deno task plot [--out=PATH] [--bpc]" +
+  "  or  deno task plot [--out=PATH] [--bpc] FILE...";
 
 const FLAGS = {
   out: { type: "string", default: "loss.svg", help: "the SVG to write" },
+  vocab_size: {
+    type: "int",
+    default: 0,
+    min: 1,
+    help: "vocabulary size for the uniform-guess line (default: the file names' V-N field)",
+  },
+  bpc: { type: "bool", default: false, help: "bits per character instead of nats" },
 } as const;
 
 function basename(path: string): string {
   return path.replace(/[\\/]+$/, "").split(/[\\/]/).pop() || path;
+}
+
+/**
+ * The vocabulary size of a loss file's run: its run id's `V-N` field (`V:N`
+ * in the original's names), else `vocab_size` in the meta.json of the
+ * dataset its run id ends with; null when neither is there.
+ */
+export async function vocabSizeOf(file: string): Promise<number | null> {
+  const name = basename(file);
+  const field = /(?:^|_)V[-:](\d+)(?=[_.]|$)/.exec(name);
+  if (field) return Number(field[1]);
+  const dataset = /_DR[-:][0-9.e+-]+_(.+?)(?:_\d+)?\.(?:txt|log)$/.exec(name)?.[1];
+  if (!dataset) return null;
+  try {
+    const meta = JSON.parse(await Deno.readTextFile(`${datasetDir(dataset)}/meta.json`));
+    return Number.isInteger(meta.vocab_size) ? meta.vocab_size : null;
+  } catch {
+    return null;
+  }
 }
 
 /** Reads and parses the files; unreadable or empty ones are warned about. */
@@ -302,10 +256,13 @@ async function loadRuns(files: string[]): Promise<Run[]> {
   const unique = [...new Set(files)];
   const loaded: { path: string; rows: LossRow[] }[] = [];
   for (const path of unique) {
+    await insideProject(path, "loss file");
     let text;
     try {
+      await checkRegularFile(path, "loss file"); // a FIFO would block the read forever
       text = await Deno.readTextFile(path);
-    } catch {
+    } catch (e) {
+      if (e instanceof UserError) throw e;
       if (unique.length === 1) {
         throw new UserError(`${path} not found or cannot be read`);
       }
@@ -346,14 +303,24 @@ export async function main(args: string[]): Promise<string> {
   if (out === "") throw new UsageError("--out= needs a path");
   let files = fromArgs;
   if (files.length === 0 && !Deno.stdin.isTerminal()) {
+    // One name per line, as `ls` writes them: a name may hold spaces.
     const text = await new Response(Deno.stdin.readable).text();
-    files = text.split(/\s+/).filter((f) => f !== "");
+    files = text.split(/\r?\n/).filter((f) => f.trim() !== "");
   }
   if (files.length === 0) {
     throw new UsageError(`no loss files given; ${USAGE}`);
   }
+  await insideProject(out, "--out");
   const runs = await loadRuns(files);
-  const svg = await renderSvg(runs);
+  const vocabSizes = values.vocab_size > 0
+    ? [values.vocab_size]
+    : (await Promise.all(runs.map((r) => vocabSizeOf(r.name)))).filter((v) => v !== null);
+  if (vocabSizes.length === 0) {
+    console.error(
+      "note: no vocabulary size in the file names: pass --vocab_size=N to draw the uniform-guess line",
+    );
+  }
+  const svg = await renderSvg(runs, { vocabSizes, bpc: values.bpc });
   await writeFileAtomic(out, new TextEncoder().encode(svg));
   console.log(
     `wrote ${out} (${runs.length} ${runs.length === 1 ? "run" : "runs"})`,

@@ -9,10 +9,17 @@
  *
  * @module
  */
-import { datasetDir, decodeText, metaJson, tokenize, uint16Bytes } from "./lib/data.ts";
+import {
+  DATASET_FLAG,
+  datasetDir,
+  decodeText,
+  metaJson,
+  tokenize,
+  uint16Bytes,
+} from "./lib/data.ts";
 import { runMain, UserError } from "./cli/errors.ts";
 import { parseFlags } from "./cli/flags.ts";
-import { writeFileAtomic } from "./cli/files.ts";
+import { insideProject, readProjectFile, writeFileAtomic, writeFilesAtomic } from "./cli/files.ts";
 
 /** Where the original downloads tinyshakespeare from when the file is missing. */
 const DATA_URL =
@@ -21,25 +28,14 @@ const DEFAULT_INPUT = "datas/tinyshakespeare.txt";
 
 const FLAGS = {
   input: { type: "string", default: DEFAULT_INPUT, help: "UTF-8 text file" },
-  dataset: {
-    type: "string",
-    default: "shakespeare_char",
-    help: "output folder under datas/",
-  },
+  dataset: DATASET_FLAG,
 } as const;
 
 async function readInput(path: string): Promise<Uint8Array> {
   try {
-    const info = await Deno.stat(path);
-    if (info.isDirectory) {
-      throw new UserError(`--input=${path} is a directory: give a text file`);
-    }
-    return await Deno.readFile(path);
+    return await readProjectFile(path, "--input");
   } catch (e) {
-    if (!(e instanceof Deno.errors.NotFound)) {
-      if (e instanceof UserError) throw e;
-      throw new UserError(`cannot read ${path}: ${(e as Error).message}`);
-    }
+    if (!(e instanceof Deno.errors.NotFound)) throw e;
   }
   if (path !== DEFAULT_INPUT) {
     throw new UserError(`input file ${path} not found`);
@@ -66,6 +62,7 @@ export async function main(args: string[]) {
   const { values } = parseFlags(args, FLAGS);
   const input = values.input;
   const dir = datasetDir(values.dataset);
+  await insideProject(dir, "--dataset");
 
   const text = decodeText(await readInput(input), input);
   if (text.length === 0) {
@@ -80,17 +77,18 @@ export async function main(args: string[]) {
   console.log(`train has ${data.train.length.toLocaleString("en-US")} tokens`);
   console.log(`val has ${data.val.length.toLocaleString("en-US")} tokens`);
 
+  // All three files or none: a full disk while writing val.bin must not
+  // leave the new train.bin beside the old val.bin and meta.json.
   try {
     await Deno.mkdir(dir, { recursive: true });
   } catch (e) {
     throw new UserError(`cannot create ${dir}: ${(e as Error).message}`);
   }
-  await writeFileAtomic(`${dir}/train.bin`, uint16Bytes(data.train));
-  await writeFileAtomic(`${dir}/val.bin`, uint16Bytes(data.val));
-  await writeFileAtomic(
-    `${dir}/meta.json`,
-    new TextEncoder().encode(metaJson(data.vocab)),
-  );
+  await writeFilesAtomic([
+    [`${dir}/train.bin`, uint16Bytes(data.train)],
+    [`${dir}/val.bin`, uint16Bytes(data.val)],
+    [`${dir}/meta.json`, new TextEncoder().encode(metaJson(data.vocab, data))],
+  ]);
   console.log(`wrote ${dir}/train.bin, ${dir}/val.bin and ${dir}/meta.json`);
 }
 

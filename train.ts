@@ -11,12 +11,13 @@
  * @module
  */
 import { runMain, UserError } from "./cli/errors.ts";
+import { appendText } from "./cli/files.ts";
 import { Progress } from "./cli/progress.ts";
+import { StopRequest } from "./cli/stop.ts";
 import { checkWindowsFit, decode, loadDataset } from "./lib/data.ts";
 import { countParams } from "./models/model.ts";
-import { checkVocabulary, saveCheckpoint } from "./run/checkpoint.ts";
-import { trainSettings } from "./run/config.ts";
-import { buildRun, resumeRunFiles, startRunFiles } from "./run/run.ts";
+import { checkVocabulary, saveCheckpoint, type TrainingState } from "./run/checkpoint.ts";
+import { buildRun, resumeRunFiles, startRunFiles, trainSettings } from "./run/run.ts";
 import { generateTokens } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
 import { estimateLoss } from "./run/training.ts";
@@ -60,92 +61,100 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
   }
   console.log(`logging to ${state.logFile}`);
 
-  let stopSignal: Deno.Signal | null = null;
-  const signals = ["SIGINT", "SIGTERM"] as const;
-  const onSignal = signals.map((signal) => () => {
-    if (stopSignal) Deno.exit(130); // a second Ctrl-C: stop now
-    stopSignal = signal;
-    console.error(`\n${signal}: finishing this step, then saving…`);
-  });
-  signals.forEach((signal, i) => Deno.addSignalListener(signal, onSignal[i]));
-
+  // Ctrl-C or SIGTERM: finish the current step, save `.last`, exit 130.
+  const stop = new StopRequest();
   const progress = new Progress(config.max_iters, run.tokensPerStep);
   const startIter = state.iter;
-  const saveInfo = () => ({
-    config,
-    vocab: data.vocab,
-    state: { ...state, rng: rng.getState() },
-  });
 
-  for (let iter = startIter; iter < config.max_iters; iter++) {
-    const evalDue = iter % config.eval_interval === 0 ||
-      iter === config.max_iters - 1;
-    if (evalDue && !(iter === startIter && state.evalDone)) {
-      const msPerStep = progress.msPerStep(); // training steps only, not this evaluation
-      const losses = await estimateLoss(
-        model,
-        data,
-        config.batch_size,
-        config.eval_iters,
-        rng,
-        microBatches,
+  /** Saves a checkpoint pair; a second Ctrl-C meanwhile stops the run once it is on disk. */
+  const save = async (path: string, rngState: TrainingState["rng"]) => {
+    const info = { config, vocab: data.vocab, state: { ...state, rng: rngState } };
+    await stop.whileSaving(() => saveCheckpoint(path, model, info, optimizer));
+    if (stop.forced) stopped(path, `after saving ${path}`);
+  };
+  const stopped = (path: string, when: string): never => {
+    progress.clear();
+    console.error(
+      `stopped by ${stop.signal} ${when}; resume with:\n  deno task train --resume=true --ckpt_file=${path}`,
+    );
+    Deno.exit(130);
+  };
+  /** Saves where training stands as `<run>.last.safetensors` and exits 130. */
+  const stopAndSave = async (
+    nextIter: number,
+    rngState: TrainingState["rng"],
+    when: string,
+  ): Promise<never> => {
+    const lastPath = checkpointPath.replace(/\.safetensors$/, ".last.safetensors");
+    state = { ...state, iter: nextIter, evalDone: false };
+    await save(lastPath, rngState);
+    return stopped(lastPath, when);
+  };
+
+  try {
+    for (let iter = startIter; iter < config.max_iters; iter++) {
+      const evalDue = iter % config.eval_interval === 0 ||
+        iter === config.max_iters - 1;
+      if (evalDue && !(iter === startIter && state.evalDone)) {
+        const msPerStep = progress.msPerStep(); // training steps only, not this evaluation
+        const rngBefore = rng.getState();
+        const losses = await estimateLoss(
+          model,
+          data,
+          config.batch_size,
+          config.eval_iters,
+          rng,
+          microBatches,
+          () => stop.requested(),
+        );
+        // Stopped mid-evaluation: a resumed run evaluates again, from the same random state.
+        if (!losses) {
+          return await stopAndSave(iter, rngBefore, `during the evaluation at step ${iter}`);
+        }
+        const bestSoFar = losses.val < state.bestVal;
+        state.bestVal = Math.min(state.bestVal, losses.val);
+        progress.clear();
+        console.log(
+          `>>> step ${iter}: train loss ${losses.train.toFixed(4)}, val loss ${
+            losses.val.toFixed(4)
+          }, ` +
+            `min loss ${state.bestVal.toFixed(4)}, ${msPerStep.toFixed(2)} ms per step`,
+        );
+        if (!Number.isFinite(losses.train) || !Number.isFinite(losses.val)) {
+          throw lossDiverged(iter, checkpointPath);
+        }
+        if (iter > 0) {
+          await appendText(
+            state.logFile,
+            `${iter} ${losses.train.toFixed(4)} ${losses.val.toFixed(4)}\n`,
+          );
+        }
+        if (bestSoFar) {
+          const sample = await generateTokens(model, model.startContext, 200, {}, rng);
+          console.log(decode(sample, data.vocab).trim());
+          state = { ...state, iter, evalDone: true };
+          await save(checkpointPath, rng.getState());
+          console.log(`saving model ${checkpointPath}`);
+        }
+        progress.restart(iter);
+      }
+
+      const loss = run.step(data.train);
+      const lossValue = await progress.step(
+        iter + 1,
+        loss,
+        backend.name === "webgpu",
       );
-      const bestSoFar = losses.val < state.bestVal;
-      state.bestVal = Math.min(state.bestVal, losses.val);
-      progress.clear();
-      console.log(
-        `>>> step ${iter}: train loss ${losses.train.toFixed(4)}, val loss ${
-          losses.val.toFixed(4)
-        }, ` +
-          `min loss ${state.bestVal.toFixed(4)}, ${msPerStep.toFixed(2)} ms per step`,
-      );
-      if (!Number.isFinite(losses.train) || !Number.isFinite(losses.val)) {
+      loss.dispose();
+      if (lossValue !== null && !Number.isFinite(lossValue)) {
         throw lossDiverged(iter, checkpointPath);
       }
-      if (iter > 0) {
-        await Deno.writeTextFile(
-          state.logFile,
-          `${iter} ${losses.train.toFixed(4)} ${losses.val.toFixed(4)}\n`,
-          { append: true },
-        );
-      }
-      if (bestSoFar) {
-        const sample = await generateTokens(model, model.startContext, 200, {}, rng);
-        console.log(decode(sample, data.vocab).trim());
-        state = { ...state, iter, evalDone: true };
-        await saveCheckpoint(checkpointPath, model, saveInfo(), optimizer);
-        console.log(`saving model ${checkpointPath}`);
-      }
-      progress.restart(iter);
+      if (await stop.requested()) await stopAndSave(iter + 1, rng.getState(), `after step ${iter}`);
     }
-
-    const loss = run.step(data.train);
-    const lossValue = await progress.step(
-      iter + 1,
-      loss,
-      backend.name === "webgpu",
-    );
-    loss.dispose();
-    if (lossValue !== null && !Number.isFinite(lossValue)) {
-      throw lossDiverged(iter, checkpointPath);
-    }
-
-    if (stopSignal) {
-      const lastPath = checkpointPath.replace(
-        /\.safetensors$/,
-        ".last.safetensors",
-      );
-      state = { ...state, iter: iter + 1, evalDone: false };
-      await saveCheckpoint(lastPath, model, saveInfo(), optimizer);
-      progress.clear();
-      console.error(
-        `stopped by ${stopSignal} after step ${iter}; resume with:\n  deno task train --resume=true --ckpt_file=${lastPath}`,
-      );
-      Deno.exit(130);
-    }
+  } finally {
+    stop.dispose();
   }
   progress.clear();
-  signals.forEach((signal, i) => Deno.removeSignalListener(signal, onSignal[i]));
   run.dispose();
   console.log(`done: loss log ${state.logFile}, best checkpoint ${checkpointPath}`);
   console.log(

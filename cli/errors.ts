@@ -36,3 +36,12 @@ export async function runMain(main: () => Promise<unknown> | unknown): Promise<v
     throw e;
   }
 }
+
+/**
+ * A value read from a file, as an error message may show it: JSON-quoted
+ * (no control characters reach the terminal) and cut to `max` characters.
+ */
+export function shown(value: unknown, max = 40): string {
+  const text = JSON.stringify(value) ?? String(value);
+  return text.length > max ? `${text.slice(0, max - 1)}…` : text;
+}

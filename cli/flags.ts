@@ -20,6 +20,9 @@ export interface FlagSpec {
   help: string;
   /** The only values allowed, for string flags. */
   choices?: readonly string[];
+  /** A string value must match this; `patternHelp` says what it allows. */
+  pattern?: RegExp;
+  patternHelp?: string;
   /** Smallest allowed value (inclusive) for numbers. */
   min?: number;
   /** Values must be strictly greater than `min`. */
@@ -46,38 +49,46 @@ function convert(
   text: string,
   spec: FlagSpec,
 ): number | boolean | string {
+  let value: number | boolean | string = text;
   switch (spec.type) {
     case "bool": {
       const lower = text.toLowerCase();
-      if (lower === "true" || lower === "1") return true;
-      if (lower === "false" || lower === "0") return false;
-      throw new UsageError(`--${key}=${text}: expected true or false`);
+      if (lower === "true" || lower === "1") value = true;
+      else if (lower === "false" || lower === "0") value = false;
+      else throw new UsageError(`--${key}=${text}: expected true or false`);
+      break;
     }
     case "int":
     case "float": {
-      const value = text.trim() === "" ? NaN : Number(text);
-      if (
-        !Number.isFinite(value) ||
-        (spec.type === "int" && !Number.isInteger(value))
-      ) {
+      value = text.trim() === "" ? NaN : Number(text);
+      if (!Number.isFinite(value) || (spec.type === "int" && !Number.isInteger(value))) {
         throw new UsageError(
           `--${key}=${text}: expected ${spec.type === "int" ? "an integer" : "a number"}`,
         );
       }
-      checkRange(key, value, spec);
-      return value;
     }
-    case "string":
-      if (spec.choices && !spec.choices.includes(text)) {
-        throw new UsageError(
-          `--${key}=${text}: expected one of ${spec.choices.join(", ")}`,
-        );
-      }
-      return text;
   }
+  const problem = problemOf(value, spec);
+  if (problem) {
+    throw new UsageError(`--${key}=${typeof value === "number" ? text : value}: ${problem}`);
+  }
+  return value;
 }
 
-function checkRange(key: string, value: number, spec: FlagSpec): void {
+/** What is wrong with a value of the right type for `spec`, or null. */
+function problemOf(value: number | boolean | string, spec: FlagSpec): string | null {
+  if (typeof value === "string") {
+    if (spec.choices && !spec.choices.includes(value)) {
+      return `expected one of ${spec.choices.join(", ")}`;
+    }
+    if (spec.pattern && !spec.pattern.test(value)) return `expected ${spec.patternHelp}`;
+    return null;
+  }
+  if (typeof value !== "number") return null;
+  if (spec.type === "int" && !Number.isSafeInteger(value)) {
+    // Beyond 2^53 neighbouring integers share one double: two values would be one.
+    return "expected an integer between -(2^53 - 1) and 2^53 - 1 (larger ones are not exact)";
+  }
   const low = spec.min !== undefined &&
     (spec.exclusiveMin ? value <= spec.min : value < spec.min);
   const high = spec.max !== undefined &&
@@ -85,10 +96,24 @@ function checkRange(key: string, value: number, spec: FlagSpec): void {
   if (low || high) {
     const lower = spec.min === undefined ? "" : `${spec.exclusiveMin ? ">" : ">="} ${spec.min}`;
     const upper = spec.max === undefined ? "" : `${spec.exclusiveMax ? "<" : "<="} ${spec.max}`;
-    throw new UsageError(
-      `--${key}=${value}: must be ${[lower, upper].filter(Boolean).join(" and ")}`,
-    );
+    return `must be ${[lower, upper].filter(Boolean).join(" and ")}`;
   }
+  return null;
+}
+
+/**
+ * What is wrong with `value`, read from a file rather than typed as a flag,
+ * under `spec`'s rules (type, range, choices, pattern), or null if nothing.
+ */
+export function valueProblem(value: unknown, spec: FlagSpec): string | null {
+  const typed = {
+    int: [Number.isInteger(value), "an integer"],
+    float: [Number.isFinite(value), "a number"],
+    bool: [typeof value === "boolean", "true or false"],
+    string: [typeof value === "string", "a string"],
+  } as const;
+  const [ok, expected] = typed[spec.type];
+  return ok ? problemOf(value as number | boolean | string, spec) : `expected ${expected}`;
 }
 
 /**

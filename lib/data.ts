@@ -8,7 +8,9 @@
  *
  * @module
  */
+import { createHash } from "node:crypto";
 import { UsageError, UserError } from "../cli/errors.ts";
+import { insideProject, readProjectFile } from "../cli/files.ts";
 
 /** Token id → character. Characters are whole Unicode code points. */
 export type Vocab = string[];
@@ -37,6 +39,29 @@ export function buildVocab(text: string): Vocab {
   // Iterating a string yields code points, so emoji stay one character;
   // comparing code points (not UTF-16 units) gives Python's order.
   return [...new Set(text)].sort((a, b) => a.codePointAt(0)! - b.codePointAt(0)!);
+}
+
+/** Most characters a vocabulary may have: token ids are stored as uint16. */
+export const MAX_VOCAB = 65536;
+
+/**
+ * What is wrong with a vocabulary read from a file, or null: it must be a
+ * non-empty list of at most {@link MAX_VOCAB} distinct strings of exactly
+ * one character (code point) each.
+ */
+export function vocabProblem(vocab: unknown): string | null {
+  if (!Array.isArray(vocab)) return "is not a list of characters";
+  if (vocab.length === 0) return "is empty";
+  if (vocab.length > MAX_VOCAB) return `has ${vocab.length} entries, more than ${MAX_VOCAB}`;
+  const seen = new Set<string>();
+  for (const [i, ch] of vocab.entries()) {
+    if (typeof ch !== "string" || [...ch].length !== 1) {
+      return `entry ${i} is not a single character`;
+    }
+    if (seen.has(ch)) return `repeats the character ${JSON.stringify(ch)} (entry ${i})`;
+    seen.add(ch);
+  }
+  return null;
 }
 
 /** Character → id lookup for a vocabulary. */
@@ -80,9 +105,9 @@ export interface PreparedData {
 export function tokenize(text: string): PreparedData {
   const chars = [...text];
   const vocab = buildVocab(text);
-  if (vocab.length > 65536) {
+  if (vocab.length > MAX_VOCAB) {
     throw new UserError(
-      `the text has ${vocab.length} distinct characters; uint16 token ids can index at most 65536`,
+      `the text has ${vocab.length} distinct characters; uint16 token ids can index at most ${MAX_VOCAB}`,
     );
   }
   const stoi = stoiOf(vocab);
@@ -104,11 +129,29 @@ export function uint16Bytes(ids: Uint16Array): Uint8Array {
   return bytes;
 }
 
-/** `meta.json`: the pickle's keys, with JSON's string keys for `itos`. */
-export function metaJson(vocab: Vocab): string {
+/** SHA-256 of bytes, in hex: ties a `.bin` file to the `meta.json` written with it. */
+function sha256(bytes: Uint8Array): string {
+  return createHash("sha256").update(bytes).digest("hex");
+}
+
+/**
+ * `meta.json`: the pickle's keys, with JSON's string keys for `itos`. With
+ * the splits, also what ties the `.bin` files to it: each split's token
+ * count (`train_tokens`, `val_tokens`) and the SHA-256 of its bytes
+ * (`train_sha256`, `val_sha256`).
+ */
+export function metaJson(vocab: Vocab, splits?: { train: Uint16Array; val: Uint16Array }): string {
   const itos = Object.fromEntries(vocab.map((ch, i) => [String(i), ch]));
   const stoi = Object.fromEntries(vocab.map((ch, i) => [ch, i]));
-  return JSON.stringify({ vocab_size: vocab.length, itos, stoi }, null, 1) +
+  const files = splits
+    ? {
+      train_tokens: splits.train.length,
+      val_tokens: splits.val.length,
+      train_sha256: sha256(uint16Bytes(splits.train)),
+      val_sha256: sha256(uint16Bytes(splits.val)),
+    }
+    : {};
+  return JSON.stringify({ vocab_size: vocab.length, itos, stoi, ...files }, null, 1) +
     "\n";
 }
 
@@ -121,8 +164,28 @@ export interface Dataset {
   val: Uint16Array;
 }
 
-/** The folder a dataset is prepared into. */
+/** A dataset's name: one folder under `datas/`, never a path. */
+const DATASET_NAME = /^[\p{L}\p{N}_][\p{L}\p{N}_.-]*$/u;
+
+/** The `--dataset` flag of every script that takes one: one rule for the names. */
+export const DATASET_FLAG = {
+  type: "string",
+  default: "shakespeare_char",
+  pattern: DATASET_NAME,
+  patternHelp:
+    "one folder name under datas/: letters, digits, '_', '.' or '-', not starting with '.'",
+  help: "folder under datas/ written by prepare",
+} as const;
+
+/**
+ * The folder a dataset is prepared into.
+ *
+ * @throws {UsageError} for a name that is not one folder under `datas/` (`..`, `a/b`, empty).
+ */
 export function datasetDir(dataset: string): string {
+  if (!DATASET_NAME.test(dataset)) {
+    throw new UsageError(`--dataset=${dataset}: expected ${DATASET_FLAG.patternHelp}`);
+  }
   return `datas/${dataset}`;
 }
 
@@ -131,18 +194,24 @@ async function readOrExplain(
   dataset: string,
 ): Promise<Uint8Array> {
   try {
-    return await Deno.readFile(path);
+    return await readProjectFile(path, "dataset file");
   } catch (e) {
     if (e instanceof Deno.errors.NotFound) {
       throw new UserError(
         `${path} not found: run \`deno task prepare --dataset=${dataset}\` first`,
       );
     }
-    throw new UserError(`cannot read ${path}: ${(e as Error).message}`);
+    throw e;
   }
 }
 
-function parseMeta(bytes: Uint8Array, path: string): Vocab {
+/** What `meta.json` says: the vocabulary and, when prepare recorded them, what the splits hold. */
+interface Meta {
+  vocab: Vocab;
+  splits: Partial<Record<"train" | "val", { tokens: number; sha256: string }>>;
+}
+
+function parseMeta(bytes: Uint8Array, path: string): Meta {
   let meta: unknown;
   try {
     meta = JSON.parse(new TextDecoder().decode(bytes));
@@ -151,33 +220,39 @@ function parseMeta(bytes: Uint8Array, path: string): Vocab {
       `${path} is not valid JSON: run \`deno task prepare\` again`,
     );
   }
-  const m = meta as { vocab_size?: unknown; itos?: unknown };
+  const m = (typeof meta === "object" && meta !== null ? meta : {}) as Record<string, unknown>;
   const size = m.vocab_size;
-  const itos = m.itos as Record<string, unknown> | undefined;
+  const itos = m.itos;
   if (
-    typeof size !== "number" || !Number.isInteger(size) || size < 1 ||
+    typeof size !== "number" || !Number.isInteger(size) || size < 1 || size > MAX_VOCAB ||
     typeof itos !== "object" || itos === null
   ) {
     throw new UserError(
       `${path} lacks vocab_size or itos: run \`deno task prepare\` again`,
     );
   }
-  const vocab: Vocab = [];
-  for (let i = 0; i < size; i++) {
-    const ch = itos[String(i)];
-    if (typeof ch !== "string" || [...ch].length !== 1) {
+  const vocab = Array.from(
+    { length: size },
+    (_, i) =>
+      Object.hasOwn(itos, String(i)) ? (itos as Record<string, unknown>)[String(i)] : undefined,
+  );
+  const problem = vocabProblem(vocab);
+  if (problem) {
+    throw new UserError(`${path}: itos ${problem}: run \`deno task prepare\` again`);
+  }
+  const splits: Meta["splits"] = {};
+  for (const split of ["train", "val"] as const) {
+    const tokens = m[`${split}_tokens`];
+    const hash = m[`${split}_sha256`];
+    if (tokens === undefined && hash === undefined) continue; // written before these were recorded
+    if (!Number.isSafeInteger(tokens) || typeof hash !== "string") {
       throw new UserError(
-        `${path}: itos[${i}] is not a single character: run \`deno task prepare\` again`,
+        `${path}: ${split}_tokens or ${split}_sha256 is damaged: run \`deno task prepare\` again`,
       );
     }
-    vocab.push(ch);
+    splits[split] = { tokens: tokens as number, sha256: hash };
   }
-  if (new Set(vocab).size !== vocab.length) {
-    throw new UserError(
-      `${path}: itos repeats a character: run \`deno task prepare\` again`,
-    );
-  }
-  return vocab;
+  return { vocab: vocab as Vocab, splits };
 }
 
 function parseIds(
@@ -204,22 +279,40 @@ function parseIds(
   return ids;
 }
 
-/** Loads and checks `datas/<dataset>/{meta.json,train.bin,val.bin}`. */
+/**
+ * Loads and checks `datas/<dataset>/{meta.json,train.bin,val.bin}`: every id
+ * inside the vocabulary and, when `meta.json` records them, each `.bin`
+ * file the one prepared with it (token count and SHA-256), so a folder that
+ * mixes two preparations is refused.
+ */
 export async function loadDataset(dataset: string): Promise<Dataset> {
   const dir = datasetDir(dataset);
+  await insideProject(dir, "dataset folder");
   const metaPath = `${dir}/meta.json`;
-  const vocab = parseMeta(await readOrExplain(metaPath, dataset), metaPath);
-  const train = parseIds(
-    await readOrExplain(`${dir}/train.bin`, dataset),
-    `${dir}/train.bin`,
-    vocab.length,
-  );
-  const val = parseIds(
-    await readOrExplain(`${dir}/val.bin`, dataset),
-    `${dir}/val.bin`,
-    vocab.length,
-  );
-  return { name: dataset, dir, vocab, train, val };
+  const meta = parseMeta(await readOrExplain(metaPath, dataset), metaPath);
+  const vocab = meta.vocab;
+  const splits: Record<"train" | "val", Uint16Array> = {
+    train: new Uint16Array(),
+    val: new Uint16Array(),
+  };
+  for (const split of ["train", "val"] as const) {
+    const path = `${dir}/${split}.bin`;
+    const bytes = await readOrExplain(path, dataset);
+    const recorded = meta.splits[split];
+    if (
+      bytes.length % 2 === 0 && recorded &&
+      (bytes.length !== 2 * recorded.tokens || sha256(bytes) !== recorded.sha256)
+    ) {
+      const differs = bytes.length === 2 * recorded.tokens
+        ? "other tokens than"
+        : `${bytes.length / 2} tokens, not the ${recorded.tokens} recorded in`;
+      throw new UserError(
+        `${path} holds ${differs} ${metaPath} (the folder mixes two preparations): run \`deno task prepare --dataset=${dataset}\` again`,
+      );
+    }
+    splits[split] = parseIds(bytes, path, vocab.length);
+  }
+  return { name: dataset, dir, vocab, ...splits };
 }
 
 /**

@@ -15,8 +15,8 @@
  * @module
  */
 
-import { UserError } from "../cli/errors.ts";
-import { causeOf } from "../cli/files.ts";
+import { shown, UserError } from "../cli/errors.ts";
+import { causeOf, checkRegularFile } from "../cli/files.ts";
 
 /** Element types defined by the safetensors format. */
 export type Dtype =
@@ -371,9 +371,9 @@ export function decodeSafetensors(
   let header: unknown;
   try {
     header = JSON.parse(text);
-  } catch (e) {
-    const why = (e instanceof Error ? e.message : String(e)).split("\n")[0];
-    return fail(`header is not valid JSON (${why})`);
+  } catch {
+    // JSON.parse's message quotes the text: never echo a file's contents.
+    return fail("header is not valid JSON");
   }
   if (!isPlainObject(header)) fail("header is not a JSON object");
   const head = header as Record<string, unknown>;
@@ -384,7 +384,7 @@ export function decodeSafetensors(
     if (!isPlainObject(meta)) fail(`"__metadata__" is not an object`);
     for (const [k, v] of Object.entries(meta as Record<string, unknown>)) {
       if (typeof v !== "string") {
-        fail(`"__metadata__" value for ${JSON.stringify(k)} is not a string`);
+        fail(`"__metadata__" value for ${shown(k)} is not a string`);
       }
       metaEntries.push([k, v as string]);
     }
@@ -395,21 +395,21 @@ export function decodeSafetensors(
   const found: { name: string; begin: number; end: number; e: TensorEntry }[] = [];
   for (const [name, info] of Object.entries(head)) {
     if (name === "__metadata__") continue;
-    const t = `tensor ${JSON.stringify(name)}`;
+    const t = `tensor ${shown(name)}`;
     if (!isPlainObject(info)) fail(`${t}: entry is not an object`);
     const { dtype, shape, data_offsets: offs } = info as Record<
       string,
       unknown
     >;
-    if (!isDtype(dtype)) fail(`${t}: unknown dtype ${JSON.stringify(dtype)}`);
+    if (!isDtype(dtype)) fail(`${t}: unknown dtype ${shown(dtype)}`);
     if (!Array.isArray(shape) || !shape.every(isOffset)) {
       fail(
-        `${t}: shape ${JSON.stringify(shape)} is not an array of non-negative integers`,
+        `${t}: shape ${shown(shape)} is not an array of non-negative integers`,
       );
     }
     if (!Array.isArray(offs) || offs.length !== 2 || !offs.every(isOffset)) {
       fail(
-        `${t}: data_offsets ${JSON.stringify(offs)} is not two non-negative integers`,
+        `${t}: data_offsets ${shown(offs)} is not two non-negative integers`,
       );
     }
     const [begin, end] = offs as [number, number];
@@ -428,7 +428,7 @@ export function decodeSafetensors(
     if (want !== BigInt(end - begin)) {
       fail(
         `${t}: ${dt} shape ${
-          JSON.stringify(dims)
+          shown(dims)
         } needs ${want} bytes but data_offsets [${begin}, ${end}] span ${end - begin}`,
       );
     }
@@ -451,9 +451,7 @@ export function decodeSafetensors(
   for (const f of found) {
     if (f.begin < pos) {
       fail(
-        `tensor ${
-          JSON.stringify(f.name)
-        }: data_offsets [${f.begin}, ${f.end}] overlap tensor ${prev}`,
+        `tensor ${shown(f.name)}: data_offsets [${f.begin}, ${f.end}] overlap tensor ${prev}`,
       );
     }
     if (f.begin > pos) {
@@ -462,7 +460,7 @@ export function decodeSafetensors(
       );
     }
     pos = f.end;
-    prev = JSON.stringify(f.name);
+    prev = shown(f.name);
   }
   if (pos !== dataLen) {
     fail(
@@ -480,28 +478,77 @@ export function decodeSafetensors(
 /**
  * Reads and decodes a safetensors file. Throws a {@link UserError}:
  * `checkpoint <path> not found`, `checkpoint <path> is a directory, not a
- * file`, `cannot read <path>: <cause>`, or any {@link decodeSafetensors}
- * error.
+ * file` (or not a regular file: a FIFO is refused, not read),
+ * `cannot read <path>: <cause>`, or any {@link decodeSafetensors} error.
  */
 export async function readSafetensorsFile(
   path: string,
 ): Promise<SafetensorsContents> {
   let bytes: Uint8Array;
   try {
-    const info = await Deno.stat(path);
-    if (info.isDirectory) {
-      throw new UserError(`checkpoint ${path} is a directory, not a file`);
-    }
+    await checkRegularFile(path, "checkpoint"); // a FIFO would block the read forever
     bytes = await Deno.readFile(path);
   } catch (e) {
     if (e instanceof UserError) throw e;
     if (e instanceof Deno.errors.NotFound) {
       throw new UserError(`checkpoint ${path} not found`);
     }
-    if (e instanceof Deno.errors.IsADirectory) {
-      throw new UserError(`checkpoint ${path} is a directory, not a file`);
-    }
     throw new UserError(`cannot read ${path}: ${causeOf(e)}`);
   }
   return decodeSafetensors(bytes, path);
+}
+
+/** A safetensors file's header alone: metadata and each tensor's dtype and shape. */
+export interface SafetensorsHeader {
+  metadata: Record<string, string>;
+  shapes: Map<string, { dtype: Dtype; shape: number[] }>;
+}
+
+/**
+ * Reads only the header of a safetensors file (a checkpoint's settings and
+ * shapes without its weights), for listings that look at many files often.
+ * Throws a {@link UserError} naming the file when the header cannot be read.
+ */
+export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
+  const fail = (problem: string): never => {
+    throw new UserError(`invalid safetensors file ${path}: ${problem}`);
+  };
+  let head: unknown;
+  try {
+    using file = await Deno.open(path, { read: true });
+    const size = (await file.stat()).size;
+    const lengthBytes = new Uint8Array(8);
+    if (size < 8 || await file.read(lengthBytes) !== 8) return fail("file is shorter than 8 bytes");
+    const length = new DataView(lengthBytes.buffer).getBigUint64(0, true);
+    if (length > BigInt(Math.min(MAX_HEADER_BYTES, size - 8))) {
+      return fail(`header length ${length} is larger than the file allows`);
+    }
+    const headerBytes = new Uint8Array(Number(length));
+    let read = 0;
+    while (read < headerBytes.length) {
+      const n = await file.read(headerBytes.subarray(read));
+      if (n === null) return fail("file truncated in its header");
+      read += n;
+    }
+    head = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBytes));
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw new UserError(`cannot read ${path}: ${causeOf(e)}`);
+  }
+  if (!isPlainObject(head)) return fail("header is not a JSON object");
+  const metadata: Record<string, string> = {};
+  const shapes = new Map<string, { dtype: Dtype; shape: number[] }>();
+  for (const [name, info] of Object.entries(head)) {
+    if (name === "__metadata__") {
+      if (!isPlainObject(info)) return fail(`"__metadata__" is not an object`);
+      for (const [k, v] of Object.entries(info)) if (typeof v === "string") metadata[k] = v;
+      continue;
+    }
+    if (!isPlainObject(info) || !isDtype(info.dtype) || !Array.isArray(info.shape)) {
+      return fail(`tensor ${JSON.stringify(name)}: entry lacks a dtype or a shape`);
+    }
+    if (!info.shape.every(isOffset)) return fail(`tensor ${JSON.stringify(name)}: bad shape`);
+    shapes.set(name, { dtype: info.dtype, shape: info.shape as number[] });
+  }
+  return { metadata, shapes };
 }

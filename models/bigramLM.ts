@@ -43,6 +43,8 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       const last = tf.tensor1d([context[context.length - 1]], "int32");
       return forward(last).reshape([V]) as tf.Tensor1D;
     },
+    tokenEmbeddings: () => table.clone(),
+    transitionLogits: () => table.clone(),
   };
 }
 
@@ -51,4 +53,13 @@ export const bigramLM: ModelDefinition = {
   create,
   checkConfig() {},
   runIdFields: (config) => `V-${config.vocab_size}`,
+  sizes: ({ vocab_size: V, block_size: T }) => ({
+    params: V * V,
+    buffers: 0,
+    tensors: 1,
+    // The ids, and the plain path's logits, probabilities and their gradient (T, V).
+    bytesPerRow: 4 * (2 * (T + 1) + 3 * T * V),
+    splittable: false,
+  }),
+  sizeFlags: [], // its one table is the vocabulary squared
 };

@@ -31,6 +31,7 @@ import {
   type Mode,
   type ModelConfig,
   type ModelDefinition,
+  type ModelSizes,
   nextTokenBatch,
   type Param,
 } from "./model.ts";
@@ -135,8 +136,17 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   const drop = (x: tf.Tensor, mode: Mode) =>
     mode.training ? dropout(x, config.dropout, mode.rng) : x;
 
+  /** Receives each layer's attention weights (B, H, T, T), in order, when given to `forward`. */
+  type SeeWeights = (weights: tf.Tensor) => void;
+
   /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C). */
-  function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
+  function attention(
+    x: tf.Tensor,
+    blk: BlockParams,
+    maskBias: tf.Tensor,
+    mode: Mode,
+    seeWeights?: SeeWeights,
+  ): tf.Tensor {
     // The per-head (C, hs) weights side by side: one 2-D product for all heads.
     // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
     const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, C)
@@ -146,26 +156,32 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     const dropWeights = mode.training && config.dropout > 0
       ? (weights: tf.Tensor) => drop(weights, mode)
       : undefined;
-    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights); // every head, side by side: (B, T, C)
+    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights, seeWeights); // every head, side by side: (B, T, C)
     return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
   }
 
   /** `Block.forward`: x (B, T, C) → (B, T, C). */
-  function block(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
-    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode)); // (B, T, C)
+  function block(
+    x: tf.Tensor,
+    blk: BlockParams,
+    maskBias: tf.Tensor,
+    mode: Mode,
+    seeWeights?: SeeWeights,
+  ): tf.Tensor {
+    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode, seeWeights)); // (B, T, C)
     const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T, 4C)
     return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T, C)
   }
 
   /** Logits for ids (B, T) with T ≤ block_size: (B, T, V). */
-  function forward(x: tf.Tensor, mode: Mode): tf.Tensor {
+  function forward(x: tf.Tensor, mode: Mode, seeWeights?: SeeWeights): tf.Tensor {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     // masked_fill(tril[:T, :T] == 0, -inf) as a bias added to the scores: a query never sees a later key.
     const future = tril.slice([0, 0], [T, T]).equal(0); // (T, T)
     const maskBias = tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T])); // (T, T)
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
-    for (const blk of blocks) h = block(h, blk, maskBias, mode);
+    for (const blk of blocks) h = block(h, blk, maskBias, mode, seeWeights);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
   }
 
@@ -176,10 +192,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     buffers,
     targetsPerRow: T0,
     startContext: [0],
-    // Per layer and position ~40 C-sized and ~6 (H, T)-sized float32 values
-    // (activations, attention maps, masks), ×1.5 for the backward's
-    // temporaries: measured ~250 MB at the default config on WASM.
-    bytesPerRow: 4 * 1.5 * L * T0 * (40 * C + 6 * H * T0),
+    bytesPerRow: sizes(config).bytesPerRow,
     makeBatch: (windows, batchSize) => nextTokenBatch(windows, batchSize, T0),
     forward,
     loss(x, y, mode) {
@@ -197,6 +210,34 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       const logits = forward(x, { training: false }); // (1, T, V)
       return logits.slice([0, ids.length - 1, 0], [1, 1, V]).reshape([V]) as tf.Tensor1D;
     },
+    tokenEmbeddings: () => tokTable.clone(),
+    attentionWeights(ids) {
+      return tf.tidy(() => {
+        const row = ids.slice(-T0);
+        const weights: tf.Tensor[] = []; // per layer (1, H, T, T)
+        forward(tf.tensor2d(row, [1, row.length], "int32"), { training: false }, (w) => {
+          weights.push(w);
+        });
+        return tf.concat(weights, 0) as tf.Tensor4D; // (L, H, T, T)
+      });
+    },
+  };
+}
+
+/** A gptLM's sizes from its settings (see {@link ModelSizes}). */
+function sizes(config: ModelConfig): ModelSizes {
+  const { vocab_size: V, block_size: T, n_embd: C, n_head: H, n_layer: L } = config;
+  return {
+    // Embeddings; per block q, k, v and proj (4C² + C), the feed-forward net
+    // (8C² + 5C) and two LayerNorms (4C); ln_f; lm_head.
+    params: V * C + T * C + L * (12 * C * C + 10 * C) + 2 * C + C * V + V,
+    buffers: L * H * T * T, // one (T, T) mask per head
+    tensors: 2 + L * (4 * H + 10) + 4,
+    // Per layer and position ~40 C-sized and ~6 (H, T)-sized float32 values
+    // (activations, attention maps, masks), ×1.5 for the backward's
+    // temporaries: measured ~250 MB at the default config on WASM.
+    bytesPerRow: 4 * 1.5 * L * T * (40 * C + 6 * H * T),
+    splittable: true,
   };
 }
 
@@ -220,4 +261,6 @@ export const gptLM: ModelDefinition = {
   create,
   checkConfig,
   runIdFields: (config) => `V-${config.vocab_size}`,
+  sizes,
+  sizeFlags: ["--n_embd", "--n_layer", "--block_size"],
 };

@@ -13,7 +13,14 @@
 import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../cli/errors.ts";
 import type { BatchNormState } from "../nn/fast_paths.ts";
-import { batchNorm1d, crossEntropy, dropout, linearOutIn, uniformInit } from "../nn/layers.ts";
+import {
+  batchNorm1d,
+  crossEntropy,
+  dropout,
+  linearOutIn,
+  matMul,
+  uniformInit,
+} from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
 import { genCodingPatterns, patternsToFloat32 } from "./mlp_patterns.ts";
 import type {
@@ -23,6 +30,7 @@ import type {
   Mode,
   ModelConfig,
   ModelDefinition,
+  ModelSizes,
   Param,
 } from "./model.ts";
 
@@ -59,8 +67,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   checkConfig(config);
   const activation = ACTIVATIONS[config.active_fn as typeof ACTIVATION_NAMES[number]];
   const codes = patternsToFloat32(genCodingPatterns(E, V)); // (V, E) row-major
-  const H = config.max_hidden_nodes;
-  const widths = [T * E, H, Math.floor(H / 2), Math.floor(H / 2), Math.floor(H / 4), V];
+  const widths = layerWidths(config);
 
   const params: Param[] = [];
   const buffers: Buffer[] = [];
@@ -165,6 +172,37 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
         forward(tf.tensor2d(x, [1, T * E]), { training: false }).reshape([V]) as tf.Tensor1D
       );
     },
+    tokenEmbeddings() {
+      // fc1's columns that read the last input position, applied to each code.
+      return tf.tidy(() => {
+        const w = layers[0].weight.slice([0, (T - 1) * E], [widths[1], E]); // (H, E)
+        return matMul(tf.tensor2d(codes, [V, E]), w, false, true) as tf.Tensor2D; // (V, E) @ (E, H) -> (V, H)
+      });
+    },
+  };
+}
+
+/** fc1's input and each layer's output: T·E → H → H/2 → H/2 → H/4 → V. */
+function layerWidths(config: ModelConfig): number[] {
+  const { vocab_size: V, block_size: T, char_encoding_len: E, max_hidden_nodes: H } = config;
+  return [T * E, H, Math.floor(H / 2), Math.floor(H / 2), Math.floor(H / 4), V];
+}
+
+/** An mlpLM's sizes from its settings (see {@link ModelSizes}). */
+function sizes(config: ModelConfig): ModelSizes {
+  const w = layerWidths(config);
+  const hidden = w[1] + w[2] + w[3] + w[4];
+  const bn = config.use_batch_norm;
+  let params = 0;
+  for (let i = 0; i < 5; i++) params += w[i] * w[i + 1] + w[i + 1];
+  return {
+    params: params + (bn ? 2 * hidden : 0),
+    buffers: bn ? 2 * hidden + 4 : 0, // running mean and variance, and a count, per BatchNorm
+    tensors: 10 + (bn ? 4 * 5 : 0),
+    // The input codes twice (batch and fc1's operand), ~10 values per hidden
+    // unit (linear, BatchNorm, activation, dropout and their gradients), the logits thrice.
+    bytesPerRow: 4 * (2 * w[0] + 10 * hidden + 3 * w[5]),
+    splittable: false,
   };
 }
 
@@ -185,4 +223,6 @@ export const mlpLM: ModelDefinition = {
     `E-${config.char_encoding_len}_V-${config.vocab_size}_AF-${config.active_fn}_BN-${
       config.use_batch_norm ? "True" : "False"
     }`,
+  sizes,
+  sizeFlags: ["--max_hidden_nodes", "--char_encoding_len", "--block_size"],
 };

@@ -84,6 +84,62 @@ export interface LanguageModel {
    * split into micro-batches with the same mean loss and gradient.
    */
   readonly bytesPerRow?: number;
+
+  // What `inspect.ts` draws. Each method is optional: a model has it when the
+  // picture means something for it, and only then is the picture drawn.
+
+  /**
+   * The vector each token id stands for where the model first reads it, one
+   * row per id: (V, D). gptLM: its token embedding table; bigramLM: its
+   * table's rows; mlpLM: its first layer applied to the character's code
+   * in the last input position.
+   */
+  tokenEmbeddings?(): tf.Tensor2D;
+  /**
+   * For models that read only the last token (bigramLM): the logits of the
+   * next token after each token, (V, V), row = previous token.
+   */
+  transitionLogits?(): tf.Tensor2D;
+  /**
+   * For models with self-attention (gptLM and every transformer after it):
+   * the attention weights of each layer and head for one row of ids
+   * (the last `block_size` of them), in evaluation mode, computed by the
+   * same layer code the forward pass runs: (L, H, T, T), row = query,
+   * column = key; each row sums to 1 and is 0 right of the diagonal.
+   */
+  attentionWeights?(ids: readonly number[]): tf.Tensor4D;
+  /**
+   * For mixture-of-experts models: where each of the ids (the last
+   * `block_size`) is routed, in evaluation mode.
+   */
+  expertRouting?(ids: readonly number[]): ExpertRouting;
+}
+
+/** Where a mixture-of-experts model routes each token, layer by routed layer. */
+export interface ExpertRouting {
+  /** One short name per routed layer, in forward order, e.g. `block 1`. */
+  layers: string[];
+  /** How many experts each token is sent to. */
+  topK: number;
+  /**
+   * (R, T, E): each routed layer's router scores for each token, higher =
+   * preferred (probabilities or logits: only their order is used).
+   */
+  scores: tf.Tensor3D;
+}
+
+/** What a model's settings cost, known before anything is built. */
+export interface ModelSizes {
+  /** Trainable values: {@link countParams} of the built model. */
+  params: number;
+  /** Values of its buffers (BatchNorm statistics, attention masks). */
+  buffers: number;
+  /** Tensors its parameters and buffers make. */
+  tensors: number;
+  /** Rough bytes one batch row holds through a training step: its input, activations and their gradients. */
+  bytesPerRow: number;
+  /** Whether its batches may be split into micro-batches ({@link LanguageModel.bytesPerRow} is set). */
+  splittable: boolean;
 }
 
 /** What each model module exports: how to build the model and what it knows about its settings. */
@@ -100,6 +156,10 @@ export interface ModelDefinition {
    * as the original names its loss logs, e.g. `V-65`.
    */
   runIdFields(config: ModelConfig): string;
+  /** Its sizes from the settings alone, so that what cannot fit is refused before it is built. */
+  sizes(config: ModelConfig): ModelSizes;
+  /** The flags that set its size, named when it is too large, e.g. `["--n_embd", "--n_layer"]`. */
+  sizeFlags: readonly string[];
 }
 
 /**

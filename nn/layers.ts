@@ -141,7 +141,9 @@ export function batchNorm1d(
  * below the diagonal and −∞ above → (B, T, C), each head's
  * `softmax(q kᵀ · hs^-½ + maskBias) v`. `dropWeights`, given in training
  * with dropout, is applied to the attention weights: dropout, a mask
- * multiplied into them.
+ * multiplied into them. `seeWeights`, when given, receives the attention
+ * weights (B, H, T, T) this call uses (the plain route runs then: a fast
+ * kernel keeps them to itself).
  */
 export function causalSelfAttention(
   q: tf.Tensor,
@@ -150,16 +152,20 @@ export function causalSelfAttention(
   nHead: number,
   maskBias: tf.Tensor,
   dropWeights?: (weights: tf.Tensor) => tf.Tensor,
+  seeWeights?: (weights: tf.Tensor) => void,
 ): tf.Tensor {
   const fast = fastPath("causalSelfAttention");
-  if (fast && !dropWeights) return fast(q, k, v, nHead);
+  if (fast && !dropWeights && !seeWeights) return fast(q, k, v, nHead);
   const fastDropout = fastPath("causalSelfAttentionDropout");
-  if (fastDropout && dropWeights) return fastDropout(q, k, v, nHead, dropWeights);
+  if (fastDropout && dropWeights && !seeWeights) {
+    return fastDropout(q, k, v, nHead, dropWeights);
+  }
   const [B, T, C] = q.shape as [number, number, number];
   const hs = C / nHead;
   const split = (x: tf.Tensor) => x.reshape([B, T, nHead, hs]).transpose([0, 2, 1, 3]); // (B, H, T, hs)
   const scores = matMul(split(q), split(k), false, true).mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
   let weights = tf.softmax(scores.add(maskBias)); // (B, H, T, T)
+  seeWeights?.(weights);
   if (dropWeights) weights = dropWeights(weights);
   const heads = matMul(weights, split(v)); // (B, H, T, hs)
   return heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)

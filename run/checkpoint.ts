@@ -11,8 +11,9 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import { basename } from "node:path";
 import type { AdamW } from "../nn/adamw.ts";
-import { UserError } from "../cli/errors.ts";
+import { shown, UsageError, UserError } from "../cli/errors.ts";
 import type { RngState } from "../lib/rng.ts";
 import {
   encodeSafetensors,
@@ -24,12 +25,14 @@ import {
   type SafetensorsContents,
   type TensorEntry,
 } from "../lib/safetensors.ts";
-import { writeFileAtomic } from "../cli/files.ts";
-import type { LanguageModel, ModelConfig, ModelName } from "../models/model.ts";
+import { insideProject, writeFilesAtomic } from "../cli/files.ts";
+import { disposeModel, type LanguageModel, type ModelName } from "../models/model.ts";
 import { MODEL_NAMES } from "../models/model.ts";
-import { createModel } from "../models/registry.ts";
-import type { Dataset, Vocab } from "../lib/data.ts";
+import { createModel, MODELS } from "../models/registry.ts";
+import { type Dataset, type Vocab, vocabProblem } from "../lib/data.ts";
 import { Rng } from "../lib/rng.ts";
+import { savedTrainConfig, type TrainConfig } from "./config.ts";
+import { checkFits } from "./memory.ts";
 
 /** Bumped when the metadata's meaning changes. */
 export const FORMAT = "simplelm-safetensors/1";
@@ -52,6 +55,15 @@ export function optimizerPath(checkpointPath: string): string {
   return checkpointPath.replace(/\.safetensors$/, "") + ".optim.safetensors";
 }
 
+/**
+ * The loss log of a checkpoint's run, `loss_<run id>.txt` in this folder,
+ * named from the checkpoint's file name (`<run id>.safetensors` or
+ * `<run id>.last.safetensors`): never a path read from a file.
+ */
+export function lossLogFor(checkpointPath: string): string {
+  return `loss_${basename(checkpointPath).replace(/(\.last)?\.safetensors$/, "")}.txt`;
+}
+
 /** Converts a tensor to PyTorch's layout and reads its values. */
 async function torchValues(
   t: tf.Tensor,
@@ -69,8 +81,9 @@ async function torchValues(
 
 /**
  * Saves the model (and, when `optimizer` is given, everything needed to
- * resume). Each file is written atomically; the optimizer file first, so a
- * crash in between leaves a model file that still loads on its own.
+ * resume). Both files are complete on disk before either replaces its old
+ * version, the optimizer file first, so a full disk or a crash while
+ * writing leaves the previous pair as it was.
  */
 export async function saveCheckpoint(
   path: string,
@@ -79,6 +92,7 @@ export async function saveCheckpoint(
   optimizer?: AdamW,
 ): Promise<void> {
   const saveId = crypto.randomUUID();
+  const files: [string, Uint8Array][] = [];
   if (optimizer) {
     const tensors = new Map<string, TensorEntry>();
     for (const p of model.params) {
@@ -89,7 +103,7 @@ export async function saveCheckpoint(
       tensors.set(`${p.name}.exp_avg_sq`, f32Entry(v.shape, v.values));
     }
     const { state } = info;
-    await writeFileAtomic(
+    files.push([
       optimizerPath(path),
       encodeSafetensors(tensors, {
         format: FORMAT,
@@ -101,7 +115,7 @@ export async function saveCheckpoint(
         log_file: state.logFile,
         rng: JSON.stringify(state.rng),
       }),
-    );
+    ]);
   }
   const tensors = new Map<string, TensorEntry>();
   for (const p of model.params) {
@@ -117,7 +131,7 @@ export async function saveCheckpoint(
         : f32Entry(b.tensor.shape, values as Float32Array),
     );
   }
-  await writeFileAtomic(
+  files.push([
     path,
     encodeSafetensors(tensors, {
       format: FORMAT,
@@ -128,15 +142,16 @@ export async function saveCheckpoint(
       iter: String(info.state.iter),
       best_val: String(info.state.bestVal),
     }),
-  );
+  ]);
+  await writeFilesAtomic(files);
 }
 
 /** A checkpoint read from disk and checked. */
 export interface LoadedCheckpoint {
   path: string;
   modelName: ModelName;
-  /** The training config it was made with (train flags by name). */
-  config: Record<string, unknown>;
+  /** The training settings it was made with, checked as flags are. */
+  config: TrainConfig;
   vocab: Vocab;
   iter: number;
   bestVal: number;
@@ -158,6 +173,34 @@ function metaField(
   return value;
 }
 
+/** A metadata field that must hold a whole number >= 0 (a step, an iteration). */
+function metaCount(contents: SafetensorsContents, key: string, path: string): number {
+  const text = metaField(contents, key, path);
+  const value = /^\d+$/.test(text) ? Number(text) : NaN;
+  if (!Number.isSafeInteger(value)) {
+    throw new UserError(
+      `checkpoint ${path}: metadata '${key}' is ${
+        shown(text)
+      }, not a whole number (damaged or edited?)`,
+    );
+  }
+  return value;
+}
+
+/** A metadata field that must hold a finite number (a loss). */
+function metaNumber(contents: SafetensorsContents, key: string, path: string): number {
+  const text = metaField(contents, key, path);
+  const value = text.trim() === "" ? NaN : Number(text);
+  if (!Number.isFinite(value)) {
+    throw new UserError(
+      `checkpoint ${path}: metadata '${key}' is ${
+        shown(text)
+      }, not a finite number (damaged or edited?)`,
+    );
+  }
+  return value;
+}
+
 function parseJsonField<T>(text: string, key: string, path: string): T {
   try {
     return JSON.parse(text) as T;
@@ -168,46 +211,70 @@ function parseJsonField<T>(text: string, key: string, path: string): T {
   }
 }
 
-/** Reads a checkpoint and checks its metadata (tensors are checked on restore). */
+/**
+ * Reads a checkpoint inside this folder and checks everything in it that
+ * could mislead or hang what builds on it, before anything is built: its
+ * config as the command line's flags are checked (types, ranges, choices,
+ * the model's rules), its vocabulary (distinct single characters), its
+ * numbers, and that the config describes the tensors the file holds.
+ * Tensor names, shapes and values are checked on restore.
+ */
 export async function loadCheckpoint(path: string): Promise<LoadedCheckpoint> {
+  await insideProject(path, "checkpoint");
   const contents = await readSafetensorsFile(path);
   const format = metaField(contents, "format", path);
   if (format !== FORMAT) {
     throw new UserError(
-      `checkpoint ${path}: format '${format}' is not '${FORMAT}'`,
+      `checkpoint ${path}: format ${shown(format)} is not '${FORMAT}'`,
     );
   }
   const modelName = metaField(contents, "model_name", path) as ModelName;
   if (!MODEL_NAMES.includes(modelName)) {
     throw new UserError(
-      `checkpoint ${path}: unknown model_name '${modelName}'`,
+      `checkpoint ${path}: unknown model_name ${shown(modelName)}`,
     );
   }
-  const config = parseJsonField<Record<string, unknown>>(
-    metaField(contents, "config", path),
-    "config",
-    path,
+  const config = savedTrainConfig(
+    parseJsonField(metaField(contents, "config", path), "config", path),
+    `checkpoint ${path}: config`,
   );
-  const vocab = parseJsonField<unknown>(
-    metaField(contents, "itos", path),
-    "itos",
-    path,
-  );
-  if (!Array.isArray(vocab) || vocab.some((c) => typeof c !== "string")) {
+  if (config.model_name !== modelName) {
     throw new UserError(
-      `checkpoint ${path}: metadata 'itos' is not a list of characters`,
+      `checkpoint ${path}: config model_name ${config.model_name} differs from the file's ${modelName}`,
     );
   }
-  return {
+  const vocab = parseJsonField<unknown>(metaField(contents, "itos", path), "itos", path);
+  const problem = vocabProblem(vocab);
+  if (problem) throw new UserError(`checkpoint ${path}: metadata 'itos' ${problem}`);
+  const ckpt: LoadedCheckpoint = {
     path,
     modelName,
     config,
     vocab: vocab as Vocab,
-    iter: Number(metaField(contents, "iter", path)),
-    bestVal: Number(metaField(contents, "best_val", path)),
+    iter: metaCount(contents, "iter", path),
+    bestVal: metaNumber(contents, "best_val", path),
     saveId: metaField(contents, "save_id", path),
     contents,
   };
+  // A config that describes another model than the file holds (n_layer
+  // 10^7 beside two layers' tensors) is refused before it is built.
+  const sizes = MODELS[modelName].sizes(modelConfigOf(ckpt));
+  let held = 0;
+  for (const entry of contents.tensors.values()) held += entry.shape.reduce((n, d) => n * d, 1);
+  if (held !== sizes.params + sizes.buffers) {
+    throw new UserError(
+      `checkpoint ${path}: its config describes a ${modelName} of ${
+        (sizes.params + sizes.buffers).toLocaleString("en-US")
+      } values, the file holds ${held.toLocaleString("en-US")} (damaged or edited?)`,
+    );
+  }
+  checkFinite(contents, path);
+  return ckpt;
+}
+
+/** The model settings of a checkpoint: its config and its vocabulary's size. */
+function modelConfigOf(ckpt: LoadedCheckpoint) {
+  return { ...ckpt.config, vocab_size: ckpt.vocab.length };
 }
 
 function expectEntry(
@@ -226,6 +293,20 @@ function expectEntry(
     );
   }
   return entry;
+}
+
+/** Refuses a file whose float tensors hold NaN or infinite values: the run had diverged, or the file is damaged. */
+function checkFinite(contents: SafetensorsContents, path: string): void {
+  for (const [name, entry] of contents.tensors) {
+    if (entry.dtype !== "F32") continue;
+    if (!entryToFloat32(entry, `checkpoint ${path}: ${name}`).every(Number.isFinite)) {
+      throw new UserError(
+        `checkpoint ${path}: tensor ${
+          shown(name)
+        } holds NaN or infinite values (saved after the loss diverged, or damaged)`,
+      );
+    }
+  }
 }
 
 function torchShape(t: tf.Tensor, transposed: boolean): number[] {
@@ -286,11 +367,26 @@ export function restoreWeights(
   }
 }
 
-/** The checkpoint's model: built from its config and vocabulary, with its weights. */
+/**
+ * The checkpoint's model: built from its config and vocabulary, with its
+ * weights, once it is known to fit the backend in use.
+ */
 export function modelFromCheckpoint(ckpt: LoadedCheckpoint): LanguageModel {
-  const config = { ...ckpt.config, vocab_size: ckpt.vocab.length } as unknown as ModelConfig;
-  const model = createModel(ckpt.modelName, config, new Rng(0)); // every weight is then overwritten
-  restoreWeights(model, ckpt);
+  const config = modelConfigOf(ckpt);
+  checkFits(ckpt.modelName, config, 1, tf.getBackend(), false);
+  let model: LanguageModel;
+  try {
+    model = createModel(ckpt.modelName, config, new Rng(0)); // every weight is then overwritten
+  } catch (e) {
+    if (e instanceof UsageError) throw new UserError(`checkpoint ${ckpt.path}: ${e.message}`);
+    throw e;
+  }
+  try {
+    restoreWeights(model, ckpt);
+  } catch (e) {
+    disposeModel(model);
+    throw e;
+  }
   return model;
 }
 
@@ -303,7 +399,7 @@ export function checkVocabulary(ckpt: LoadedCheckpoint, data: Dataset): void {
   }
 }
 
-/** Restores the optimizer and returns where training stands. */
+/** Restores the optimizer and returns where training stands; the loss log is {@link lossLogFor}'s. */
 export async function restoreTrainingState(
   model: LanguageModel,
   optimizer: AdamW,
@@ -312,6 +408,7 @@ export async function restoreTrainingState(
   const path = optimizerPath(ckpt.path);
   let contents: SafetensorsContents;
   try {
+    await insideProject(path, "optimizer state");
     contents = await readSafetensorsFile(path);
   } catch (e) {
     throw new UserError(
@@ -323,6 +420,15 @@ export async function restoreTrainingState(
       `cannot resume: ${path} does not belong to ${ckpt.path} (saved at different times)`,
     );
   }
+  const state: TrainingState = {
+    iter: metaCount(contents, "iter", path),
+    evalDone: metaChoice(contents, "eval_done", path, ["true", "false"]) === "true",
+    bestVal: metaNumber(contents, "best_val", path),
+    logFile: lossLogFor(ckpt.path),
+    rng: rngState(parseJsonField(metaField(contents, "rng", path), "rng", path), path),
+  };
+  const step = metaCount(contents, "step", path);
+  checkFinite(contents, path);
   for (const p of model.params) {
     const moments = optimizer.moments.get(p.variable)!;
     const shape = torchShape(p.variable, p.transposed);
@@ -331,14 +437,38 @@ export async function restoreTrainingState(
     assignTorch(moments.expAvg, entryToFloat32(m, path), p.transposed);
     assignTorch(moments.expAvgSq, entryToFloat32(v, path), p.transposed);
   }
-  optimizer.step = Number(metaField(contents, "step", path));
-  return {
-    iter: Number(metaField(contents, "iter", path)),
-    evalDone: metaField(contents, "eval_done", path) === "true",
-    bestVal: Number(metaField(contents, "best_val", path)),
-    logFile: metaField(contents, "log_file", path),
-    rng: parseJsonField(metaField(contents, "rng", path), "rng", path),
-  };
+  optimizer.step = step;
+  return state;
+}
+
+function metaChoice(
+  contents: SafetensorsContents,
+  key: string,
+  path: string,
+  choices: string[],
+): string {
+  const text = metaField(contents, key, path);
+  if (!choices.includes(text)) {
+    throw new UserError(
+      `checkpoint ${path}: metadata '${key}' is ${shown(text)}, not ${choices.join(" or ")}`,
+    );
+  }
+  return text;
+}
+
+/** The saved random stream: four 32-bit words and a spare normal sample (or null). */
+function rngState(value: unknown, path: string): TrainingState["rng"] {
+  const v = value as { words?: unknown; spareNormal?: unknown } | null;
+  const words = v?.words;
+  const spare = v?.spareNormal;
+  if (
+    !Array.isArray(words) || words.length !== 4 ||
+    !words.every((w) => Number.isInteger(w) && w >= -(2 ** 31) && w < 2 ** 32) ||
+    !(spare === null || Number.isFinite(spare))
+  ) {
+    throw new UserError(`checkpoint ${path}: metadata 'rng' is not a saved random stream`);
+  }
+  return { words: words as RngState, spareNormal: spare as number | null };
 }
 
 /**
@@ -361,6 +491,7 @@ export async function latestCheckpoint(dir: string): Promise<string | null> {
       if (!best || mtime > best.mtime) best = { path, mtime };
     }
   };
+  await insideProject(dir, "checkpoint folder");
   try {
     await visit(dir);
   } catch (e) {

@@ -5,13 +5,13 @@
  *
  * @module
  */
-import { UsageError } from "../cli/errors.ts";
-import { type FlagValues, parseFlags } from "../cli/flags.ts";
+import { shown, UsageError, UserError } from "../cli/errors.ts";
+import { type FlagValues, parseFlags, valueProblem } from "../cli/flags.ts";
 import { BACKEND_FLAG } from "../lib/backend.ts";
+import { DATASET_FLAG } from "../lib/data.ts";
 import { ACTIVATION_NAMES } from "../models/mlpLM.ts";
 import { MODEL_NAMES } from "../models/model.ts";
 import { MODELS } from "../models/registry.ts";
-import { loadCheckpoint, type LoadedCheckpoint } from "./checkpoint.ts";
 
 /** Named presets for `--config`. Explicit flags win over a preset. */
 export const PRESETS: Record<string, Partial<Record<string, number>>> = {
@@ -106,11 +106,7 @@ export const TRAIN_FLAGS = {
     choices: MODEL_NAMES,
     help: "bigramLM, mlpLM or gptLM",
   },
-  dataset: {
-    type: "string",
-    default: "shakespeare_char",
-    help: "folder under datas/ written by prepare",
-  },
+  dataset: DATASET_FLAG,
   resume: { type: "bool", default: false, help: "continue from --ckpt_file" },
   ckpt_file: { type: "string", default: "", help: "checkpoint to resume from" },
   // Additions to the original.
@@ -148,66 +144,90 @@ export function parseTrainConfig(args: string[]): { config: TrainConfig; given: 
   for (const [key, value] of Object.entries(PRESETS[config.config])) {
     if (!given.has(key as TrainFlag)) (config as Record<string, unknown>)[key] = value;
   }
-  MODELS[config.model_name].checkConfig(config);
+  checkTrainConfig(config);
   return { config, given };
 }
 
 /**
- * The settings of a training run from its command line: flags and preset,
- * or, with `--resume=true`, the checkpoint's settings with the few a
- * resumed run may change; and the checkpoint to resume from.
+ * The rules that join several settings: the model's own
+ * (`ModelDefinition.checkConfig`), and AdamW's decoupled weight decay,
+ * which multiplies every weight by `1 - lr·wd` each step: at 1 or more the
+ * weights are zeroed or flip sign every step, and the loss diverges.
+ *
+ * @throws {UsageError} naming the settings and a fix.
  */
-export async function trainSettings(
-  args: string[],
-): Promise<{ config: TrainConfig; ckpt: LoadedCheckpoint | null }> {
-  const { config, given } = parseTrainConfig(args);
-  if (!config.resume) return { config, ckpt: null };
-  if (!config.ckpt_file) {
-    throw new UsageError("--resume=true needs --ckpt_file=PATH (a checkpoint saved by train.ts)");
+export function checkTrainConfig(config: TrainConfig): void {
+  MODELS[config.model_name].checkConfig(config);
+  const decay = config.learning_rate * config.weight_decay;
+  if (decay >= 1) {
+    throw new UsageError(
+      `--weight_decay=${config.weight_decay} with --learning_rate=${config.learning_rate}: ` +
+        `each step multiplies the weights by 1 - lr·wd = ${1 - decay}, not a decay; ` +
+        `use a --weight_decay below ${1 / config.learning_rate}`,
+    );
   }
-  const ckpt = await loadCheckpoint(config.ckpt_file);
-  return { config: resumedConfig(config, given, ckpt.config, ckpt.path), ckpt };
 }
 
-/** Settings a resumed run may change; everything else comes from the checkpoint. */
-const RESUMABLE: readonly TrainFlag[] = [
+/**
+ * The original's flags: every checkpoint's config has them. Flags added
+ * since may be missing from an older checkpoint's and take their defaults.
+ */
+const ORIGINAL_FLAGS: readonly TrainFlag[] = [
+  "batch_size",
+  "block_size",
   "max_iters",
   "eval_interval",
+  "learning_rate",
   "eval_iters",
-  "backend",
-  "out_dir",
+  "dropout",
+  "char_encoding_len",
+  "use_batch_norm",
+  "max_hidden_nodes",
+  "active_fn",
+  "n_embd",
+  "n_head",
+  "n_layer",
+  "model_name",
+  "dataset",
   "resume",
   "ckpt_file",
 ];
 
 /**
- * A resumed run's settings: the checkpoint's (`saved`), with only the
- * resumable flags taken from the command line, and only where given again
- * (even the backend stays: backends differ in the last bits).
+ * Settings read from a file (a checkpoint's config), checked as the command
+ * line's are: each value's type, range and choices, then
+ * {@link checkTrainConfig}. Keys that are not training flags are dropped.
  *
- * @throws {UsageError} when a flag given differs from the checkpoint's value
- *   and may not change.
+ * @param where prefixes every message, e.g. `checkpoint out/x.safetensors: config`.
+ * @throws {UserError} naming the key and what is wrong with it.
  */
-export function resumedConfig(
-  flags: TrainConfig,
-  given: Set<TrainFlag>,
-  saved: Record<string, unknown>,
-  path: string,
-): TrainConfig {
-  for (const key of given) {
-    if (!RESUMABLE.includes(key) && saved[key] !== undefined && saved[key] !== flags[key]) {
-      throw new UsageError(
-        `--${key}=${flags[key]} differs from ${path}'s ${key}=${
-          saved[key]
-        }; a resumed run may change only ${RESUMABLE.slice(0, 5).map((k) => `--${k}`).join(", ")}`,
-      );
+export function savedTrainConfig(saved: unknown, where: string): TrainConfig {
+  if (typeof saved !== "object" || saved === null || Array.isArray(saved)) {
+    throw new UserError(`${where} is not an object of settings`);
+  }
+  const config: Record<string, unknown> = {};
+  for (const [key, spec] of Object.entries(TRAIN_FLAGS)) {
+    if (!Object.hasOwn(saved, key)) {
+      if (ORIGINAL_FLAGS.includes(key as TrainFlag)) {
+        throw new UserError(`${where} lacks ${key}`);
+      }
+      config[key] = spec.default;
+      continue;
     }
+    const value = (saved as Record<string, unknown>)[key];
+    const problem = valueProblem(value, spec);
+    if (problem) {
+      throw new UserError(`${where} ${key}=${shown(value)}: ${problem}`);
+    }
+    config[key] = value;
   }
-  const config = { ...flags, ...saved } as TrainConfig;
-  for (const key of RESUMABLE.filter((k) => given.has(k))) {
-    (config as Record<string, unknown>)[key] = flags[key];
+  try {
+    checkTrainConfig(config as TrainConfig);
+  } catch (e) {
+    if (e instanceof UsageError) throw new UserError(`${where}: ${e.message}`);
+    throw e;
   }
-  return config;
+  return config as TrainConfig;
 }
 
 /** Python's `str(float)`: `0.0003`, `1e-05`, `0.0`, so run ids match the original's. */

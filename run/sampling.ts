@@ -18,23 +18,31 @@ export interface SamplingOptions {
   topP?: number;
 }
 
+/** `softmax(logits / temperature)` (V), in float64: the probabilities sampling draws from. */
+export function softmax(logits: ArrayLike<number>, temperature = 1): Float64Array {
+  const V = logits.length;
+  let max = -Infinity;
+  for (let i = 0; i < V; i++) max = Math.max(max, logits[i]);
+  const probs = new Float64Array(V);
+  let total = 0;
+  for (let i = 0; i < V; i++) {
+    // (l - max) / T, not l / T - max / T: never Infinity - Infinity, so a
+    // temperature too small to divide by gives its limit, greedy decoding.
+    total += probs[i] = Math.exp((logits[i] - max) / temperature);
+  }
+  for (let i = 0; i < V; i++) probs[i] /= total;
+  return probs;
+}
+
 /** Draws one token id from `logits` (V). */
 export function sampleFromLogits(
   logits: Float32Array,
   options: SamplingOptions,
   rng: Rng,
 ): number {
-  const temperature = options.temperature ?? 1;
   const V = logits.length;
   const order = Array.from({ length: V }, (_, i) => i);
-  let max = -Infinity;
-  for (let i = 0; i < V; i++) max = Math.max(max, logits[i] / temperature);
-  const probs = new Float64Array(V);
-  let total = 0;
-  for (let i = 0; i < V; i++) {
-    total += probs[i] = Math.exp(logits[i] / temperature - max);
-  }
-  for (let i = 0; i < V; i++) probs[i] /= total;
+  const probs = softmax(logits, options.temperature ?? 1);
 
   const topK = options.topK ?? 0;
   const topP = options.topP ?? 1;
@@ -65,7 +73,8 @@ export function sampleFromLogits(
 
 /**
  * Samples `count` tokens after `context`, calling `onToken` with each as it
- * comes (so text can stream). Returns the new ids.
+ * comes (so text can stream) and the logits it was drawn from. Returns the
+ * new ids.
  */
 export async function generateTokens(
   model: LanguageModel,
@@ -73,7 +82,7 @@ export async function generateTokens(
   count: number,
   options: SamplingOptions,
   rng: Rng,
-  onToken?: (id: number) => void,
+  onToken?: (id: number, logits: Float32Array) => void,
 ): Promise<number[]> {
   const ids = [...context];
   const out: number[] = [];
@@ -84,7 +93,7 @@ export async function generateTokens(
     const next = sampleFromLogits(values, options, rng);
     ids.push(next);
     out.push(next);
-    onToken?.(next);
+    onToken?.(next, values);
   }
   return out;
 }

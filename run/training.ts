@@ -39,7 +39,18 @@ const WASM_STEP_BUDGET = 2 * 2 ** 30;
  * many. The mean loss and gradient are those of the whole batch.
  */
 export function microBatchCount(model: LanguageModel, batchSize: number, backend: string): number {
-  const perRow = model.bytesPerRow;
+  return microBatchesFor(model.bytesPerRow, batchSize, backend);
+}
+
+/**
+ * {@link microBatchCount} before the model is built: `perRow` is its
+ * bytes per row when its rows are independent, else undefined.
+ */
+export function microBatchesFor(
+  perRow: number | undefined,
+  batchSize: number,
+  backend: string,
+): number {
   if (backend !== "wasm" || perRow === undefined) return 1;
   for (let count = 1; count < batchSize; count++) {
     if (batchSize % count === 0 && (batchSize / count) * perRow <= WASM_STEP_BUDGET) return count;
@@ -118,7 +129,28 @@ function evalLoss(model: LanguageModel, batch: Batch, microBatches: number): tf.
   return loss;
 }
 
-/** The original's `estimate_loss`: mean loss of `evalIters` random batches per split, in eval mode. */
+/**
+ * The original's `estimate_loss`: mean loss of `evalIters` random batches
+ * per split, in eval mode. With `interrupted`, asked after each batch,
+ * returns null as soon as it says true (a stop requested mid-evaluation).
+ */
+export function estimateLoss(
+  model: LanguageModel,
+  splits: { train: Uint16Array; val: Uint16Array },
+  batchSize: number,
+  evalIters: number,
+  rng: Rng,
+  microBatches?: number,
+): Promise<{ train: number; val: number }>;
+export function estimateLoss(
+  model: LanguageModel,
+  splits: { train: Uint16Array; val: Uint16Array },
+  batchSize: number,
+  evalIters: number,
+  rng: Rng,
+  microBatches: number,
+  interrupted: () => Promise<boolean>,
+): Promise<{ train: number; val: number } | null>;
 export async function estimateLoss(
   model: LanguageModel,
   splits: { train: Uint16Array; val: Uint16Array },
@@ -126,7 +158,8 @@ export async function estimateLoss(
   evalIters: number,
   rng: Rng,
   microBatches = 1,
-): Promise<{ train: number; val: number }> {
+  interrupted?: () => Promise<boolean>,
+): Promise<{ train: number; val: number } | null> {
   const out = { train: 0, val: 0 };
   for (const split of ["train", "val"] as const) {
     let sum = tf.scalar(0);
@@ -136,6 +169,10 @@ export async function estimateLoss(
       const next = sum.add(loss);
       tf.dispose([sum, loss, batch.x, batch.y]);
       sum = next as tf.Scalar;
+      if (interrupted && await interrupted()) {
+        sum.dispose();
+        return null;
+      }
     }
     out[split] = (await sum.data())[0] / evalIters;
     sum.dispose();

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { preparedWorkdir, runScript } from "./helpers.ts";
+import { preparedWorkdir, type RunningScript, runScript, startScript } from "./helpers.ts";
 
 /** Reads a safetensors header by hand: what a PyTorch user's few lines of Python do. */
 function readHeader(
@@ -189,6 +189,121 @@ Deno.test("SIGINT finishes the step, saves, says how to resume; resuming complet
   assert.equal(await lossLog(dir), await lossLog(straight));
   await Deno.remove(straight, { recursive: true });
   await Deno.remove(dir, { recursive: true });
+});
+
+/** Waits for `running` to exit, at most `ms` milliseconds (then kills it and fails). */
+async function exitWithin(running: RunningScript, ms: number, what: string) {
+  const timer = setTimeout(() => running.child.kill("SIGKILL"), ms);
+  const result = await running.done;
+  clearTimeout(timer);
+  assert.notEqual(result.code, 137, `${what}: still running after ${ms} ms:\n${result.stderr}`);
+  return result;
+}
+
+/** The save_id of a checkpoint pair's two files, read as any safetensors reader would. */
+async function saveIds(path: string): Promise<string[]> {
+  return await Promise.all(
+    [path, path.replace(/\.safetensors$/, ".optim.safetensors")].map(async (p) =>
+      (readHeader(await Deno.readFile(p)).__metadata__ as unknown as Record<string, string>)
+        .save_id
+    ),
+  );
+}
+
+Deno.test("Ctrl-C stops within a step, mid-training or mid-evaluation; a second one waits for the pair", async () => {
+  // (a) Between evaluations that are 100,000 steps apart.
+  const steps = await preparedWorkdir();
+  const stepArgs = [
+    "--model_name=gptLM",
+    "--max_iters=1000000",
+    "--eval_interval=100000",
+    "--eval_iters=1",
+    "--batch_size=2",
+    "--block_size=8",
+    "--backend=cpu",
+    "--n_layer=1",
+    "--n_head=1",
+    "--n_embd=8",
+  ];
+  // (b) In an evaluation of 10 million batches.
+  const evaluating = await preparedWorkdir();
+  const evalArgs = [...tinyArgs("bigramLM", ["--max_iters=100", "--eval_iters=10000000"])];
+  // (c) Stopped in an evaluation too, but with mlpLM's default size: 10M parameters, a
+  // ~120 MB pair that takes a while to write, time for a second Ctrl-C to arrive meanwhile.
+  const big = await preparedWorkdir();
+  const bigArgs = [
+    "--model_name=mlpLM",
+    "--max_iters=100",
+    "--eval_iters=1000000",
+    "--batch_size=4",
+    "--backend=wasm",
+  ];
+
+  const [a, b, c] = [
+    startScript("train.ts", stepArgs, steps),
+    startScript("train.ts", evalArgs, evaluating),
+    startScript("train.ts", bigArgs, big),
+  ];
+  const interrupt = async (run: RunningScript, ready: RegExp) => {
+    await run.waitFor("stdout", ready);
+    await new Promise((r) => setTimeout(r, 300));
+    run.child.kill("SIGINT");
+  };
+  const twice = async () => {
+    await interrupt(c, /logging to/);
+    await c.waitFor("stderr", /finishing this step, then saving/);
+    for (let i = 0; i < 3; i++) {
+      c.child.kill("SIGINT");
+      await new Promise((r) => setTimeout(r, 5));
+    }
+  };
+  const signalled = Promise.all([
+    interrupt(a, /saving model/),
+    interrupt(b, /logging to/),
+    twice(),
+  ]);
+  signalled.catch(() => {}); // reported below, once every child has exited
+  const [ra, rb, rc] = await Promise.all([
+    exitWithin(a, 20_000, "mid-training"),
+    exitWithin(b, 20_000, "mid-evaluation"),
+    exitWithin(c, 40_000, "second Ctrl-C"),
+  ]);
+  await signalled;
+
+  assert.equal(ra.code, 130, ra.stderr);
+  const stoppedAt =
+    /stopped by SIGINT after step (\d+); resume with:\n\s+deno task train --resume=true --ckpt_file=(\S+)/
+      .exec(ra.stderr);
+  assert.ok(stoppedAt && Number(stoppedAt[1]) > 0, ra.stderr);
+  assert.equal(rb.code, 130, rb.stderr);
+  const duringEval =
+    /stopped by SIGINT during the evaluation at step 0; resume with:\n\s+\S+ task train --resume=true --ckpt_file=(\S+)/
+      .exec(rb.stderr);
+  assert.ok(duringEval, rb.stderr);
+  assert.equal(rc.code, 130, rc.stderr);
+  assert.match(rc.stderr, /a checkpoint is being written; stopping once it is complete/);
+  const last = /--ckpt_file=(\S+)/.exec(rc.stderr)![1];
+  const [modelId, optimId] = await saveIds(`${big}/${last}`);
+  assert.equal(modelId, optimId, "the .last pair is torn");
+
+  // Each saved state resumes.
+  const resumes = await Promise.all([
+    runScript("train.ts", [
+      "--resume=true",
+      `--ckpt_file=${stoppedAt[2]}`,
+      `--max_iters=${Number(stoppedAt[1]) + 3}`,
+    ], { cwd: steps }),
+    runScript("train.ts", [
+      "--resume=true",
+      `--ckpt_file=${duringEval[1]}`,
+      "--eval_iters=2",
+      "--max_iters=3",
+    ], { cwd: evaluating }),
+  ]);
+  for (const r of resumes) assert.equal(r.code, 0, r.stderr);
+  assert.match(resumes[1].stdout, /resuming .* at iteration 0/);
+  assert.match(resumes[1].stdout, />>> step 0: /);
+  for (const dir of [steps, evaluating, big]) await Deno.remove(dir, { recursive: true });
 });
 
 Deno.test("damaged or mismatched checkpoints are refused in one line", async () => {

@@ -4,6 +4,7 @@
  *
  * @module
  */
+import assert from "node:assert/strict";
 import { metaJson, tokenize, uint16Bytes } from "../lib/data.ts";
 import { setFastPaths } from "../nn/fast_paths.ts";
 import { parseTrainConfig } from "../run/config.ts";
@@ -55,6 +56,73 @@ export async function runScript(
   return { code, stdout: text.decode(stdout), stderr: text.decode(stderr) };
 }
 
+/** A script running as a child process, its output collected as it comes. */
+export interface RunningScript {
+  child: Deno.ChildProcess;
+  /** Resolves when the child has exited and its output is read. */
+  done: Promise<ScriptResult>;
+  /** Output so far. */
+  stdout(): string;
+  stderr(): string;
+  /** Resolves once the output so far matches `pattern`; rejects if the child exits first or `ms` pass. */
+  waitFor(stream: "stdout" | "stderr", pattern: RegExp, ms?: number): Promise<void>;
+}
+
+/** Starts `deno run -A <ROOT>/<script> ...args` in `cwd`, for tests that signal it. */
+export function startScript(script: string, args: string[], cwd: string): RunningScript {
+  const child = new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", "--config", CONFIG, `${ROOT}${script}`, ...args],
+    cwd,
+    env: { XDG_RUNTIME_DIR: "/tmp", NO_COLOR: "1" },
+    stdin: "null",
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const text = { stdout: "", stderr: "" };
+  let exited = false;
+  const collect = async (stream: "stdout" | "stderr") => {
+    for await (const chunk of child[stream].pipeThrough(new TextDecoderStream())) {
+      text[stream] += chunk;
+    }
+  };
+  const done = Promise.all([collect("stdout"), collect("stderr"), child.status]).then(
+    ([, , status]) => {
+      exited = true;
+      return { code: status.code, stdout: text.stdout, stderr: text.stderr };
+    },
+  );
+  return {
+    child,
+    done,
+    stdout: () => text.stdout,
+    stderr: () => text.stderr,
+    async waitFor(stream, pattern, ms = 30_000) {
+      const deadline = Date.now() + ms;
+      while (!pattern.test(text[stream])) {
+        if (exited || Date.now() > deadline) {
+          throw new Error(`no ${pattern} from ${script}: ${text.stdout}\n${text.stderr}`);
+        }
+        await new Promise((r) => setTimeout(r, 10));
+      }
+    },
+  };
+}
+
+/** Asserts that a script failed as expected failures do: exit `code`, one line matching `message`, no stack trace. */
+export function assertOneLine(
+  r: { code: number; stderr: string },
+  code: number,
+  message: RegExp,
+  what: string,
+): void {
+  // Deno's own note when processes started together wait for one another, not the script's.
+  const stderr = r.stderr.replace(/^Blocking waiting for file lock on .*\n/gm, "");
+  assert.equal(r.code, code, `${what}: exit ${r.code}: ${stderr}`);
+  assert.match(stderr, message, what);
+  assert.equal(stderr.trim().split("\n").length, 1, `${what}: ${stderr}`);
+  assert.doesNotMatch(stderr, /^\s+at /m, `${what}: stack trace`);
+}
+
 let shakespeare: ReturnType<typeof tokenize> | null = null;
 
 /** tinyshakespeare tokenized as `prepare` does it (cached per test process). */
@@ -70,7 +138,7 @@ export async function preparedWorkdir(): Promise<string> {
   await Deno.mkdir(`${dir}/datas/shakespeare_char`, { recursive: true });
   await Deno.writeFile(`${dir}/datas/shakespeare_char/train.bin`, uint16Bytes(data.train));
   await Deno.writeFile(`${dir}/datas/shakespeare_char/val.bin`, uint16Bytes(data.val));
-  await Deno.writeTextFile(`${dir}/datas/shakespeare_char/meta.json`, metaJson(data.vocab));
+  await Deno.writeTextFile(`${dir}/datas/shakespeare_char/meta.json`, metaJson(data.vocab, data));
   return dir;
 }
 

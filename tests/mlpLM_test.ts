@@ -482,11 +482,14 @@ Deno.test("mlpLM: a checkpoint round-trips parameters and BatchNorm buffers", as
     trainStep(model, optimizer, batch, rng).dispose();
     tf.dispose([batch.x, batch.y]);
   }
+  // Checkpoints are read only inside the working folder.
   const dir = await Deno.makeTempDir();
+  const cwd = Deno.cwd();
+  Deno.chdir(dir);
   try {
-    const path = `${dir}/mlp.safetensors`;
+    const path = "mlp.safetensors";
     await saveCheckpoint(path, model, {
-      config: TINY,
+      config: { ...TINY, model_name: "mlpLM" },
       vocab: ["a", "b", "c", "d"],
       state: { iter: 3, evalDone: true, bestVal: 1, logFile: "x.txt", rng: rng.getState() },
     });
@@ -503,6 +506,7 @@ Deno.test("mlpLM: a checkpoint round-trips parameters and BatchNorm buffers", as
     assert.deepEqual(Array.from(await buffer(restored, "bn2.num_batches_tracked").data()), [3]);
     disposeModel(restored);
   } finally {
+    Deno.chdir(cwd);
     await Deno.remove(dir, { recursive: true });
     optimizer.dispose();
     disposeModel(model);

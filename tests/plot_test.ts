@@ -1,14 +1,8 @@
 import assert from "node:assert/strict";
 import { UserError } from "../cli/errors.ts";
 import { runScript, type ScriptResult } from "./helpers.ts";
-import {
-  estimateTextWidth,
-  installTextMetrics,
-  parseLossFile,
-  renderSvg,
-  type Run,
-  textMetrics,
-} from "../plot.ts";
+import { estimateTextWidth, installTextMetrics, textMetrics } from "../lib/charts.ts";
+import { parseLossFile, renderSvg, type Run, vocabSizeOf } from "../plot.ts";
 
 const LONG_A = "loss_gptLM_BA-64_BL-256_PAR-10.79_V-65_LR-0.0003_DR-0.2_shakespeare_char.txt";
 const LONG_B = "loss_gptLM_BA-32_BL-128_PAR-2.5_V-65_LR-0.001_DR-0.1_shakespeare_char.txt";
@@ -44,15 +38,21 @@ Deno.test("parseLossFile accepts a single line, with or without newline", () => 
   assert.deepEqual(parseLossFile("\n\n", "a"), []);
 });
 
-Deno.test("parseLossFile names file and line of a malformed line", () => {
-  for (
-    const bad of ["500 2.4 2.5 9", "500 2.4", "500 abc 2.5", "500 2.4 0x10"]
-  ) {
+Deno.test("parseLossFile names file and line of a malformed line, and never quotes it", () => {
+  const cases: [string, string][] = [
+    ["500 2.4 2.5 9", "got 4 fields"],
+    ["500 2.4", "got 2 fields"],
+    ["500 abc 2.5", "got a field 2 that is not a number"],
+    ["500 2.4 0x10", "got a field 3 that is not a number"],
+    ["root:x:0:0:root:/root:/bin/bash", "got 1 field"],
+  ];
+  for (const [bad, why] of cases) {
     assert.throws(
       () => parseLossFile(`0 4 4\n\n${bad}\n`, "loss_x.txt"),
       (e: unknown) =>
-        e instanceof UserError && e.message.startsWith("loss_x.txt:3:") &&
-        e.message.includes(bad),
+        e instanceof UserError &&
+        e.message === `loss_x.txt:3: expected "iter train val" (3 numbers), ${why}` &&
+        !e.message.includes(bad),
     );
   }
 });
@@ -81,6 +81,39 @@ Deno.test("renderSvg of several runs compares validation curves", async () => {
     assert.ok(svg.includes(`>Validation Loss - ${name}<`), name);
   }
   assert.ok(!svg.includes("Training Loss"));
+});
+
+Deno.test("a dashed line marks ln(vocab_size), the uniform guess; --bpc shows bits", async () => {
+  const nats = await renderSvg([run(LONG_A)], { vocabSizes: [65] });
+  assert.ok(nats.includes(">uniform guess: ln 65 = 4.17<"));
+  assert.match(nats, /stroke-dasharray="6,4"/);
+  assert.ok(nats.includes(">Loss<"));
+  const bits = await renderSvg([run(LONG_A)], { vocabSizes: [65], bpc: true });
+  assert.ok(bits.includes(">uniform guess: log2 65 = 6.02 bits<"));
+  assert.ok(bits.includes(">Bits per character<"));
+  const none = await renderSvg([run(LONG_A)]);
+  assert.ok(!none.includes("uniform guess") && !/stroke-dasharray/.test(none));
+});
+
+Deno.test("vocabSizeOf reads the run id's V field, else the dataset's meta.json", async () => {
+  assert.equal(await vocabSizeOf(`runs/${LONG_A}`), 65);
+  assert.equal(
+    await vocabSizeOf("loss_gptLM_BA:64_BL:256_PAR:10.79_V:65_LR:0.0003_DR:0.2_x.log"),
+    65,
+  );
+  assert.equal(await vocabSizeOf("loss_single.log"), null);
+  const dir = await Deno.makeTempDir({ prefix: "plot_test_" });
+  const cwd = Deno.cwd();
+  try {
+    await Deno.mkdir(`${dir}/datas/tiny`, { recursive: true });
+    await Deno.writeTextFile(`${dir}/datas/tiny/meta.json`, JSON.stringify({ vocab_size: 12 }));
+    Deno.chdir(dir);
+    assert.equal(await vocabSizeOf("loss_newLM_BA-4_BL-8_PAR-0.01_LR-0.001_DR-0.0_tiny_2.txt"), 12);
+    assert.equal(await vocabSizeOf("loss_newLM_BA-4_BL-8_PAR-0.01_LR-0.001_DR-0.0_none.txt"), null);
+  } finally {
+    Deno.chdir(cwd);
+    await Deno.remove(dir, { recursive: true });
+  }
 });
 
 // --- text width --------------------------------------------------------------
@@ -166,6 +199,17 @@ Deno.test("cli: file names on stdin", async () => {
   });
 });
 
+Deno.test("cli: --bpc and --vocab_size", async () => {
+  await withLossFiles(async (dir) => {
+    const r = await plot(["loss_single.log", "--bpc", "--vocab_size=100"], { cwd: dir });
+    assert.equal(r.code, 0, r.stderr);
+    const svg = await Deno.readTextFile(`${dir}/loss.svg`);
+    assert.ok(svg.includes(">uniform guess: log2 100 = 6.64 bits<"));
+    const none = await plot(["loss_single.log"], { cwd: dir });
+    assert.match(none.stderr, /^note: no vocabulary size .*--vocab_size=N/);
+  });
+});
+
 Deno.test("cli: one file as argument, default output loss.svg", async () => {
   await withLossFiles(async (dir) => {
     const r = await plot(["loss_single.log"], { cwd: dir });
@@ -247,6 +291,9 @@ Deno.test("cli: malformed line names file and line", async () => {
     await Deno.writeTextFile(`${dir}/loss_bad.txt`, "0 4 4\n500 2.4 oops\n");
     const r = await plot(["loss_bad.txt", LONG_A], { cwd: dir });
     assert.equal(r.code, 1);
-    assert.match(r.stderr, /^error: loss_bad\.txt:2: .*"500 2\.4 oops"\n$/);
+    assert.equal(
+      r.stderr,
+      'error: loss_bad.txt:2: expected "iter train val" (3 numbers), got a field 3 that is not a number\n',
+    );
   });
 });
