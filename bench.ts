@@ -70,6 +70,23 @@ export interface BenchResult {
 /** Kernels whose work is a matrix product. */
 const PRODUCT_KERNELS = new Set(["BatchMatMul", "_FusedMatMul", "SimpleLMMatMul"]);
 
+/**
+ * On WebGPU tfjs times each program a kernel dispatches: its matrix
+ * products (`MatMul…Program`, the bias and ReLU in their epilogue) are
+ * counted as products wherever they run, also inside the WGSL fast paths'
+ * linear kernels.
+ */
+const PRODUCT_PROGRAM = /^MatMul/;
+
+/** A kernel's programs and their times, from tf.profile's `extraInfo` ("name: ms, …"), if listed. */
+function programTimes(extraInfo: unknown): [string, number][] {
+  if (typeof extraInfo !== "string" || extraInfo === "") return [];
+  return extraInfo.split(", ").map((entry) => {
+    const at = entry.lastIndexOf(": ");
+    return [entry.slice(0, at), Number(entry.slice(at + 2))];
+  });
+}
+
 /** One training step under `tf.profile`, counting what it runs and, on WebGPU, dispatches and reads. */
 async function profileStep(run: Run, data: PreparedData, backend: string) {
   const onGpu = backend === "webgpu";
@@ -103,17 +120,26 @@ async function profileStep(run: Run, data: PreparedData, backend: string) {
     restore.forEach((undo) => undo());
   }
   (info.result as tf.Tensor).dispose();
-  const times = info.kernels.map((k) => k.kernelTimeMs);
-  const timed = times.every((t) => typeof t === "number");
-  const sum = (pick: (name: string) => boolean) =>
-    +info.kernels.filter((k) => pick(k.name)).reduce((s, k) => s + (k.kernelTimeMs as number), 0)
-      .toFixed(2);
+  const timed = info.kernels.every((k) => typeof k.kernelTimeMs === "number");
+  let products = 0;
+  let outside = 0;
+  for (const k of info.kernels) {
+    const programs = programTimes(k.extraInfo);
+    if (programs.length === 0) {
+      if (PRODUCT_KERNELS.has(k.name)) products += k.kernelTimeMs as number;
+      else outside += k.kernelTimeMs as number;
+    }
+    for (const [name, ms] of programs) {
+      if (PRODUCT_PROGRAM.test(name)) products += ms;
+      else outside += ms;
+    }
+  }
   return {
     kernels_per_step: info.kernels.length,
     dispatches_per_step: onGpu ? dispatches : null,
     gpu_reads_per_step: onGpu ? reads : null,
-    kernel_ms_products: timed ? sum((name) => PRODUCT_KERNELS.has(name)) : null,
-    kernel_ms_outside_products: timed ? sum((name) => !PRODUCT_KERNELS.has(name)) : null,
+    kernel_ms_products: timed ? +products.toFixed(2) : null,
+    kernel_ms_outside_products: timed ? +outside.toFixed(2) : null,
   };
 }
 

@@ -16,7 +16,7 @@ import { main as prepare } from "./prepare.ts";
 import { main as train } from "./train.ts";
 
 /** Small configs that each train in a minute or two on 2 CPU cores. */
-const DEMO_RUNS: { model: string; args: string[] }[] = [
+export const DEMO_RUNS: { model: string; args: string[] }[] = [
   {
     model: "bigramLM",
     args: [
@@ -59,6 +59,9 @@ const DEMO_RUNS: { model: string; args: string[] }[] = [
   },
 ];
 
+/** The demo's evaluations are short: 20 batches per split instead of 200. */
+export const DEMO_EVAL_ITERS = "--eval_iters=20";
+
 const FLAGS = {
   backend: BACKEND_FLAG,
   out_dir: { type: "string", default: "out/demo", help: "where the demo's checkpoints go" },
@@ -71,7 +74,7 @@ function banner(text: string): void {
 /** Runs the demo. */
 export async function main(args: string[]): Promise<void> {
   const { values } = parseFlags(args, FLAGS);
-  const common = [`--backend=${values.backend}`, `--out_dir=${values.out_dir}`, "--eval_iters=20"];
+  const common = [`--backend=${values.backend}`, `--out_dir=${values.out_dir}`, DEMO_EVAL_ITERS];
 
   try {
     await Deno.stat("datas/shakespeare_char/meta.json");

@@ -20,7 +20,8 @@ import { latestCheckpoint, loadCheckpoint, modelFromCheckpoint } from "./run/che
 import { generateTokens, softmax } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
 
-const FLAGS = {
+/** generate.ts's flags. */
+export const FLAGS = {
   ckpt: { type: "string", default: "", help: "checkpoint; default: the newest under out/" },
   prompt: { type: "string", default: "", help: "text to continue" },
   max_new_tokens: { type: "int", default: 500, min: 1, help: "characters to sample" },
@@ -46,6 +47,11 @@ const FLAGS = {
     default: false,
     help: "on stderr: each sampled character's probability and the likeliest others",
   },
+  json: {
+    type: "bool",
+    default: false,
+    help: "stdout: one JSON object a character (its probability, the likeliest others)",
+  },
   seed: {
     type: "int",
     default: -1,
@@ -57,8 +63,21 @@ const FLAGS = {
 
 const encoder = new TextEncoder();
 
-/** How many of the likeliest other characters `--show_probs` lists. */
+/** How many of the likeliest other characters `--show_probs` and `--json` list. */
 const ALTERNATIVES = 4;
+
+/** The probabilities at `temperature` (before top-k/top-p) and the likeliest ids other than `id`. */
+function likeliestOthers(
+  id: number,
+  logits: Float32Array,
+  temperature: number,
+): { probs: Float64Array; others: number[] } {
+  const probs = softmax(logits, temperature);
+  const others = [...probs.keys()].filter((i) => i !== id)
+    .sort((a, b) => probs[b] - probs[a])
+    .slice(0, ALTERNATIVES);
+  return { probs, others };
+}
 
 /**
  * One `--show_probs` line: the sampled character and its probability at
@@ -71,12 +90,26 @@ export function probsLine(
   temperature: number,
   vocab: Vocab,
 ): string {
-  const probs = softmax(logits, temperature);
-  const others = [...probs.keys()].filter((i) => i !== id)
-    .sort((a, b) => probs[b] - probs[a])
-    .slice(0, ALTERNATIVES);
+  const { probs, others } = likeliestOthers(id, logits, temperature);
   const show = (i: number) => `${visibleChar(vocab[i])} ${probs[i].toFixed(3)}`;
   return `${show(id)} | ${others.map(show).join("  ")}`;
+}
+
+/**
+ * One `--json` line, for programs (the studio): the sample's row, the
+ * character (and its visible label), its probability and the likeliest
+ * others, e.g. `{"row":0,"text":" ","label":"␣","p":0.62,"top":[{"text":"e","label":"e","p":0.1},…]}`.
+ */
+export function jsonLine(
+  row: number,
+  id: number,
+  logits: Float32Array,
+  temperature: number,
+  vocab: Vocab,
+): string {
+  const { probs, others } = likeliestOthers(id, logits, temperature);
+  const char = (i: number) => ({ text: vocab[i], label: visibleChar(vocab[i]), p: probs[i] });
+  return JSON.stringify({ row, ...char(id), top: others.map(char) });
 }
 
 export async function main(args: string[]) {
@@ -120,6 +153,13 @@ export async function main(args: string[]) {
     );
   }
   for (let s = 0; s < values.num_samples; s++) {
+    if (values.json) {
+      await generateTokens(model, context, values.max_new_tokens, options, rng, (id, logits) => {
+        const line = jsonLine(s, id, logits, values.temperature, ckpt.vocab);
+        Deno.stdout.writeSync(encoder.encode(line + "\n"));
+      });
+      continue;
+    }
     if (s > 0) await Deno.stdout.write(encoder.encode("\n---------------\n"));
     if (s > 0 && values.show_probs) console.error("---------------");
     await Deno.stdout.write(encoder.encode(values.prompt));
@@ -128,7 +168,7 @@ export async function main(args: string[]) {
       if (values.show_probs) console.error(probsLine(id, logits, values.temperature, ckpt.vocab));
     });
   }
-  await Deno.stdout.write(encoder.encode("\n"));
+  if (!values.json) await Deno.stdout.write(encoder.encode("\n"));
   tf.disposeVariables();
 }
 

@@ -31,7 +31,8 @@ import {
 } from "./run/checkpoint.ts";
 import { startBackend } from "./run/start.ts";
 
-const FLAGS = {
+/** inspect.ts's flags. */
+export const FLAGS = {
   ckpt: { type: "string", default: "", help: "checkpoint; default: the newest under out/" },
   prompt: {
     type: "string",
@@ -57,6 +58,11 @@ const FLAGS = {
   },
   seed: { type: "int", default: 1337, min: 0, help: "seeds the sampled text" },
   backend: BACKEND_FLAG,
+  json: {
+    type: "bool",
+    default: false,
+    help: "stdout: each picture as one JSON object as it is drawn, and the notes; no files",
+  },
 } as const;
 
 const encoder = new TextEncoder();
@@ -84,7 +90,7 @@ export async function main(args: string[]): Promise<string[]> {
     : checkPictures(model, values.pictures.split(",").map((p) => p.trim()).filter(Boolean));
   if (pictures.length === 0) throw new UsageError("--pictures= names no picture");
 
-  const inspection = await inspectModel({
+  const request = {
     ckpt,
     model,
     dataset,
@@ -92,7 +98,17 @@ export async function main(args: string[]): Promise<string[]> {
     seed: values.seed,
     sampleChars: values.max_new_tokens,
     pictures,
-  });
+  };
+  if (values.json) {
+    // For programs (the studio): {name, title, caption, svg} a line as each is drawn, then {note}s.
+    const line = (value: unknown) =>
+      Deno.stdout.writeSync(encoder.encode(JSON.stringify(value) + "\n"));
+    const { notes } = await inspectModel(request, line);
+    for (const note of notes) line({ note });
+    tf.disposeVariables();
+    return [];
+  }
+  const inspection = await inspectModel(request);
 
   const name = path.split(/[\\/]/).pop()!.replace(/\.safetensors$/, "");
   const outDir = values.out_dir || `inspect/${name}`;

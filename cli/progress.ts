@@ -1,12 +1,23 @@
 /**
  * Training progress for people: step, loss, ms/step, tokens/s and ETA. One
- * live line on a terminal, a plain line every ten seconds otherwise.
+ * live line on a terminal, a plain line every ten seconds otherwise (every
+ * `SIMPLELM_PROGRESS_SECONDS` when set: the studio reads them as they come).
  *
  * @module
  */
 import type * as tf from "@tensorflow/tfjs";
 
 const encoder = new TextEncoder();
+
+/** Overrides the ten seconds between plain progress lines. */
+export const PROGRESS_SECONDS_ENV = "SIMPLELM_PROGRESS_SECONDS";
+
+/** Milliseconds between plain lines: ten seconds, or the environment's choice where readable. */
+function plainInterval(): number {
+  const permission = Deno.permissions.querySync({ name: "env", variable: PROGRESS_SECONDS_ENV });
+  const seconds = permission.state === "granted" ? Number(Deno.env.get(PROGRESS_SECONDS_ENV)) : NaN;
+  return seconds > 0 ? seconds * 1000 : 10_000;
+}
 
 /** Formats seconds as `1h02m`, `3m12s` or `42s`. */
 export function formatDuration(seconds: number): string {
@@ -23,7 +34,7 @@ export function formatDuration(seconds: number): string {
 /** Tracks the steps since the last evaluation and prints progress lines. */
 export class Progress {
   readonly #live = Deno.stdout.isTerminal();
-  readonly #interval = this.#live ? 250 : 10_000;
+  readonly #interval = this.#live ? 250 : plainInterval();
   #startTime = performance.now();
   #startIter = 0;
   #lastIter = 0;

@@ -15,30 +15,12 @@
 import * as tf from "@tensorflow/tfjs";
 import { pairCountsHost } from "./host.ts";
 
-/** How count(a, b) is taken: ids x and targets y (B, T) → (V, V). */
-type PairCounts = (x: tf.Tensor, y: tf.Tensor, V: number) => tf.Tensor2D;
-
-/** count(a, b) on the device, by `bincount` over a·V + b: for WebGPU. */
-function pairCountsByBincount(x: tf.Tensor, y: tf.Tensor, V: number): tf.Tensor2D {
-  return tf.tidy(() => {
-    const pairs = x.mul(tf.scalar(V, "int32")).add(y).reshape([-1]) as tf.Tensor1D; // (N): a·V + b
-    return tf.bincount(pairs, tf.tensor1d([], "float32"), V * V).reshape([V, V]) as tf.Tensor2D;
-  });
+/** The counted loss, with the pairs counted by a loop over CPU memory (WASM, cpu). */
+export function bigramLossHost(table: tf.Tensor2D, x: tf.Tensor, y: tf.Tensor): tf.Scalar {
+  const V = table.shape[0];
+  const pairCounts = pairCountsHost(x, y, V); // (V, V)
+  const rowCounts = pairCounts.sum(1); // (V): n_a
+  return tf.logSumExp(table, 1).mul(rowCounts).sum() // Σ_a n_a · logsumexp(W[a])
+    .sub(pairCounts.mul(table).sum()) // Σ_ab count(a, b) · W[a, b]
+    .div(x.size) as tf.Scalar;
 }
-
-function countedLoss(counts: PairCounts) {
-  return (table: tf.Tensor2D, x: tf.Tensor, y: tf.Tensor): tf.Scalar => {
-    const V = table.shape[0];
-    const pairCounts = counts(x, y, V); // (V, V)
-    const rowCounts = pairCounts.sum(1); // (V): n_a
-    return tf.logSumExp(table, 1).mul(rowCounts).sum() // Σ_a n_a · logsumexp(W[a])
-      .sub(pairCounts.mul(table).sum()) // Σ_ab count(a, b) · W[a, b]
-      .div(x.size) as tf.Scalar;
-  };
-}
-
-/** The counted loss with pairs counted by a loop over CPU memory (WASM, cpu). */
-export const bigramLossHost = countedLoss(pairCountsHost);
-
-/** The counted loss with pairs counted by `bincount` (WebGPU). */
-export const bigramLossBincount = countedLoss(pairCountsByBincount);

@@ -158,24 +158,3 @@ export function adamwUpdateCpu(tensors: tf.Tensor[], step: AdamWStep): void {
     p[i] = p[i] * decay - (stepSize * mi) / (Math.sqrt(vi) / bc2Sqrt + eps);
   }
 }
-
-/**
- * `nn.Embedding` as `gather`, whose gradient (`unsortedSegmentSum`) WebGPU
- * has, with a float zero gradient for the ids: the MoE models' ids come
- * from their routers, so the tape asks for one.
- */
-export function embeddingGather(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
-  const op = tf.customGrad((t, i, save) => {
-    const [tt, it] = [t as tf.Tensor2D, i as tf.Tensor];
-    (save as tf.GradSaveFunc)([it]);
-    return {
-      value: tf.gather(tt, it),
-      gradFunc: (dy, [savedIds]) => {
-        const flatIds = savedIds.reshape([-1]) as tf.Tensor1D;
-        const rows = (dy as tf.Tensor).reshape([flatIds.size, tt.shape[1]]);
-        return [tf.unsortedSegmentSum(rows, flatIds, tt.shape[0]), tf.zeros(it.shape)];
-      },
-    };
-  });
-  return op(table, ids);
-}

@@ -7,25 +7,25 @@
  *   products, attention, LayerNorm and AdamW, and loops over tfjs's memory
  *   (`host.ts`) where tfjs would run many small kernels or lacks one.
  * - cpu: the same loops over memory.
- * - WebGPU: `gather` for embeddings (its gradient exists there),
- *   bigramLM's loss from pair counts, and mixture-of-experts groups that
- *   need no host read (WebGPU cannot read one synchronously under Deno).
+ * - WebGPU: our WGSL kernels (`webgpu/`), one tfjs kernel each way for
+ *   each layer (a dispatch or a few) where tfjs's composition runs tens:
+ *   AdamW of every parameter, LayerNorm, attention (with dropout too),
+ *   cross-entropy, linear layers around tfjs's fused product, the
+ *   embedding, BatchNorm, bigramLM's counted loss, the join of gptLM's
+ *   per-head weights, dropout.
+ *   Also mixture-of-experts groups that need no host read (WebGPU cannot
+ *   read a tensor synchronously under Deno).
  *
  * Nothing outside `run/` imports this folder: the layers and models read
  * complete without it.
  *
  * @module
  */
-import { registerFastPaths } from "../nn/fast_paths.ts";
-import { bigramLossBincount, bigramLossHost } from "./bigram_loss.ts";
+import * as tf from "@tensorflow/tfjs";
+import { type AdamWStep, type FastPaths, registerFastPaths } from "../nn/fast_paths.ts";
+import { bigramLossHost } from "./bigram_loss.ts";
 import { routeToAllExperts } from "./expert_groups.ts";
-import {
-  adamwUpdateCpu,
-  concatColumnsHost,
-  embeddingGather,
-  embeddingHost,
-  layerNormHost,
-} from "./host.ts";
+import { adamwUpdateCpu, concatColumnsHost, embeddingHost, layerNormHost } from "./host.ts";
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
 import { multiplyAddPeak } from "./wasm/gemm_kernel.ts";
@@ -33,6 +33,7 @@ import { shareIdentityOnWasm } from "./wasm/identity.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
 import { linearOutInWasm, linearWasm } from "./wasm/linear.ts";
 import { matMulWasm, sharedPool } from "./wasm/matmul.ts";
+import { webgpuFastPaths } from "./webgpu/mod.ts";
 
 let installed = false;
 
@@ -43,7 +44,7 @@ export function installFastPaths(): void {
   shareIdentityOnWasm();
   registerFastPaths("wasm", {
     matMul: matMulWasm,
-    linear: linearWasm,
+    linear: onRows(linearWasm),
     linearOutIn: linearOutInWasm,
     embedding: embeddingHost,
     layerNorm: (x, w, b, eps) =>
@@ -53,20 +54,36 @@ export function installFastPaths(): void {
     causalSelfAttention: (q, k, v, nHead) => attentionWasm(nHead)(q, k, v),
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
-    adamwUpdate: adamwUpdateWasm,
+    adamwUpdate: eachParameter(adamwUpdateWasm),
   });
   registerFastPaths("cpu", {
     embedding: embeddingHost,
     layerNorm: layerNormHost,
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
-    adamwUpdate: adamwUpdateCpu,
+    adamwUpdate: eachParameter(adamwUpdateCpu),
   });
-  registerFastPaths("webgpu", {
-    embedding: embeddingGather,
-    bigramLoss: bigramLossBincount,
-    routeToExperts: routeToAllExperts,
-  });
+  registerFastPaths("webgpu", { ...webgpuFastPaths, routeToExperts: routeToAllExperts });
+}
+
+/** An AdamW update of one parameter's tensors as one of every parameter's, in turn. */
+function eachParameter(
+  update: (tensors: tf.Tensor[], step: AdamWStep) => void,
+): FastPaths["adamwUpdate"] {
+  return (updates, step) => {
+    for (const tensors of updates) update(tensors, step);
+  };
+}
+
+/** A linear layer on rows, x (N, in), as one on the last axis: x (..., in) → (..., out). */
+function onRows(
+  linear: (x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D, activation?: "relu") => tf.Tensor2D,
+): FastPaths["linear"] {
+  return (x, w, b, activation) => {
+    const [inFeatures, outFeatures] = w.shape;
+    const y = linear(x.reshape([-1, inFeatures]) as tf.Tensor2D, w, b, activation); // (N, out)
+    return y.reshape([...x.shape.slice(0, -1), outFeatures]); // (..., out)
+  };
 }
 
 /**

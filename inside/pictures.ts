@@ -161,8 +161,11 @@ function fileName(path: string): string {
   return path.split(/[\\/]/).pop() ?? path;
 }
 
-/** Draws the pictures `request` asks for, rendering each to SVG. */
-export async function inspectModel(request: InspectRequest): Promise<Inspection> {
+/** Draws the pictures `request` asks for, rendering each to SVG; `onPicture` hears of each as it is done. */
+export async function inspectModel(
+  request: InspectRequest,
+  onPicture?: (picture: Picture) => void,
+): Promise<Inspection> {
   const { ckpt, model, dataset } = request;
   const vocab = ckpt.vocab;
   const wanted = new Set(request.pictures ?? availablePictures(model));
@@ -170,7 +173,9 @@ export async function inspectModel(request: InspectRequest): Promise<Inspection>
   const notes: string[] = [];
   const pictures: Picture[] = [];
   const add = async (name: PictureName, title: string, caption: string, spec: TopLevelSpec) => {
-    pictures.push({ name, title, caption, svg: await renderSpec(spec) });
+    const picture = { name, title, caption, svg: await renderSpec(spec) };
+    pictures.push(picture);
+    onPicture?.(picture);
   };
   const about = `${fileName(ckpt.path)} · ${model.name}, ${
     countParams(model).toLocaleString("en-US")

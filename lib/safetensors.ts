@@ -497,3 +497,58 @@ export async function readSafetensorsFile(
   }
   return decodeSafetensors(bytes, path);
 }
+
+/** A safetensors file's header alone: metadata and each tensor's dtype and shape. */
+export interface SafetensorsHeader {
+  metadata: Record<string, string>;
+  shapes: Map<string, { dtype: Dtype; shape: number[] }>;
+}
+
+/**
+ * Reads only the header of a safetensors file (a checkpoint's settings and
+ * shapes without its weights), for listings that look at many files often.
+ * Throws a {@link UserError} naming the file when the header cannot be read.
+ */
+export async function readSafetensorsHeader(path: string): Promise<SafetensorsHeader> {
+  const fail = (problem: string): never => {
+    throw new UserError(`invalid safetensors file ${path}: ${problem}`);
+  };
+  let head: unknown;
+  try {
+    using file = await Deno.open(path, { read: true });
+    const size = (await file.stat()).size;
+    const lengthBytes = new Uint8Array(8);
+    if (size < 8 || await file.read(lengthBytes) !== 8) return fail("file is shorter than 8 bytes");
+    const length = new DataView(lengthBytes.buffer).getBigUint64(0, true);
+    if (length > BigInt(Math.min(MAX_HEADER_BYTES, size - 8))) {
+      return fail(`header length ${length} is larger than the file allows`);
+    }
+    const headerBytes = new Uint8Array(Number(length));
+    let read = 0;
+    while (read < headerBytes.length) {
+      const n = await file.read(headerBytes.subarray(read));
+      if (n === null) return fail("file truncated in its header");
+      read += n;
+    }
+    head = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(headerBytes));
+  } catch (e) {
+    if (e instanceof UserError) throw e;
+    throw new UserError(`cannot read ${path}: ${causeOf(e)}`);
+  }
+  if (!isPlainObject(head)) return fail("header is not a JSON object");
+  const metadata: Record<string, string> = {};
+  const shapes = new Map<string, { dtype: Dtype; shape: number[] }>();
+  for (const [name, info] of Object.entries(head)) {
+    if (name === "__metadata__") {
+      if (!isPlainObject(info)) return fail(`"__metadata__" is not an object`);
+      for (const [k, v] of Object.entries(info)) if (typeof v === "string") metadata[k] = v;
+      continue;
+    }
+    if (!isPlainObject(info) || !isDtype(info.dtype) || !Array.isArray(info.shape)) {
+      return fail(`tensor ${JSON.stringify(name)}: entry lacks a dtype or a shape`);
+    }
+    if (!info.shape.every(isOffset)) return fail(`tensor ${JSON.stringify(name)}: bad shape`);
+    shapes.set(name, { dtype: info.dtype, shape: info.shape as number[] });
+  }
+  return { metadata, shapes };
+}

@@ -10,7 +10,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { type AdamWStep, fastPath } from "./fast_paths.ts";
+import { type AdamWStep, type AdamWTensors, fastPath } from "./fast_paths.ts";
 
 /** AdamW settings; names follow PyTorch. */
 export interface AdamWOptions {
@@ -67,13 +67,15 @@ export class AdamW {
       stepSize: lr / (1 - beta1 ** step),
       bc2Sqrt: Math.sqrt(1 - beta2 ** step),
     };
-    const fast = fastPath("adamwUpdate");
-    for (const [param, moments] of this.moments) {
+    const updates: AdamWTensors[] = [];
+    for (const [param, { expAvg, expAvgSq }] of this.moments) {
       const grad = grads[param.name];
-      if (!grad) continue; // like PyTorch: a parameter without gradient is left alone
-      if (fast) fast([param, grad, moments.expAvg, moments.expAvgSq], constants); // in place
-      else update(param, grad, moments, constants);
+      // Like PyTorch: a parameter without gradient is left alone.
+      if (grad) updates.push([param, grad, expAvg, expAvgSq]);
     }
+    const fast = fastPath("adamwUpdate");
+    if (fast) fast(updates, constants); // in place
+    else for (const tensors of updates) update(tensors, constants);
   }
 
   /** Frees the moment tensors. */
@@ -87,9 +89,7 @@ export class AdamW {
 
 /** One parameter's update, as the formulas above: 13 elementwise ops. */
 function update(
-  param: tf.Variable,
-  g: tf.Tensor,
-  { expAvg, expAvgSq }: Moments,
+  [param, g, expAvg, expAvgSq]: AdamWTensors,
   { beta1, beta2, eps, decay, stepSize, bc2Sqrt }: AdamWStep,
 ): void {
   tf.tidy(() => {

@@ -13,6 +13,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import type { Rng } from "../lib/rng.ts";
 
 /** AdamW's per-step constants, the same for every parameter. */
 export interface AdamWStep {
@@ -26,6 +27,9 @@ export interface AdamWStep {
   /** √(1 − β2ᵗ). */
   bc2Sqrt: number;
 }
+
+/** One parameter's tensors in an AdamW update: [param, grad, expAvg, expAvgSq]. */
+export type AdamWTensors = [tf.Variable, tf.Tensor, tf.Variable, tf.Variable];
 
 /** What `nn.BatchNorm1d` holds: affine parameters and running statistics. */
 export interface BatchNormState {
@@ -61,8 +65,8 @@ export interface ExpertGroups {
 export interface FastPaths {
   /** `op(a) @ op(b)`, batched over leading axes: see `layers.ts` `matMul`. */
   matMul(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean): tf.Tensor;
-  /** x (N, in) @ w (in, out) + b, then ReLU when asked: see `linear`. */
-  linear(x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D, activation?: "relu"): tf.Tensor2D;
+  /** x (..., in) @ w (in, out) + b, then ReLU when asked: see `linear`. */
+  linear(x: tf.Tensor, w: tf.Tensor2D, b?: tf.Tensor1D, activation?: "relu"): tf.Tensor;
   /** x (N, in) @ wᵀ + b with w (out, in): see `linearOutIn`. */
   linearOutIn(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, inputIsData: boolean): tf.Tensor2D;
   /** Rows of `table` (V, C) picked by `ids`: see `embedding`. */
@@ -71,6 +75,19 @@ export interface FastPaths {
   layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor;
   /** Causal attention of every head, without dropout: see `causalSelfAttention`. */
   causalSelfAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, nHead: number): tf.Tensor;
+  /**
+   * The same with dropout on the attention weights, `dropWeights`
+   * multiplying them by a mask: see `causalSelfAttention`.
+   */
+  causalSelfAttentionDropout(
+    q: tf.Tensor,
+    k: tf.Tensor,
+    v: tf.Tensor,
+    nHead: number,
+    dropWeights: (weights: tf.Tensor) => tf.Tensor,
+  ): tf.Tensor;
+  /** Inverted dropout with the mask drawn from `rng` as the plain layer draws it: see `dropout`. */
+  dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor;
   /** Mean cross-entropy: see `crossEntropy`. */
   crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar;
   /** bigramLM's loss straight from its table: see `models/bigramLM.ts`. */
@@ -87,8 +104,8 @@ export interface FastPaths {
   concatColumns(parts: tf.Tensor2D[]): tf.Tensor2D;
   /** A mixture of experts' choices grouped by expert: see `routeToExperts`. */
   routeToExperts(indices: tf.Tensor2D, numExperts: number, capacity?: number): ExpertGroups;
-  /** One AdamW update of [param, grad, expAvg, expAvgSq], in place: see `nn/adamw.ts`. */
-  adamwUpdate(tensors: [tf.Variable, tf.Tensor, tf.Variable, tf.Variable], step: AdamWStep): void;
+  /** One AdamW update of every [param, grad, expAvg, expAvgSq], in place: see `nn/adamw.ts`. */
+  adamwUpdate(updates: AdamWTensors[], step: AdamWStep): void;
 }
 
 const registered = new Map<string, Partial<FastPaths>>();

@@ -43,17 +43,13 @@ export function linear(
   b?: tf.Tensor1D,
   activation?: "relu",
 ): tf.Tensor {
-  const [inFeatures, outFeatures] = w.shape;
-  const flat = x.reshape([-1, inFeatures]) as tf.Tensor2D; // (N, in)
   const fast = fastPath("linear");
-  let y: tf.Tensor; // (N, out)
-  if (fast) {
-    y = fast(flat, w, b, activation);
-  } else {
-    y = matMul(flat, w); // (N, in) @ (in, out) -> (N, out)
-    if (b) y = y.add(b);
-    if (activation === "relu") y = y.relu();
-  }
+  if (fast) return fast(x, w, b, activation);
+  const [inFeatures, outFeatures] = w.shape;
+  const flat = x.reshape([-1, inFeatures]); // (N, in)
+  let y = matMul(flat, w); // (N, in) @ (in, out) -> (N, out)
+  if (b) y = y.add(b);
+  if (activation === "relu") y = y.relu();
   return y.reshape([...x.shape.slice(0, -1), outFeatures]); // (..., out)
 }
 
@@ -144,9 +140,10 @@ export function batchNorm1d(
  * (B, T, C), head h in columns h·hs…(h+1)·hs, and maskBias (T, T), 0 on and
  * below the diagonal and −∞ above → (B, T, C), each head's
  * `softmax(q kᵀ · hs^-½ + maskBias) v`. `dropWeights`, given in training
- * with dropout, is applied to the attention weights. `seeWeights`, when
- * given, receives the attention weights (B, H, T, T) this call uses (the
- * plain route runs then: a fast kernel keeps them to itself).
+ * with dropout, is applied to the attention weights: dropout, a mask
+ * multiplied into them. `seeWeights`, when given, receives the attention
+ * weights (B, H, T, T) this call uses (the plain route runs then: a fast
+ * kernel keeps them to itself).
  */
 export function causalSelfAttention(
   q: tf.Tensor,
@@ -159,6 +156,10 @@ export function causalSelfAttention(
 ): tf.Tensor {
   const fast = fastPath("causalSelfAttention");
   if (fast && !dropWeights && !seeWeights) return fast(q, k, v, nHead);
+  const fastDropout = fastPath("causalSelfAttentionDropout");
+  if (fastDropout && dropWeights && !seeWeights) {
+    return fastDropout(q, k, v, nHead, dropWeights);
+  }
   const [B, T, C] = q.shape as [number, number, number];
   const hs = C / nHead;
   const split = (x: tf.Tensor) => x.reshape([B, T, nHead, hs]).transpose([0, 2, 1, 3]); // (B, H, T, hs)
@@ -279,6 +280,8 @@ function readNow(t: tf.Tensor): number[] {
  */
 export function dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor {
   if (p === 0) return x;
+  const fast = fastPath("dropout");
+  if (fast) return fast(x, p, rng);
   const keep = 1 / (1 - p);
   const mask = new Float32Array(x.size);
   for (let i = 0; i < mask.length; i++) mask[i] = rng.random() < p ? 0 : keep;
