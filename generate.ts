@@ -13,10 +13,10 @@ import * as tf from "@tensorflow/tfjs";
 import { runMain, UsageError, UserError } from "./cli/errors.ts";
 import { parseFlags } from "./cli/flags.ts";
 import { BACKEND_FLAG } from "./lib/backend.ts";
-import { encode, stoiOf } from "./lib/data.ts";
+import { decode, encode, stoiOf } from "./lib/data.ts";
 import { Rng } from "./lib/rng.ts";
 import { latestCheckpoint, loadCheckpoint, modelFromCheckpoint } from "./run/checkpoint.ts";
-import { generateTokens } from "./run/sampling.ts";
+import { generateRows } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
 
 const FLAGS = {
@@ -86,14 +86,31 @@ export async function main(args: string[]) {
     topK: values.top_k,
     topP: values.top_p,
   };
-  for (let s = 0; s < values.num_samples; s++) {
-    if (s > 0) await Deno.stdout.write(encoder.encode("\n---------------\n"));
-    await Deno.stdout.write(encoder.encode(values.prompt));
-    await generateTokens(model, context, values.max_new_tokens, options, rng, (id) => {
-      Deno.stdout.writeSync(encoder.encode(ckpt.vocab[id]));
-    });
+  // All samples are computed together; the first streams as it comes, the others follow it.
+  const start = performance.now();
+  await Deno.stdout.write(encoder.encode(values.prompt));
+  const samples = await generateRows(
+    model,
+    context,
+    values.num_samples,
+    values.max_new_tokens,
+    options,
+    rng,
+    (row, id) => {
+      if (row === 0) Deno.stdout.writeSync(encoder.encode(ckpt.vocab[id]));
+    },
+  );
+  const seconds = (performance.now() - start) / 1000;
+  for (const ids of samples.slice(1)) {
+    await Deno.stdout.write(
+      encoder.encode(`\n---------------\n${values.prompt}${decode(ids, ckpt.vocab)}`),
+    );
   }
   await Deno.stdout.write(encoder.encode("\n"));
+  const chars = values.num_samples * values.max_new_tokens;
+  console.error(
+    `${chars} characters in ${seconds.toFixed(2)} s: ${Math.round(chars / seconds)} characters/s`,
+  );
   tf.disposeVariables();
 }
 

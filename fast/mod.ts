@@ -21,6 +21,7 @@ import { bigramLossBincount, bigramLossHost } from "./bigram_loss.ts";
 import { adamwUpdateCpu, concatColumnsHost, embeddingHost, layerNormHost } from "./host.ts";
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
+import { cachedAttentionWasm } from "./wasm/cached_attention.ts";
 import { multiplyAddPeak } from "./wasm/gemm_kernel.ts";
 import { shareIdentityOnWasm } from "./wasm/identity.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
@@ -44,6 +45,10 @@ export function installFastPaths(): void {
         ? layerNormWasm(eps)(x, w, b)
         : layerNormHost(x, w, b, eps),
     causalSelfAttention: (q, k, v, nHead) => attentionWasm(nHead)(q, k, v),
+    cachedSelfAttention: (q, k, v, nHead) =>
+      q.shape[1] === k.shape[1]
+        ? attentionWasm(nHead)(q, k, v) // the whole window: causal self-attention
+        : cachedAttentionWasm(q, k, v, nHead),
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
     adamwUpdate: adamwUpdateWasm,

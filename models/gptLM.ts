@@ -10,11 +10,15 @@
  * share one 2-D product, and runs attention over every (batch, head) at
  * once; autodiff splits the gradient back into the per-head weights.
  *
+ * Sampling keeps each block's keys and values (`decoding.ts`): a new token
+ * is one position through every block, attending to the cached ones.
+ *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../cli/errors.ts";
 import {
+  cachedSelfAttention,
   causalSelfAttention,
   concatColumns,
   crossEntropy,
@@ -25,6 +29,7 @@ import {
   normalInit,
 } from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
+import { type KVCache, windowDecoder } from "./decoding.ts";
 import {
   type Buffer,
   type LanguageModel,
@@ -47,6 +52,21 @@ interface HeadParams {
   query: Matrix;
   value: Matrix;
 }
+
+/** A block's query, key and value weights for all heads, (C, C) each. */
+interface HeadWeights {
+  query: tf.Tensor2D;
+  key: tf.Tensor2D;
+  value: tf.Tensor2D;
+}
+
+/**
+ * How attention gets its keys and values: q, k, v (B, T, C) of a block's
+ * positions → every head's output side by side, (B, T, C). Training and
+ * evaluation attend within the window; sampling adds k and v to a cache
+ * and attends to all of it.
+ */
+type Attend = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
 
 /** One `Block`'s parameters. Linear weights are (in, out). */
 interface BlockParams {
@@ -135,24 +155,38 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   const drop = (x: tf.Tensor, mode: Mode) =>
     mode.training ? dropout(x, config.dropout, mode.rng) : x;
 
-  /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C). */
-  function attention(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
-    // The per-head (C, hs) weights side by side: one 2-D product for all heads.
-    // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
-    const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, C)
-    const q = project(blk.heads.map((h) => h.query));
-    const k = project(blk.heads.map((h) => h.key));
-    const v = project(blk.heads.map((h) => h.value));
-    const dropWeights = mode.training && config.dropout > 0
-      ? (weights: tf.Tensor) => drop(weights, mode)
-      : undefined;
-    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights); // every head, side by side: (B, T, C)
+  /**
+   * A block's per-head (C, hs) projections side by side, (C, C) each: one
+   * 2-D product serves every head. (One fused (C, 3C) product would need a
+   * split, a slow kernel on WASM.)
+   */
+  const headWeights = (blk: BlockParams): HeadWeights => ({
+    query: concatColumns(blk.heads.map((h) => h.query)),
+    key: concatColumns(blk.heads.map((h) => h.key)),
+    value: concatColumns(blk.heads.map((h) => h.value)),
+  });
+
+  /** `MultiHeadAttention` on ln1(x) = xn (B, T, C) → (B, T, C), attending through `attend`. */
+  function attention(
+    xn: tf.Tensor,
+    blk: BlockParams,
+    w: HeadWeights,
+    attend: Attend,
+    mode: Mode,
+  ): tf.Tensor {
+    const heads = attend(linear(xn, w.query), linear(xn, w.key), linear(xn, w.value)); // every head, side by side: (B, T, C)
     return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
   }
 
   /** `Block.forward`: x (B, T, C) → (B, T, C). */
-  function block(x: tf.Tensor, blk: BlockParams, maskBias: tf.Tensor, mode: Mode): tf.Tensor {
-    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode)); // (B, T, C)
+  function block(
+    x: tf.Tensor,
+    blk: BlockParams,
+    w: HeadWeights,
+    attend: Attend,
+    mode: Mode,
+  ): tf.Tensor {
+    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, w, attend, mode)); // (B, T, C)
     const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T, 4C)
     return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T, C)
   }
@@ -164,9 +198,40 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     // masked_fill(tril[:T, :T] == 0, -inf) as a bias added to the scores: a query never sees a later key.
     const future = tril.slice([0, 0], [T, T]).equal(0); // (T, T)
     const maskBias = tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T])); // (T, T)
+    const dropWeights = mode.training && config.dropout > 0
+      ? (weights: tf.Tensor) => drop(weights, mode)
+      : undefined;
+    const attend: Attend = (q, k, v) => causalSelfAttention(q, k, v, H, maskBias, dropWeights);
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
-    for (const blk of blocks) h = block(h, blk, maskBias, mode);
+    for (const blk of blocks) h = block(h, blk, headWeights(blk), attend, mode);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
+  }
+
+  /**
+   * The forward pass for sampling (`decoding.ts`'s CachedForward): ids
+   * (R, t) at positions start…start+t−1 → the last position's logits
+   * (R, V). Each block's attention adds the new keys and values to the
+   * block's cache and attends to all of them; `weights` are the blocks'
+   * {@link headWeights}, made once per decoder.
+   */
+  function forwardCached(
+    ids: tf.Tensor2D,
+    start: number,
+    caches: KVCache[],
+    weights: HeadWeights[],
+  ): tf.Tensor2D {
+    const [R, t] = ids.shape;
+    const pos = posTable.slice([start, 0], [t, C]); // (t, C)
+    let h = embedding(tokTable, ids).add(pos); // (R, t, C)
+    blocks.forEach((blk, i) => {
+      const attend: Attend = (q, k, v) => {
+        const { keys, values } = caches[i].append(k, v); // (R, start + t, C)
+        return cachedSelfAttention(q, keys, values, H); // (R, t, C)
+      };
+      h = block(h, blk, weights[i], attend, { training: false });
+    });
+    const last = h.slice([0, t - 1, 0], [R, 1, C]).reshape([R, C]); // (R, C)
+    return linear(layerNorm(last, lnfW, lnfB), lmW, lmB) as tf.Tensor2D; // (R, V)
   }
 
   return {
@@ -196,6 +261,18 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       const x = tf.tensor2d(ids, [1, ids.length], "int32"); // (1, T)
       const logits = forward(x, { training: false }); // (1, T, V)
       return logits.slice([0, ids.length - 1, 0], [1, 1, V]).reshape([V]) as tf.Tensor1D;
+    },
+    decoder(context, rows) {
+      // The heads' weights side by side once: they do not change while sampling.
+      const weights = blocks.map(headWeights);
+      return windowDecoder(
+        context,
+        rows,
+        T0,
+        L,
+        (ids, start, caches) => forwardCached(ids, start, caches, weights),
+        () => weights.forEach((w) => tf.dispose([w.query, w.key, w.value])),
+      );
     },
   };
 }

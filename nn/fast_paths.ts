@@ -53,6 +53,8 @@ export interface FastPaths {
   layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor;
   /** Causal attention of every head, without dropout: see `causalSelfAttention`. */
   causalSelfAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, nHead: number): tf.Tensor;
+  /** Attention of the last positions to cached keys and values: see `cachedSelfAttention`. */
+  cachedSelfAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, nHead: number): tf.Tensor;
   /** Mean cross-entropy: see `crossEntropy`. */
   crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar;
   /** bigramLM's loss straight from its table: see `models/bigramLM.ts`. */

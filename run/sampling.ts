@@ -5,7 +5,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { LanguageModel } from "../models/model.ts";
+import { recomputingDecoder } from "../models/decoding.ts";
+import type { Decoder, LanguageModel } from "../models/model.ts";
 import type { Rng } from "../lib/rng.ts";
 
 /** How to turn logits into a choice. The defaults reproduce the original. */
@@ -18,11 +19,11 @@ export interface SamplingOptions {
   topP?: number;
 }
 
-/** Draws one token id from `logits` (V). */
+/** Draws one token id from `logits` (V), with one number from `rng`. */
 export function sampleFromLogits(
   logits: Float32Array,
   options: SamplingOptions,
-  rng: Rng,
+  rng: Pick<Rng, "random">,
 ): number {
   const temperature = options.temperature ?? 1;
   const V = logits.length;
@@ -64,6 +65,67 @@ export function sampleFromLogits(
 }
 
 /**
+ * The model's decoder for `rows` rows starting from `context` (its cheap
+ * step), or, for a model without one, one that recomputes each row's
+ * `nextTokenLogits` at every step.
+ */
+export function startDecoding(
+  model: LanguageModel,
+  context: readonly number[],
+  rows: number,
+): Decoder {
+  return model.decoder?.(context, rows) ??
+    recomputingDecoder(
+      context,
+      rows,
+      Infinity,
+      (contexts) => tf.stack(contexts.map((c) => model.nextTokenLogits(c))) as tf.Tensor2D,
+    );
+}
+
+/**
+ * Samples `count` tokens after `context` in each of `rows` rows at once
+ * (one forward for all rows per step), calling `onToken` with each row's
+ * tokens as they come. Returns the rows' new ids.
+ *
+ * Row r draws its random numbers as if the rows were sampled one after
+ * another: the same stream gives the same text in any number of rows, and
+ * the stream ends where it would have.
+ */
+export async function generateRows(
+  model: LanguageModel,
+  context: readonly number[],
+  rows: number,
+  count: number,
+  options: SamplingOptions,
+  rng: Rng,
+  onToken?: (row: number, id: number) => void,
+): Promise<number[][]> {
+  const uniforms = new Float64Array(rows * count); // (rows, count): one draw per token
+  for (let i = 0; i < uniforms.length; i++) uniforms[i] = rng.random();
+  const out = Array.from({ length: rows }, () => [] as number[]);
+  if (count === 0) return out;
+  const decoder = startDecoding(model, context, rows);
+  try {
+    const next = new Int32Array(rows);
+    for (let i = 0; i < count; i++) {
+      const logits = await decoder.logits.data() as Float32Array; // (rows, V): one read per step
+      const V = logits.length / rows;
+      for (let r = 0; r < rows; r++) {
+        const drawn = { random: () => uniforms[r * count + i] };
+        next[r] = sampleFromLogits(logits.subarray(r * V, (r + 1) * V), options, drawn);
+        out[r].push(next[r]);
+        onToken?.(r, next[r]);
+      }
+      if (i < count - 1) decoder.push(next); // the last token's successor is never needed
+    }
+  } finally {
+    decoder.dispose();
+  }
+  return out;
+}
+
+/**
  * Samples `count` tokens after `context`, calling `onToken` with each as it
  * comes (so text can stream). Returns the new ids.
  */
@@ -75,16 +137,14 @@ export async function generateTokens(
   rng: Rng,
   onToken?: (id: number) => void,
 ): Promise<number[]> {
-  const ids = [...context];
-  const out: number[] = [];
-  for (let i = 0; i < count; i++) {
-    const logits = tf.tidy(() => model.nextTokenLogits(ids));
-    const values = await logits.data() as Float32Array;
-    logits.dispose();
-    const next = sampleFromLogits(values, options, rng);
-    ids.push(next);
-    out.push(next);
-    onToken?.(next);
-  }
-  return out;
+  const [ids] = await generateRows(
+    model,
+    context,
+    1,
+    count,
+    options,
+    rng,
+    onToken && ((_, id) => onToken(id)),
+  );
+  return ids;
 }
