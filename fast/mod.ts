@@ -29,12 +29,20 @@ import { linearOutInWasm, linearWasm } from "./wasm/linear.ts";
 import { matMulWasm, sharedPool } from "./wasm/matmul.ts";
 
 let installed = false;
+let wasmIdentityShared = false;
 
-/** Registers every backend's fast paths (once). */
-export function installFastPaths(): void {
+/**
+ * Registers every backend's fast paths (once), and the kernels of `backend`,
+ * the one just started (tfjs loads a backend's own kernels only when it
+ * starts, and ours replace one of them).
+ */
+export function installFastPaths(backend: string): void {
+  if (backend === "wasm" && !wasmIdentityShared) {
+    wasmIdentityShared = true;
+    shareIdentityOnWasm();
+  }
   if (installed) return;
   installed = true;
-  shareIdentityOnWasm();
   registerFastPaths("wasm", {
     matMul: matMulWasm,
     linear: linearWasm,

@@ -113,6 +113,9 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     normalInit([V, C], INIT_STD, rng),
   ) as Matrix; // (V, C)
   const posTable = param("position_embedding_table.weight", normalInit([T0, C], INIT_STD, rng)); // (T0, C)
+  // torch.tril(torch.ones(T0, T0)): ones on and below the diagonal, (T0, T0).
+  const lowerTriangle = new Float32Array(T0 * T0);
+  for (let t = 0; t < T0; t++) lowerTriangle.fill(1, t * T0, t * T0 + t + 1);
   const blocks: BlockParams[] = [];
   for (let i = 0; i < L; i++) {
     const p = `blocks.${i}`;
@@ -126,7 +129,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       });
       buffers.push({
         name: `${q}.tril`,
-        tensor: tf.tidy(() => tf.linalg.bandPart(tf.ones([T0, T0]), -1, 0)), // (T0, T0): ones on and below the diagonal
+        tensor: tf.tensor2d(lowerTriangle, [T0, T0]),
         dtype: "F32",
       });
     }

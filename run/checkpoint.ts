@@ -286,10 +286,23 @@ export function restoreWeights(
   }
 }
 
+/**
+ * The stream a checkpoint's model is built from: every weight is then
+ * overwritten, so its init draws nothing and leaves zeros.
+ */
+class NoDraws extends Rng {
+  override normals(n: number): Float32Array {
+    return new Float32Array(n);
+  }
+  override uniforms(n: number): Float32Array {
+    return new Float32Array(n);
+  }
+}
+
 /** The checkpoint's model: built from its config and vocabulary, with its weights. */
 export function modelFromCheckpoint(ckpt: LoadedCheckpoint): LanguageModel {
   const config = { ...ckpt.config, vocab_size: ckpt.vocab.length } as unknown as ModelConfig;
-  const model = createModel(ckpt.modelName, config, new Rng(0)); // every weight is then overwritten
+  const model = createModel(ckpt.modelName, config, new NoDraws(0));
   restoreWeights(model, ckpt);
   return model;
 }
