@@ -96,6 +96,29 @@ Deno.test("matMulAddBias: thin products start from the bias too, values and grad
   }
 });
 
+Deno.test("matMulWasm: a thin operand's leading zero columns are skipped, not miscounted", async () => {
+  await startBackend("wasm");
+  const rng = new Rng(9);
+  const k = 13;
+  // Thin rows zero up to column 5 and 9 (skip 5), and rows all zero (skip all).
+  const prefixes = [[5, 9], [k, k]];
+  for (const zeros of prefixes) {
+    const values = rng.normals(zeros.length * k, 1);
+    zeros.forEach((z, r) => values.fill(0, r * k, r * k + z));
+    const thin = tf.tensor2d(values, [zeros.length, k]);
+    const big = tf.tensor(rng.normals(30 * k, 1), [30, k]);
+    for (const [x, y] of [[big, thin], [thin, big]]) {
+      const [ours, theirs] = [matMulWasm(x, y, false, true), tf.matMul(x, y, false, true)];
+      const [p, q] = [await ours.data(), await theirs.data()];
+      for (let i = 0; i < p.length; i++) {
+        assert.ok(Math.abs(p[i] - q[i]) < 1e-5, `zeros ${zeros}: element ${i}: ${p[i]} vs ${q[i]}`);
+      }
+      tf.dispose([ours, theirs]);
+    }
+    tf.dispose([thin, big]);
+  }
+});
+
 Deno.test("matMulWasm: mismatched shapes are refused, not read past", async () => {
   await startBackend("wasm");
   const [a, b] = [tf.ones([2, 3, 4]), tf.ones([2, 5, 6])];

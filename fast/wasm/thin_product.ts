@@ -12,7 +12,9 @@
  *   through once and each of its rows meets every row of A in cache.
  * - `dots`: C[i, j] = big[i, :] · small[j, :] for row-major `big` (nBig, k)
  *   and thin `small` (nSmall, k), written with any strides: A Bᵀ with
- *   either operand the thin one.
+ *   either operand the thin one. Columns where every thin row starts
+ *   with zeros are skipped: mlpLM's input is all zeros before the first
+ *   characters, and its first weight is most of its bytes.
  *
  * It relies on internals of tfjs-backend-wasm 4.22 (see `heap.ts`).
  *
@@ -94,12 +96,40 @@ export function thinProduct(
   const { rowsTimes, dots } = kernels() as Record<string, (...args: number[]) => void>;
   if (!transposeB) {
     rowsTimes(at(a), at(b), bias ? at(bias) : 0, bias ? 1 : 0, at(out), m, k, n);
-  } else if (m >= n) {
-    dots(at(a), at(b), at(out), m, n, k, n * 4, 4); // C[i, j] at (i·n + j)·4
   } else {
-    dots(at(b), at(a), at(out), n, m, k, 4, n * 4); // B's rows the big side: its row j is column j of C
+    const [big, small] = m >= n ? [a, b] : [b, a];
+    const skip = leadingZeros(wasm, small, k) * 4; // bytes of each row left out
+    const [bigStride, smallStride] = m >= n ? [n * 4, 4] : [4, n * 4]; // C[i, j] at (i·n + j)·4
+    const [nBig, nSmall] = m >= n ? [m, n] : [n, m];
+    dots(
+      at(big) + skip,
+      at(small) + skip,
+      at(out),
+      nBig,
+      nSmall,
+      k - skip / 4,
+      k * 4,
+      bigStride,
+      smallStride,
+    );
   }
   return out;
+}
+
+/** The number of columns, from the first, in which every row of x (rows of k) is 0. */
+function leadingZeros(wasm: WasmBackendInternals, x: tf.TensorInfo, k: number): number {
+  const values = new Float32Array(
+    wasm.wasm.asm.memory.buffer,
+    heapAddress(wasm, x),
+    x.shape.reduce((p, q) => p * q, 1),
+  );
+  let zeros = k;
+  for (let row = 0; row < values.length; row += k) {
+    let j = 0;
+    while (j < zeros && values[row + j] === 0) j++;
+    zeros = j;
+  }
+  return zeros;
 }
 
 /** Byte address `base + i·stride` on the stack, from locals. */
@@ -204,17 +234,17 @@ function rowsTimes(): Code {
 }
 
 /**
- * `dots(big, small, c, nBig, nSmall, k, bigStride, smallStride)`: for every
- * row i of `big` (read once) and j of `small`, the dot product of the two
- * rows of k floats, stored at c + i·bigStride + j·smallStride.
+ * `dots(big, small, c, nBig, nSmall, k, rowBytes, bigStride, smallStride)`:
+ * for every row i of `big` (read once) and j of `small`, rows `rowBytes`
+ * apart in both, the dot product of their first k floats, stored at
+ * c + i·bigStride + j·smallStride.
  */
 function dots(): Code {
-  const [BIG, SMALL, C, NBIG, NSMALL, K, BS, SS] = [0, 1, 2, 3, 4, 5, 6, 7]; // parameters
-  const [I, J, P, BROW, SROW, BAT, SAT, KB] = [8, 9, 10, 11, 12, 13, 14, 15]; // i32 locals
+  const [BIG, SMALL, C, NBIG, NSMALL, K, KB, BS, SS] = [0, 1, 2, 3, 4, 5, 6, 7, 8]; // parameters
+  const [I, J, P, BROW, SROW, BAT, SAT] = [9, 10, 11, 12, 13, 14, 15]; // i32 locals
   const [ACC0, ACC1] = [16, 17]; // v128: two sums, so that additions overlap
   const SUM = 18; // f32: the leftover elements' sum
   return [
-    ...set(KB, shl(get(K), i32(2))),
     ...set(I, i32(0)),
     ...set(BROW, get(BIG)),
     ...whileNot(
@@ -267,8 +297,8 @@ function thinProductModule(): Uint8Array<ArrayBuffer> {
     },
     {
       name: "dots",
-      params: new Array(8).fill(I32),
-      locals: [[8, I32], [2, V128], [1, F32]],
+      params: new Array(9).fill(I32),
+      locals: [[7, I32], [2, V128], [1, F32]],
       body: dots(),
     },
   ]);
