@@ -1,5 +1,6 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
+import { main as bench } from "../bench.ts";
 import { startBackend } from "../run/start.ts";
 import { Rng } from "../lib/rng.ts";
 import { generateRows, generateTokens, startDecoding } from "../run/sampling.ts";
@@ -144,4 +145,27 @@ Deno.test("cpu: 10,000 bigramLM characters leave no tensor behind", async () => 
     `at most the decoder's logits alive while sampling, saw ${peak - before}`,
   );
   disposeModel(model);
+});
+
+Deno.test("bench --sample: one JSON line per model, characters counted, no tensor left behind", async () => {
+  const lines: string[] = [];
+  const log = console.log;
+  console.log = (line: string) => lines.push(line);
+  try {
+    await bench([
+      "--sample=40",
+      "--backend=wasm",
+      "--json",
+      ...["--block_size=8", "--n_embd=16", "--n_head=2", "--n_layer=1", "--max_hidden_nodes=64"],
+    ]);
+  } finally {
+    console.log = log;
+  }
+  const results = lines.map((line) => JSON.parse(line));
+  assert.deepEqual(results.map((r) => r.model_name), ["bigramLM", "mlpLM", "gptLM", "gptLM"]);
+  for (const r of results) {
+    assert.equal(r.chars, 40);
+    assert.ok(r.chars_per_s > 0 && r.ms_per_char > 0 && r.first_char_ms >= 0, JSON.stringify(r));
+    assert.equal(r.tensors_after, r.tensors_before);
+  }
 });
