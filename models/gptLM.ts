@@ -169,29 +169,28 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     value: concatColumns(blk.heads.map((h) => h.value)),
   });
 
-  /** `MultiHeadAttention` on ln1(x) = xn (B, T, C) → (B, T, C), attending through `attend`. */
-  function attention(
-    xn: tf.Tensor,
-    blk: BlockParams,
-    w: HeadWeights,
-    attend: Attend,
-    mode: Mode,
-  ): tf.Tensor {
-    const heads = attend(linear(xn, w.query), linear(xn, w.key), linear(xn, w.value)); // every head, side by side: (B, T, C)
-    return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
-  }
-
-  /** `Block.forward`: x (B, T, C) → (B, T, C). */
+  /**
+   * `Block.forward`: x (B, T, C) → (B, T, C), its attention
+   * (`MultiHeadAttention` on ln1(x)) reading keys and values through
+   * `attend`. With `lastOnly`, only the last position's output, (B, 1, C):
+   * its query attends to every position's key and value, and the rest of
+   * the block runs on that one position (all sampling reads of the last block).
+   */
   function block(
     x: tf.Tensor,
     blk: BlockParams,
     w: HeadWeights,
     attend: Attend,
     mode: Mode,
+    lastOnly = false,
   ): tf.Tensor {
-    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, w, attend, mode)); // (B, T, C)
-    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T, 4C)
-    return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T, C)
+    const [B, T] = x.shape;
+    const rows = (y: tf.Tensor) => lastOnly ? y.slice([0, T - 1, 0], [B, 1, C]) : y; // (B, T or 1, C)
+    const xn = layerNorm(x, blk.ln1W, blk.ln1B); // (B, T, C)
+    const heads = attend(linear(rows(xn), w.query), linear(xn, w.key), linear(xn, w.value)); // every head, side by side: (B, T or 1, C)
+    const a = rows(x).add(drop(linear(heads, blk.projW, blk.projB), mode)); // (B, T or 1, C)
+    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T or 1, 4C)
+    return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T or 1, C)
   }
 
   /** Logits for ids (B, T) with T ≤ block_size: (B, T, V). */
@@ -214,8 +213,9 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
    * The forward pass for sampling (`decoding.ts`'s CachedForward): ids
    * (R, t) at positions start…start+t−1 → the last position's logits
    * (R, V). Each block's attention adds the new keys and values to the
-   * block's cache and attends to all of them; `weights` are the blocks'
-   * {@link headWeights}, made once per decoder.
+   * block's cache and attends to all of them; the last block runs on the
+   * last position alone. `weights` are the blocks' {@link headWeights},
+   * made once per decoder.
    */
   function forwardCached(
     ids: tf.Tensor2D,
@@ -229,12 +229,11 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     blocks.forEach((blk, i) => {
       const attend: Attend = (q, k, v) => {
         const { keys, values } = caches[i].append(k, v); // (R, start + t, C)
-        return cachedSelfAttention(q, keys, values, H); // (R, t, C)
+        return cachedSelfAttention(q, keys, values, H); // (R, t or 1, C)
       };
-      h = block(h, blk, weights[i], attend, { training: false });
+      h = block(h, blk, weights[i], attend, { training: false }, i === L - 1); // (R, t, C); (R, 1, C) after the last
     });
-    const last = h.slice([0, t - 1, 0], [R, 1, C]).reshape([R, C]); // (R, C)
-    return linear(layerNorm(last, lnfW, lnfB), lmW, lmB) as tf.Tensor2D; // (R, V)
+    return linear(layerNorm(h.reshape([R, C]), lnfW, lnfB), lmW, lmB) as tf.Tensor2D; // (R, V)
   }
 
   return {
