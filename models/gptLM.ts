@@ -10,11 +10,15 @@
  * share one 2-D product, and runs attention over every (batch, head) at
  * once; autodiff splits the gradient back into the per-head weights.
  *
+ * Sampling keeps each block's keys and values (`decoding.ts`): a new token
+ * is one position through every block, attending to the cached ones.
+ *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../cli/errors.ts";
 import {
+  cachedSelfAttention,
   causalSelfAttention,
   concatColumns,
   crossEntropy,
@@ -25,6 +29,7 @@ import {
   normalInit,
 } from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
+import { type KVCache, windowDecoder } from "./decoding.ts";
 import {
   type Buffer,
   type LanguageModel,
@@ -48,6 +53,21 @@ interface HeadParams {
   query: Matrix;
   value: Matrix;
 }
+
+/** A block's query, key and value weights for all heads, (C, C) each. */
+interface HeadWeights {
+  query: tf.Tensor2D;
+  key: tf.Tensor2D;
+  value: tf.Tensor2D;
+}
+
+/**
+ * How attention gets its keys and values: q, k, v (B, T, C) of a block's
+ * positions → every head's output side by side, (B, T, C). Training and
+ * evaluation attend within the window; sampling adds k and v to a cache
+ * and attends to all of it.
+ */
+type Attend = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
 
 /** One `Block`'s parameters. Linear weights are (in, out). */
 interface BlockParams {
@@ -94,6 +114,9 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     normalInit([V, C], INIT_STD, rng),
   ) as Matrix; // (V, C)
   const posTable = param("position_embedding_table.weight", normalInit([T0, C], INIT_STD, rng)); // (T0, C)
+  // torch.tril(torch.ones(T0, T0)): ones on and below the diagonal, (T0, T0).
+  const lowerTriangle = new Float32Array(T0 * T0);
+  for (let t = 0; t < T0; t++) lowerTriangle.fill(1, t * T0, t * T0 + t + 1);
   const blocks: BlockParams[] = [];
   for (let i = 0; i < L; i++) {
     const p = `blocks.${i}`;
@@ -107,7 +130,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       });
       buffers.push({
         name: `${q}.tril`,
-        tensor: tf.tidy(() => tf.linalg.bandPart(tf.ones([T0, T0]), -1, 0)), // (T0, T0): ones on and below the diagonal
+        tensor: tf.tensor2d(lowerTriangle, [T0, T0]),
         dtype: "F32",
       });
     }
@@ -139,38 +162,39 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   /** Receives each layer's attention weights (B, H, T, T), in order, when given to `forward`. */
   type SeeWeights = (weights: tf.Tensor) => void;
 
-  /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C). */
-  function attention(
-    x: tf.Tensor,
-    blk: BlockParams,
-    maskBias: tf.Tensor,
-    mode: Mode,
-    seeWeights?: SeeWeights,
-  ): tf.Tensor {
-    // The per-head (C, hs) weights side by side: one 2-D product for all heads.
-    // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
-    const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, C)
-    const q = project(blk.heads.map((h) => h.query));
-    const k = project(blk.heads.map((h) => h.key));
-    const v = project(blk.heads.map((h) => h.value));
-    const dropWeights = mode.training && config.dropout > 0
-      ? (weights: tf.Tensor) => drop(weights, mode)
-      : undefined;
-    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights, seeWeights); // every head, side by side: (B, T, C)
-    return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
-  }
+  /**
+   * A block's per-head (C, hs) projections side by side, (C, C) each: one
+   * 2-D product serves every head. (One fused (C, 3C) product would need a
+   * split, a slow kernel on WASM.)
+   */
+  const headWeights = (blk: BlockParams): HeadWeights => ({
+    query: concatColumns(blk.heads.map((h) => h.query)),
+    key: concatColumns(blk.heads.map((h) => h.key)),
+    value: concatColumns(blk.heads.map((h) => h.value)),
+  });
 
-  /** `Block.forward`: x (B, T, C) → (B, T, C). */
+  /**
+   * `Block.forward`: x (B, T, C) → (B, T, C), its attention
+   * (`MultiHeadAttention` on ln1(x)) reading keys and values through
+   * `attend`. With `lastOnly`, only the last position's output, (B, 1, C):
+   * its query attends to every position's key and value, and the rest of
+   * the block runs on that one position (all sampling reads of the last block).
+   */
   function block(
     x: tf.Tensor,
     blk: BlockParams,
-    maskBias: tf.Tensor,
+    w: HeadWeights,
+    attend: Attend,
     mode: Mode,
-    seeWeights?: SeeWeights,
+    lastOnly = false,
   ): tf.Tensor {
-    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode, seeWeights)); // (B, T, C)
-    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T, 4C)
-    return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T, C)
+    const [B, T] = x.shape;
+    const rows = (y: tf.Tensor) => lastOnly ? y.slice([0, T - 1, 0], [B, 1, C]) : y; // (B, T or 1, C)
+    const xn = layerNorm(x, blk.ln1W, blk.ln1B); // (B, T, C)
+    const heads = attend(linear(rows(xn), w.query), linear(xn, w.key), linear(xn, w.value)); // every head, side by side: (B, T or 1, C)
+    const a = rows(x).add(drop(linear(heads, blk.projW, blk.projB), mode)); // (B, T or 1, C)
+    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T or 1, 4C)
+    return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T or 1, C)
   }
 
   /** Logits for ids (B, T) with T ≤ block_size: (B, T, V). */
@@ -180,9 +204,41 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     // masked_fill(tril[:T, :T] == 0, -inf) as a bias added to the scores: a query never sees a later key.
     const future = tril.slice([0, 0], [T, T]).equal(0); // (T, T)
     const maskBias = tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T])); // (T, T)
+    const dropWeights = mode.training && config.dropout > 0
+      ? (weights: tf.Tensor) => drop(weights, mode)
+      : undefined;
+    const attend: Attend = (q, k, v) =>
+      causalSelfAttention(q, k, v, H, maskBias, dropWeights, seeWeights);
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
-    for (const blk of blocks) h = block(h, blk, maskBias, mode, seeWeights);
+    for (const blk of blocks) h = block(h, blk, headWeights(blk), attend, mode);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
+  }
+
+  /**
+   * The forward pass for sampling (`decoding.ts`'s CachedForward): ids
+   * (R, t) at positions start…start+t−1 → the last position's logits
+   * (R, V). Each block's attention adds the new keys and values to the
+   * block's cache and attends to all of them; the last block runs on the
+   * last position alone. `weights` are the blocks' {@link headWeights},
+   * made once per decoder.
+   */
+  function forwardCached(
+    ids: tf.Tensor2D,
+    start: number,
+    caches: KVCache[],
+    weights: HeadWeights[],
+  ): tf.Tensor2D {
+    const [R, t] = ids.shape;
+    const pos = posTable.slice([start, 0], [t, C]); // (t, C)
+    let h = embedding(tokTable, ids).add(pos); // (R, t, C)
+    blocks.forEach((blk, i) => {
+      const attend: Attend = (q, k, v) => {
+        const { keys, values } = caches[i].append(k, v); // (R, start + t, C)
+        return cachedSelfAttention(q, keys, values, H); // (R, t or 1, C)
+      };
+      h = block(h, blk, weights[i], attend, { training: false }, i === L - 1); // (R, t, C); (R, 1, C) after the last
+    });
+    return linear(layerNorm(h.reshape([R, C]), lnfW, lnfB), lmW, lmB) as tf.Tensor2D; // (R, V)
   }
 
   return {
@@ -209,6 +265,18 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       const x = tf.tensor2d(ids, [1, ids.length], "int32"); // (1, T)
       const logits = forward(x, { training: false }); // (1, T, V)
       return logits.slice([0, ids.length - 1, 0], [1, 1, V]).reshape([V]) as tf.Tensor1D;
+    },
+    decoder(context, rows) {
+      // The heads' weights side by side once: they do not change while sampling.
+      const weights = blocks.map(headWeights);
+      return windowDecoder(
+        context,
+        rows,
+        T0,
+        L,
+        (ids, start, caches) => forwardCached(ids, start, caches, weights),
+        () => weights.forEach((w) => tf.dispose([w.query, w.key, w.value])),
+      );
     },
     tokenEmbeddings: () => tokTable.clone(),
     attentionWeights(ids) {
