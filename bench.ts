@@ -1,12 +1,14 @@
 /**
  * Training speed: builds the model, batches and optimizer exactly as
  * `train.ts` does and times whole training steps (batch → forward →
- * backward → AdamW) after a warm-up.
+ * backward → AdamW) after a warm-up. With `--sample=N`, sampling speed:
+ * N characters from the start context, as `generate` and `train` sample.
  *
  *   deno task bench                                   # the suite, every backend
  *   deno task bench --model_name=gptLM --config=cpu --backend=wasm --steps=30
  *   deno task bench --json                            # one JSON object per line
  *   deno task bench --plain                           # with the fast paths off
+ *   deno task bench --sample=500 --backend=wasm       # sampling: the suite and default gptLM
  *
  * A benchmark, not a test: it asserts nothing about speed.
  *
@@ -18,8 +20,12 @@ import { parseFlags } from "./cli/flags.ts";
 import { decodeText, type PreparedData, tokenize } from "./lib/data.ts";
 import { readProjectFile } from "./cli/files.ts";
 import { fastPaths, setFastPaths } from "./nn/fast_paths.ts";
+import { Rng } from "./lib/rng.ts";
+import { disposeModel } from "./models/model.ts";
+import { createModel } from "./models/registry.ts";
 import { parseTrainConfig, type TrainConfig } from "./run/config.ts";
 import { buildRun, type Run } from "./run/run.ts";
+import { generateTokens } from "./run/sampling.ts";
 import { startBackend, wasmProductCeiling } from "./run/start.ts";
 
 const BENCH_FLAGS = {
@@ -30,6 +36,12 @@ const BENCH_FLAGS = {
     type: "bool",
     default: false,
     help: "fast paths off: tfjs's plain composition, the 'before'",
+  },
+  sample: {
+    type: "int",
+    default: 0,
+    min: 0,
+    help: "time sampling this many characters instead of training steps",
   },
 } as const;
 
@@ -42,6 +54,9 @@ const SUITE: string[][] = [
   ["--model_name=moeLM", "--config=cpu"],
   ["--model_name=moa_moeLM", "--config=cpu"],
 ];
+
+/** Sampling's suite: the training suite and gptLM at the original's size. */
+const SAMPLE_SUITE: string[][] = [...SUITE, ["--model_name=gptLM"]];
 
 /** One benchmark's figures (the `--json` line). */
 export interface BenchResult {
@@ -187,8 +202,59 @@ async function benchOne(
   };
 }
 
+/** One sampling benchmark's figures (the `--json` line of `--sample`). */
+export interface SampleBenchResult {
+  model_name: string;
+  backend: string;
+  adapter: string;
+  chars: number;
+  chars_per_s: number;
+  ms_per_char: number;
+  /** From the start context to the first character: the decoder's first forward. */
+  first_char_ms: number;
+  fast_paths: boolean;
+  tensors_before: number;
+  tensors_after: number;
+}
+
+/**
+ * Samples `chars` characters from a model with the run's initial weights,
+ * after a warm-up of a few characters, as `generate` does.
+ */
+async function benchSample(
+  config: TrainConfig,
+  vocabSize: number,
+  chars: number,
+): Promise<SampleBenchResult> {
+  const backend = await startBackend(config.backend);
+  const rng = new Rng(config.seed);
+  const model = createModel(config.model_name, { ...config, vocab_size: vocabSize }, rng);
+  await generateTokens(model, model.startContext, 5, {}, rng);
+  const tensorsBefore = tf.memory().numTensors;
+  const start = performance.now();
+  let first = 0;
+  await generateTokens(model, model.startContext, chars, {}, rng, () => {
+    first ||= performance.now() - start;
+  });
+  const ms = performance.now() - start;
+  const tensorsAfter = tf.memory().numTensors;
+  disposeModel(model);
+  return {
+    model_name: config.model_name,
+    backend: backend.name,
+    adapter: backend.adapter,
+    chars,
+    chars_per_s: Math.round((chars * 1000) / ms),
+    ms_per_char: +(ms / chars).toFixed(3),
+    first_char_ms: +first.toFixed(1),
+    fast_paths: fastPaths(),
+    tensors_before: tensorsBefore,
+    tensors_after: tensorsAfter,
+  };
+}
+
 /** Runs the benchmarks `args` ask for and prints their figures. */
-export async function main(args: string[]): Promise<BenchResult[]> {
+export async function main(args: string[]): Promise<(BenchResult | SampleBenchResult)[]> {
   // Bench flags and train flags share one command line.
   const isBench = (a: string) =>
     Object.keys(BENCH_FLAGS).some((k) => a === `--${k}` || a.startsWith(`--${k}=`));
@@ -199,7 +265,8 @@ export async function main(args: string[]): Promise<BenchResult[]> {
   const backends = backendGiven
     ? [backendGiven.slice("--backend=".length)]
     : ["wasm", "webgpu", "cpu"];
-  const configs = named ? [trainArgs] : SUITE.map((s) => [...s, ...trainArgs]);
+  const suite = values.sample > 0 ? SAMPLE_SUITE : SUITE;
+  const configs = named ? [trainArgs] : suite.map((s) => [...s, ...trainArgs]);
   const runs = configs.flatMap((c) =>
     backends.map((b) => parseTrainConfig([...c, `--backend=${b}`]).config)
   );
@@ -211,6 +278,9 @@ export async function main(args: string[]): Promise<BenchResult[]> {
   const text = "datas/tinyshakespeare.txt";
   const data = tokenize(decodeText(await readProjectFile(text, "text"), text));
   setFastPaths(!values.plain);
+  if (values.sample > 0) {
+    return await sampleSuite(runs, data.vocab.length, values.sample, values.json);
+  }
   if (!values.json && fastPaths() && runs.some((c) => c.backend === "wasm")) {
     const ceiling = wasmProductCeiling();
     console.log(
@@ -253,6 +323,35 @@ export async function main(args: string[]): Promise<BenchResult[]> {
     }
   }
   if (failed.length > 0) throw new UserError(`${failed.length} runs failed: ${failed.join(", ")}`);
+  return results;
+}
+
+/** Runs and prints the sampling benchmarks. */
+async function sampleSuite(
+  runs: TrainConfig[],
+  vocabSize: number,
+  chars: number,
+  json: boolean,
+): Promise<SampleBenchResult[]> {
+  const results: SampleBenchResult[] = [];
+  for (const config of runs) {
+    const r = await benchSample(config, vocabSize, chars);
+    results.push(r);
+    const size = config.model_name === "gptLM"
+      ? ` C${config.n_embd} L${config.n_layer} T${config.block_size}`
+      : "";
+    console.log(
+      json
+        ? JSON.stringify(r)
+        : `${(r.model_name + size).padEnd(22)} ${r.backend.padEnd(6)} ${
+          r.chars_per_s.toLocaleString("en-US").padStart(7)
+        } chars/s  ${r.ms_per_char.toFixed(2).padStart(7)} ms/char  first ${
+          r.first_char_ms.toFixed(1).padStart(7)
+        } ms  tensors ${r.tensors_before}→${r.tensors_after}${
+          r.fast_paths ? "" : "  plain"
+        }  (${r.adapter})`,
+    );
+  }
   return results;
 }
 

@@ -14,10 +14,10 @@ import { runMain, UsageError, UserError } from "./cli/errors.ts";
 import { parseFlags } from "./cli/flags.ts";
 import { BACKEND_FLAG } from "./lib/backend.ts";
 import { visibleChar } from "./lib/chars.ts";
-import { encode, stoiOf, type Vocab } from "./lib/data.ts";
+import { decode, encode, stoiOf, type Vocab } from "./lib/data.ts";
 import { Rng } from "./lib/rng.ts";
 import { latestCheckpoint, loadCheckpoint, modelFromCheckpoint } from "./run/checkpoint.ts";
-import { generateTokens, softmax } from "./run/sampling.ts";
+import { generateRows, softmax } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
 
 /** generate.ts's flags. */
@@ -152,23 +152,45 @@ export async function main(args: string[]) {
       `each sampled character, its probability at temperature ${values.temperature} | the ${ALTERNATIVES} likeliest others`,
     );
   }
-  for (let s = 0; s < values.num_samples; s++) {
-    if (values.json) {
-      await generateTokens(model, context, values.max_new_tokens, options, rng, (id, logits) => {
-        const line = jsonLine(s, id, logits, values.temperature, ckpt.vocab);
+  // All samples are computed together; the first streams as it comes, the others follow it.
+  const rows = values.num_samples;
+  const laterProbs: string[][] = Array.from({ length: rows }, () => []); // --show_probs of rows 1…
+  const start = performance.now();
+  if (!values.json) await Deno.stdout.write(encoder.encode(values.prompt));
+  const samples = await generateRows(
+    model,
+    context,
+    rows,
+    values.max_new_tokens,
+    options,
+    rng,
+    (row, id, logits) => {
+      if (values.json) {
+        const line = jsonLine(row, id, logits, values.temperature, ckpt.vocab);
         Deno.stdout.writeSync(encoder.encode(line + "\n"));
-      });
-      continue;
+        return;
+      }
+      if (row === 0) Deno.stdout.writeSync(encoder.encode(ckpt.vocab[id]));
+      if (!values.show_probs) return;
+      const line = probsLine(id, logits, values.temperature, ckpt.vocab);
+      if (row === 0) console.error(line);
+      else laterProbs[row].push(line);
+    },
+  );
+  const seconds = (performance.now() - start) / 1000;
+  if (!values.json) {
+    for (let r = 1; r < rows; r++) {
+      await Deno.stdout.write(
+        encoder.encode(`\n---------------\n${values.prompt}${decode(samples[r], ckpt.vocab)}`),
+      );
+      if (values.show_probs) console.error(["---------------", ...laterProbs[r]].join("\n"));
     }
-    if (s > 0) await Deno.stdout.write(encoder.encode("\n---------------\n"));
-    if (s > 0 && values.show_probs) console.error("---------------");
-    await Deno.stdout.write(encoder.encode(values.prompt));
-    await generateTokens(model, context, values.max_new_tokens, options, rng, (id, logits) => {
-      Deno.stdout.writeSync(encoder.encode(ckpt.vocab[id]));
-      if (values.show_probs) console.error(probsLine(id, logits, values.temperature, ckpt.vocab));
-    });
+    await Deno.stdout.write(encoder.encode("\n"));
   }
-  if (!values.json) await Deno.stdout.write(encoder.encode("\n"));
+  const chars = rows * values.max_new_tokens;
+  console.error(
+    `${chars} characters in ${seconds.toFixed(2)} s: ${Math.round(chars / seconds)} characters/s`,
+  );
   tf.disposeVariables();
 }
 

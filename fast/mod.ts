@@ -28,6 +28,7 @@ import { routeToAllExperts } from "./expert_groups.ts";
 import { adamwUpdateCpu, concatColumnsHost, embeddingHost, layerNormHost } from "./host.ts";
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
+import { cachedAttentionWasm } from "./wasm/cached_attention.ts";
 import { multiplyAddPeak } from "./wasm/gemm_kernel.ts";
 import { shareIdentityOnWasm } from "./wasm/identity.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
@@ -36,12 +37,20 @@ import { matMulWasm, sharedPool } from "./wasm/matmul.ts";
 import { webgpuFastPaths } from "./webgpu/mod.ts";
 
 let installed = false;
+let wasmIdentityShared = false;
 
-/** Registers every backend's fast paths (once). */
-export function installFastPaths(): void {
+/**
+ * Registers every backend's fast paths (once), and the kernels of `backend`,
+ * the one just started (tfjs loads a backend's own kernels only when it
+ * starts, and ours replace one of them).
+ */
+export function installFastPaths(backend: string): void {
+  if (backend === "wasm" && !wasmIdentityShared) {
+    wasmIdentityShared = true;
+    shareIdentityOnWasm();
+  }
   if (installed) return;
   installed = true;
-  shareIdentityOnWasm();
   registerFastPaths("wasm", {
     matMul: matMulWasm,
     linear: onRows(linearWasm),
@@ -52,6 +61,10 @@ export function installFastPaths(): void {
         ? layerNormWasm(eps)(x, w, b)
         : layerNormHost(x, w, b, eps),
     causalSelfAttention: (q, k, v, nHead) => attentionWasm(nHead)(q, k, v),
+    cachedSelfAttention: (q, k, v, nHead) =>
+      q.shape[1] === k.shape[1]
+        ? attentionWasm(nHead)(q, k, v) // the whole window: causal self-attention
+        : cachedAttentionWasm(q, k, v, nHead),
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
     adamwUpdate: eachParameter(adamwUpdateWasm),

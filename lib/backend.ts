@@ -8,8 +8,6 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import "@tensorflow/tfjs-backend-webgpu";
-import { setWasmPaths } from "@tensorflow/tfjs-backend-wasm";
 import { UsageError, UserError } from "../cli/errors.ts";
 
 /** The backends a user can ask for. */
@@ -101,7 +99,12 @@ export async function initBackend(choice: string): Promise<BackendInfo> {
     name = choice as "wasm" | "cpu";
     adapterText = "not used";
   }
-  if (name === "wasm") setWasmPaths(wasmFolder());
+  // Only the backend that runs is loaded.
+  if (name === "wasm") {
+    const { setWasmPaths } = await import("@tensorflow/tfjs-backend-wasm");
+    setWasmPaths(wasmFolder());
+  }
+  if (name === "webgpu") await import("@tensorflow/tfjs-backend-webgpu");
   const ok = await tf.setBackend(name);
   await tf.ready();
   if (!ok || tf.getBackend() !== name) {

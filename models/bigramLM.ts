@@ -9,6 +9,7 @@ import * as tf from "@tensorflow/tfjs";
 import { fastPath } from "../nn/fast_paths.ts";
 import { crossEntropy, embedding, normalInit } from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
+import { recomputingDecoder } from "./decoding.ts";
 import {
   type LanguageModel,
   type ModelConfig,
@@ -45,6 +46,11 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     },
     tokenEmbeddings: () => table.clone(),
     transitionLogits: () => table.clone(),
+    decoder: (context, rows) =>
+      recomputingDecoder(context, rows, 1, (lastTokens) => {
+        const last = tf.tensor1d(lastTokens.map((w) => w[0]), "int32"); // (R)
+        return forward(last) as tf.Tensor2D; // (R, V)
+      }),
   };
 }
 

@@ -10,6 +10,9 @@
  * share one 2-D product, and runs attention over every (batch, head) at
  * once; autodiff splits the gradient back into the per-head weights.
  *
+ * Sampling keeps each block's keys and values (`decoding.ts`): a new token
+ * is one position through every block, attending to the cached ones.
+ *
  * block_wise_scaling_gptLM is this model with a head count and a
  * feed-forward width of its own in each block: {@link createGPT} takes them
  * as a {@link BlockLayout}.
@@ -19,6 +22,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../cli/errors.ts";
 import {
+  cachedSelfAttention,
   causalSelfAttention,
   concatColumns,
   crossEntropy,
@@ -29,6 +33,7 @@ import {
   normalInit,
 } from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
+import { type KVCache, windowDecoder } from "./decoding.ts";
 import {
   type LanguageModel,
   type Mode,
@@ -55,6 +60,21 @@ interface HeadParams {
   query: Matrix;
   value: Matrix;
 }
+
+/** A block's query, key and value weights for all its h heads, (C, h·hs) each. */
+interface HeadWeights {
+  query: tf.Tensor2D;
+  key: tf.Tensor2D;
+  value: tf.Tensor2D;
+}
+
+/**
+ * How attention gets its keys and values: q, k, v (B, T, h·hs) of a block's
+ * positions → every head's output side by side, (B, T, h·hs). Training and
+ * evaluation attend within the window; sampling adds k and v to a cache
+ * and attends to all of it.
+ */
+type Attend = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
 
 /** One `Block`'s parameters. Linear weights are (in, out); h heads, FFN width F (gptLM: H and 4C). */
 interface BlockParams {
@@ -159,38 +179,39 @@ export function createGPT(
   /** Receives each layer's attention weights (B, h, T, T), in order, when given to `forward`. */
   type SeeWeights = (weights: tf.Tensor) => void;
 
-  /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C); h·hs wide inside. */
-  function attention(
-    x: tf.Tensor,
-    blk: BlockParams,
-    maskBias: tf.Tensor,
-    mode: Mode,
-    seeWeights?: SeeWeights,
-  ): tf.Tensor {
-    // The per-head (C, hs) weights side by side: one 2-D product for all heads.
-    // (One fused (C, 3C) product would need a split, a slow kernel on WASM.)
-    const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, h·hs)
-    const q = project(blk.heads.map((h) => h.query));
-    const k = project(blk.heads.map((h) => h.key));
-    const v = project(blk.heads.map((h) => h.value));
-    const dropWeights = mode.training && config.dropout > 0
-      ? (weights: tf.Tensor) => drop(weights, mode)
-      : undefined;
-    const heads = causalSelfAttention(q, k, v, blk.heads.length, maskBias, dropWeights, seeWeights); // every head, side by side: (B, T, h·hs)
-    return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
-  }
+  /**
+   * A block's per-head (C, hs) projections side by side, (C, h·hs) each: one
+   * 2-D product serves every head. (One fused (C, 3C) product would need a
+   * split, a slow kernel on WASM.)
+   */
+  const headWeights = (blk: BlockParams): HeadWeights => ({
+    query: concatColumns(blk.heads.map((h) => h.query)),
+    key: concatColumns(blk.heads.map((h) => h.key)),
+    value: concatColumns(blk.heads.map((h) => h.value)),
+  });
 
-  /** `Block.forward`: x (B, T, C) → (B, T, C). */
+  /**
+   * `Block.forward`: x (B, T, C) → (B, T, C), its attention
+   * (`MultiHeadAttention` on ln1(x), h·hs wide inside) reading keys and
+   * values through `attend`. With `lastOnly`, only the last position's output, (B, 1, C):
+   * its query attends to every position's key and value, and the rest of
+   * the block runs on that one position (all sampling reads of the last block).
+   */
   function block(
     x: tf.Tensor,
     blk: BlockParams,
-    maskBias: tf.Tensor,
+    w: HeadWeights,
+    attend: Attend,
     mode: Mode,
-    seeWeights?: SeeWeights,
+    lastOnly = false,
   ): tf.Tensor {
-    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, maskBias, mode, seeWeights)); // (B, T, C)
-    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T, F)
-    return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T, C)
+    const [B, T] = x.shape;
+    const rows = (y: tf.Tensor) => lastOnly ? y.slice([0, T - 1, 0], [B, 1, C]) : y; // (B, T or 1, C)
+    const xn = layerNorm(x, blk.ln1W, blk.ln1B); // (B, T, C)
+    const heads = attend(linear(rows(xn), w.query), linear(xn, w.key), linear(xn, w.value)); // every head, side by side: (B, T or 1, h·hs)
+    const a = rows(x).add(drop(linear(heads, blk.projW, blk.projB), mode)); // (B, T or 1, C)
+    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T or 1, F)
+    return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T or 1, C)
   }
 
   /** Logits for ids (B, T) with T ≤ block_size: (B, T, V). */
@@ -198,9 +219,42 @@ export function createGPT(
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     const maskBias = causalMaskBias(tril!, T); // (T, T)
+    const dropWeights = mode.training && config.dropout > 0
+      ? (weights: tf.Tensor) => drop(weights, mode)
+      : undefined;
+    /** A block of `nHead` heads attends within the window. */
+    const attend = (nHead: number): Attend => (q, k, v) =>
+      causalSelfAttention(q, k, v, nHead, maskBias, dropWeights, seeWeights);
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
-    for (const blk of blocks) h = block(h, blk, maskBias, mode, seeWeights);
+    for (const blk of blocks) h = block(h, blk, headWeights(blk), attend(blk.heads.length), mode);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
+  }
+
+  /**
+   * The forward pass for sampling (`decoding.ts`'s CachedForward): ids
+   * (R, t) at positions start…start+t−1 → the last position's logits
+   * (R, V). Each block's attention adds the new keys and values to the
+   * block's cache and attends to all of them; the last block runs on the
+   * last position alone. `weights` are the blocks' {@link headWeights},
+   * made once per decoder.
+   */
+  function forwardCached(
+    ids: tf.Tensor2D,
+    start: number,
+    caches: KVCache[],
+    weights: HeadWeights[],
+  ): tf.Tensor2D {
+    const [R, t] = ids.shape;
+    const pos = posTable.slice([start, 0], [t, C]); // (t, C)
+    let h = embedding(tokTable, ids).add(pos); // (R, t, C)
+    blocks.forEach((blk, i) => {
+      const attend: Attend = (q, k, v) => {
+        const { keys, values } = caches[i].append(k, v); // (R, start + t, h·hs)
+        return cachedSelfAttention(q, keys, values, blk.heads.length); // (R, t or 1, h·hs)
+      };
+      h = block(h, blk, weights[i], attend, { training: false }, i === L - 1); // (R, t, C); (R, 1, C) after the last
+    });
+    return linear(layerNorm(h.reshape([R, C]), lnfW, lnfB), lmW, lmB) as tf.Tensor2D; // (R, V)
   }
 
   return {
@@ -223,6 +277,18 @@ export function createGPT(
     // generate()'s idx[:, -block_size:]: positions beyond the table do not exist.
     nextTokenLogits: (context) =>
       lastTokenLogits(context, T0, (x) => forward(x, { training: false })),
+    decoder(context, rows) {
+      // The heads' weights side by side once: they do not change while sampling.
+      const weights = blocks.map(headWeights);
+      return windowDecoder(
+        context,
+        rows,
+        T0,
+        L,
+        (ids, start, caches) => forwardCached(ids, start, caches, weights),
+        () => weights.forEach((w) => tf.dispose([w.query, w.key, w.value])),
+      );
+    },
     tokenEmbeddings: () => tokTable.clone(),
     attentionWeights(ids) {
       return tf.tidy(() => {
@@ -240,7 +306,7 @@ export function createGPT(
   };
 }
 
-/** gptLM's sizes from its settings (see {@link ModelSizes}). */
+/** A gptLM's sizes from its settings (see {@link ModelSizes}). */
 function sizes(config: ModelConfig): ModelSizes {
   const { vocab_size: V, block_size: T, n_embd: C, n_head: H, n_layer: L } = config;
   return {

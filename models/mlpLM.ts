@@ -22,6 +22,7 @@ import {
   uniformInit,
 } from "../nn/layers.ts";
 import type { Rng } from "../lib/rng.ts";
+import { recomputingDecoder } from "./decoding.ts";
 import { genCodingPatterns, patternsToFloat32 } from "./mlp_patterns.ts";
 import type {
   Batch,
@@ -115,6 +116,17 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     }
   };
 
+  /**
+   * The input for each row's last (at most T) ids, (R, T*E): as the
+   * original starts from all-zero features and shifts each new token's code
+   * in from the right, missing positions stay zero.
+   */
+  const windowInput = (windows: number[][]): tf.Tensor2D => {
+    const x = new Float32Array(windows.length * T * E); // (R, T*E)
+    windows.forEach((ids, r) => encodeInto(x, (r * T + T - ids.length) * E, ids));
+    return tf.tensor2d(x, [windows.length, T * E]);
+  };
+
   const forward = (x: tf.Tensor, mode: Mode): tf.Tensor => {
     if (mode.training && config.use_batch_norm && x.shape[0] < 2) {
       // PyTorch refuses too: a batch of one has no variance to normalise by.
@@ -163,15 +175,17 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       return crossEntropy(forward(x, mode) as tf.Tensor2D, y as tf.Tensor1D);
     },
     nextTokenLogits(context) {
-      // The original starts from all-zero features and shifts each new
-      // token's code in from the right: missing positions stay zero.
-      const ids = context.slice(-T);
-      const x = new Float32Array(T * E); // (T*E)
-      encodeInto(x, (T - ids.length) * E, ids);
       return tf.tidy(() =>
-        forward(tf.tensor2d(x, [1, T * E]), { training: false }).reshape([V]) as tf.Tensor1D
+        forward(windowInput([context.slice(-T)]), { training: false }).reshape([V]) as tf.Tensor1D
       );
     },
+    decoder: (context, rows) =>
+      recomputingDecoder(
+        context,
+        rows,
+        T,
+        (windows) => forward(windowInput(windows), { training: false }) as tf.Tensor2D, // (R, V)
+      ),
     tokenEmbeddings() {
       // fc1's columns that read the last input position, applied to each code.
       return tf.tidy(() => {

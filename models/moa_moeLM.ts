@@ -18,6 +18,7 @@ import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../cli/errors.ts";
 import { Rng } from "../lib/rng.ts";
 import {
+  cachedSelfAttention,
   causalSelfAttention,
   concatColumns,
   crossEntropy,
@@ -33,6 +34,7 @@ import {
 } from "../nn/layers.ts";
 import type { LanguageModel, Mode, ModelConfig, ModelDefinition, ModelSizes } from "./model.ts";
 import { nextTokenBatch } from "./model.ts";
+import { type KVCache, windowDecoder } from "./decoding.ts";
 import {
   attentionWeightsOf,
   checkMoEConfig,
@@ -65,6 +67,14 @@ import {
   ParamList,
   type Vector,
 } from "./transformer.ts";
+
+/**
+ * How attention gets its keys and values: queries (B, T, H·hs), keys and
+ * values (B, S, kvp) before they are repeated for the slots → every head's
+ * output side by side, (B, T, H·hs). Training and evaluation attend within
+ * the window; sampling adds k and v to a cache and attends to all of it.
+ */
+type Attend = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
 
 /** One `Block`'s parameters. */
 interface BlockParams {
@@ -149,14 +159,15 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       : loadBalancingLoss(routing.noisy, routing.indices);
 
   /**
-   * `SparseMoEMultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) →
-   * (B, T, C). `map` (each chosen expert's queries) → attention of all
-   * heads → `reduce` (each expert's output projection, gated, summed).
+   * `SparseMoEMultiHeadAttention` on ln1(x): x (B, T, C) → (B, T, C).
+   * `map` (each chosen expert's queries) → attention of all heads, its keys
+   * and values through `attend` (the window's, or sampling's cache) →
+   * `reduce` (each expert's output projection, gated, summed).
    */
   function attention(
     x: tf.Tensor,
     blk: BlockParams,
-    maskBias: tf.Tensor,
+    attend: Attend,
     mode: Mode,
     name: string,
     probe: Probe,
@@ -192,17 +203,9 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     // map: slot n·k + j holds token n's queries from its j-th expert.
     const queries = perExpert(embedding(flat, groups.rows) as tf.Tensor2D, blk.inputLinear); // (M, kvp)
     const q = indexAdd(queries, groups.slots, N * K).reshape([B, T, K * kvp]); // (B, T, H·hs)
-    // Every slot's heads read the same keys and values.
-    const repeat = (w: Matrix) => {
-      const heads = linear(flat, w) as tf.Tensor2D; // (N, kvp)
-      return concatColumns(Array.from({ length: K }, () => heads)).reshape([B, T, K * kvp]);
-    };
-    const k = repeat(blk.kProj); // (B, T, H·hs)
-    const v = repeat(blk.vProj); // (B, T, H·hs)
-    const dropWeights = mode.training && config.dropout > 0
-      ? (w: tf.Tensor) => drop(w, mode)
-      : undefined;
-    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights, probe.seeWeights); // (B, T, H·hs)
+    const k = linear(x, blk.kProj); // (B, T, kvp)
+    const v = linear(x, blk.vProj); // (B, T, kvp)
+    const heads = attend(q, k, v); // (B, T, H·hs)
 
     // reduce: each slot's heads through its expert's output projection, times its gate.
     const slotOutputs = heads.reshape([N * K, kvp]) as tf.Tensor2D; // (N·k, kvp)
@@ -245,20 +248,78 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     return out.reshape([B, T, C]);
   }
 
+  /**
+   * Every slot's heads read the same keys and values: k or v (B, S, kvp),
+   * kv head i, repeated for the top_k slots → (B, S, H·hs), head h reading
+   * kv head h mod (n_head / top_k) (the original's `repeat(1, top_k, 1, 1)`).
+   */
+  const repeatHeads = (kv: tf.Tensor) => {
+    const [B, S] = kv.shape as [number, number, number];
+    const rows = kv.reshape([B * S, kvp]) as tf.Tensor2D; // (B·S, kvp)
+    return concatColumns(Array.from({ length: K }, () => rows)).reshape([B, S, K * kvp]);
+  };
+
+  /** `Block.forward`: x (B, T, C) → (B, T, C). */
+  function block(x: tf.Tensor, i: number, attend: Attend, mode: Mode, probe: Probe): tf.Tensor {
+    const blk = blocks[i];
+    const ln1 = layerNorm(x, blk.ln1W, blk.ln1B);
+    const a = x.add(attention(ln1, blk, attend, mode, `blocks.${i}.sa`, probe));
+    const ln2 = layerNorm(a, blk.ln2W, blk.ln2B);
+    return a.add(mixture(ln2, blk, mode, `blocks.${i}.smoe`, probe));
+  }
+
   /** Logits for ids (B, T) with T ≤ block_size: (B, T, V); each router's record in the probe's `records`. */
   function forward(x: tf.Tensor, mode: Mode, probe: Probe = {}): tf.Tensor {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     const maskBias = causalMaskBias(tril!, T); // (T, T)
+    const dropWeights = mode.training && config.dropout > 0
+      ? (w: tf.Tensor) => drop(w, mode)
+      : undefined;
+    const attend: Attend = (q, k, v) =>
+      causalSelfAttention(
+        q,
+        repeatHeads(k),
+        repeatHeads(v),
+        H,
+        maskBias,
+        dropWeights,
+        probe.seeWeights,
+      );
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
-    blocks.forEach((blk, i) => {
-      const ln1 = layerNorm(h, blk.ln1W, blk.ln1B);
-      h = h.add(attention(ln1, blk, maskBias, mode, `blocks.${i}.sa`, probe));
-      const ln2 = layerNorm(h, blk.ln2W, blk.ln2B);
-      h = h.add(mixture(ln2, blk, mode, `blocks.${i}.smoe`, probe));
+    blocks.forEach((_, i) => {
+      h = block(h, i, attend, mode, probe);
     });
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
   }
+
+  /**
+   * The forward pass for sampling (`decoding.ts`'s CachedForward): ids
+   * (R, t) at positions start…start+t−1 → the last position's logits
+   * (R, V). Each block's cache keeps the keys and values (kvp wide, before
+   * they are repeated for the slots); the routers and experts see the new
+   * positions only.
+   */
+  function forwardCached(ids: tf.Tensor2D, start: number, caches: KVCache[]): tf.Tensor2D {
+    const [R, t] = ids.shape;
+    const pos = posTable.slice([start, 0], [t, C]); // (t, C)
+    let h = embedding(tokTable, ids).add(pos); // (R, t, C)
+    blocks.forEach((_, i) => {
+      const attend: Attend = (q, k, v) => {
+        const { keys, values } = caches[i].append(k, v); // (R, start + t, kvp)
+        return cachedSelfAttention(q, repeatHeads(keys), repeatHeads(values), H); // (R, t, H·hs)
+      };
+      h = block(h, i, attend, { training: false }, {});
+    });
+    const last = h.slice([0, t - 1, 0], [R, 1, C]).reshape([R, C]); // (R, C)
+    return linear(layerNorm(last, lnfW, lnfB), lmW, lmB) as tf.Tensor2D; // (R, V)
+  }
+
+  // A cached step computes each position once, when it is new. Expert capacity
+  // (which tokens an expert drops depends on the whole window) and the original's
+  // noise in evaluation (fresh for every position at every step) need the
+  // whole window each time: sampling then runs full forwards.
+  const cacheable = expertCapacity(config, T0) === undefined && !bugs.has("eval_noise");
 
   return {
     name: "moa_moeLM",
@@ -284,6 +345,9 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     },
     nextTokenLogits: (context) =>
       lastTokenLogits(context, T0, (x) => forward(x, { training: false })),
+    decoder: cacheable
+      ? (context, rows) => windowDecoder(context, rows, T0, L, forwardCached)
+      : undefined,
     expertLoad: (x) =>
       expertLoadOf((records) => forward(x, { training: false }, { records }), E, true),
     tokenEmbeddings: () => tokTable.clone(),

@@ -104,6 +104,16 @@ export interface LanguageModel {
   /** Next-token logits (V) after `context` ids, in evaluation mode. */
   nextTokenLogits(context: number[]): tf.Tensor1D;
   /**
+   * Sampling's cheap step: a {@link Decoder} for `rows` rows that all start
+   * from `context` and grow by one token each per step, whose logits equal
+   * `nextTokenLogits` of each row's whole context. A transformer keeps each
+   * layer's keys and values (`decoding.ts`'s `KVCache` and
+   * `windowDecoder`), so a token costs one position's forward; a model that
+   * reads a fixed window keeps the window (`recomputingDecoder`). A model
+   * without one is sampled through `nextTokenLogits`, one row at a time.
+   */
+  decoder?(context: readonly number[], rows: number): Decoder;
+  /**
    * Rough bytes one batch row holds through a training step, set only by
    * models whose rows are independent (no BatchNorm): their batches may be
    * split into micro-batches with the same mean loss and gradient.
@@ -185,6 +195,19 @@ export interface ModelSizes {
   bytesPerRow: number;
   /** Whether its batches may be split into micro-batches ({@link LanguageModel.bytesPerRow} is set). */
   splittable: boolean;
+}
+
+/**
+ * Rows being sampled together, one token per row per step, in evaluation
+ * mode. The decoder owns its tensors (caches, weights prepared for
+ * sampling, the logits): free them with `dispose`.
+ */
+export interface Decoder {
+  /** The next token's logits for every row, (rows, V): valid until the next `push`. */
+  readonly logits: tf.Tensor2D;
+  /** Appends `ids[r]` to row r and computes the next logits. */
+  push(ids: ArrayLike<number>): void;
+  dispose(): void;
 }
 
 /** What each model module exports: how to build the model and what it knows about its settings. */

@@ -18,6 +18,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { Rng } from "../lib/rng.ts";
 import {
+  cachedSelfAttention,
   causalSelfAttention,
   concatColumns,
   crossEntropy,
@@ -29,6 +30,7 @@ import {
 } from "../nn/layers.ts";
 import type { LanguageModel, Mode, ModelConfig, ModelDefinition, ModelSizes } from "./model.ts";
 import { nextTokenBatch } from "./model.ts";
+import { type KVCache, windowDecoder } from "./decoding.ts";
 import {
   attentionWeightsOf,
   checkMoEConfig,
@@ -64,6 +66,16 @@ interface HeadParams {
   key: Matrix;
   value: Matrix;
 }
+
+/** A block's query, key and value weights for all heads, (C, C) each. */
+interface HeadWeights {
+  query: tf.Tensor2D;
+  key: tf.Tensor2D;
+  value: tf.Tensor2D;
+}
+
+/** How attention gets its keys and values: q, k, v (B, T, C) → every head's output, (B, T, C). */
+type Attend = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
 
 /** One `Block`'s parameters. Linear weights are (in, out). */
 interface BlockParams {
@@ -131,24 +143,28 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   const drop = (x: tf.Tensor, mode: Mode) =>
     mode.training ? dropout(x, config.dropout, mode.rng) : x;
 
-  /** `MultiHeadAttention` on ln1(x): x (B, T, C), maskBias (T, T) → (B, T, C). */
+  /** A block's per-head projections side by side, (C, C) each: one product serves every head. */
+  const headWeights = (blk: BlockParams): HeadWeights => ({
+    query: concatColumns(blk.heads.map((h) => h.query)),
+    key: concatColumns(blk.heads.map((h) => h.key)),
+    value: concatColumns(blk.heads.map((h) => h.value)),
+  });
+
+  /**
+   * `MultiHeadAttention` on ln1(x): x (B, T, C) → (B, T, C), reading keys
+   * and values through `attend` (the window's, or sampling's cache).
+   */
   function attention(
     x: tf.Tensor,
     blk: BlockParams,
-    maskBias: tf.Tensor,
+    w: HeadWeights,
+    attend: Attend,
     mode: Mode,
-    probe: Probe,
   ): tf.Tensor {
-    const project = (weights: Matrix[]) => linear(x, concatColumns(weights)); // (B, T, C)
-    // Scores q·k · C^-½ with C = n_embd: the shared attention scales by hs^-½,
-    // so the queries come in scaled by √(hs/C).
-    const q = project(blk.heads.map((h) => h.query)).mul(Math.sqrt(hs / C));
-    const k = project(blk.heads.map((h) => h.key));
-    const v = project(blk.heads.map((h) => h.value));
-    const dropWeights = mode.training && config.dropout > 0
-      ? (weights: tf.Tensor) => drop(weights, mode)
-      : undefined;
-    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights, probe.seeWeights); // (B, T, C)
+    // Scores q·k · C^-½ with C = n_embd: attention scales by hs^-½, so the
+    // queries come in scaled by √(hs/C).
+    const q = linear(x, w.query).mul(Math.sqrt(hs / C)); // (B, T, C)
+    const heads = attend(q, linear(x, w.key), linear(x, w.value)); // (B, T, C)
     return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
   }
 
@@ -178,18 +194,69 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     return out.reshape([B!, T!, C]);
   }
 
+  /** `Block.forward`: x (B, T, C) → (B, T, C). */
+  function block(
+    x: tf.Tensor,
+    i: number,
+    w: HeadWeights,
+    attend: Attend,
+    mode: Mode,
+    probe: Probe,
+  ): tf.Tensor {
+    const blk = blocks[i];
+    const a = x.add(attention(layerNorm(x, blk.ln1W, blk.ln1B), blk, w, attend, mode));
+    return a.add(mixture(layerNorm(a, blk.ln2W, blk.ln2B), blk, `blocks.${i}.smoe`, mode, probe));
+  }
+
   /** Logits for ids (B, T) with T ≤ block_size: (B, T, V). */
   function forward(x: tf.Tensor, mode: Mode, probe: Probe = {}): tf.Tensor {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     const maskBias = causalMaskBias(tril!, T); // (T, T)
+    const dropWeights = mode.training && config.dropout > 0
+      ? (weights: tf.Tensor) => drop(weights, mode)
+      : undefined;
+    const attend: Attend = (q, k, v) =>
+      causalSelfAttention(q, k, v, H, maskBias, dropWeights, probe.seeWeights);
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
     blocks.forEach((blk, i) => {
-      h = h.add(attention(layerNorm(h, blk.ln1W, blk.ln1B), blk, maskBias, mode, probe));
-      h = h.add(mixture(layerNorm(h, blk.ln2W, blk.ln2B), blk, `blocks.${i}.smoe`, mode, probe));
+      h = block(h, i, headWeights(blk), attend, mode, probe);
     });
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
   }
+
+  /**
+   * The forward pass for sampling (`decoding.ts`'s CachedForward): ids
+   * (R, t) at positions start…start+t−1 → the last position's logits
+   * (R, V). Each block's attention adds the new keys and values to the
+   * block's cache and attends to all of them; its experts see the new
+   * positions only. `weights` are the blocks' {@link headWeights}.
+   */
+  function forwardCached(
+    ids: tf.Tensor2D,
+    start: number,
+    caches: KVCache[],
+    weights: HeadWeights[],
+  ): tf.Tensor2D {
+    const [R, t] = ids.shape;
+    const pos = posTable.slice([start, 0], [t, C]); // (t, C)
+    let h = embedding(tokTable, ids).add(pos); // (R, t, C)
+    blocks.forEach((_, i) => {
+      const attend: Attend = (q, k, v) => {
+        const { keys, values } = caches[i].append(k, v); // (R, start + t, C)
+        return cachedSelfAttention(q, keys, values, H); // (R, t, C)
+      };
+      h = block(h, i, weights[i], attend, { training: false }, {});
+    });
+    const last = h.slice([0, t - 1, 0], [R, 1, C]).reshape([R, C]); // (R, C)
+    return linear(layerNorm(last, lnfW, lnfB), lmW, lmB) as tf.Tensor2D; // (R, V)
+  }
+
+  // A cached step computes each position once, when it is new. Expert capacity
+  // (which tokens an expert drops depends on the whole window) and the original's
+  // noise in evaluation (fresh for every position at every step) need the
+  // whole window each time: sampling then runs full forwards.
+  const cacheable = expertCapacity(config, T0) === undefined && !bugs.has("eval_noise");
 
   return {
     name: "moeLM",
@@ -210,6 +277,20 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     },
     nextTokenLogits: (context) =>
       lastTokenLogits(context, T0, (x) => forward(x, { training: false })),
+    decoder: cacheable
+      ? (context, rows) => {
+        // The heads' weights side by side once: they do not change while sampling.
+        const weights = blocks.map(headWeights);
+        return windowDecoder(
+          context,
+          rows,
+          T0,
+          L,
+          (ids, start, caches) => forwardCached(ids, start, caches, weights),
+          () => weights.forEach((w) => tf.dispose([w.query, w.key, w.value])),
+        );
+      }
+      : undefined,
     expertLoad: (x) =>
       expertLoadOf((records) => forward(x, { training: false }, { records }), E, false),
     tokenEmbeddings: () => tokTable.clone(),

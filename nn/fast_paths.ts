@@ -88,6 +88,8 @@ export interface FastPaths {
   ): tf.Tensor;
   /** Inverted dropout with the mask drawn from `rng` as the plain layer draws it: see `dropout`. */
   dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor;
+  /** Attention of the last positions to cached keys and values: see `cachedSelfAttention`. */
+  cachedSelfAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, nHead: number): tf.Tensor;
   /** Mean cross-entropy: see `crossEntropy`. */
   crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar;
   /** bigramLM's loss straight from its table: see `models/bigramLM.ts`. */

@@ -171,6 +171,38 @@ export function causalSelfAttention(
   return heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)
 }
 
+/**
+ * {@link causalSelfAttention} of the last t of S positions: queries q
+ * (B, t, C) for positions S−t…S−1, keys and values k, v (B, S, C) for all S
+ * (a key/value cache and the new positions'), heads side by side → (B, t, C).
+ * Query i sees keys 0…S−t+i: with t = S it is causal self-attention, with
+ * t = 1 (one new token) it sees every key. Evaluation only (no dropout).
+ */
+export function cachedSelfAttention(
+  q: tf.Tensor,
+  k: tf.Tensor,
+  v: tf.Tensor,
+  nHead: number,
+): tf.Tensor {
+  const fast = fastPath("cachedSelfAttention");
+  if (fast) return fast(q, k, v, nHead);
+  const [B, t, C] = q.shape as [number, number, number];
+  const S = k.shape[1]!;
+  const hs = C / nHead;
+  const split = (x: tf.Tensor, T: number) => x.reshape([B, T, nHead, hs]).transpose([0, 2, 1, 3]); // (B, H, T, hs)
+  const scores = matMul(split(q, t), split(k, S), false, true).mul(hs ** -0.5); // (B, H, t, hs) @ (B, H, hs, S) -> (B, H, t, S)
+  let weights: tf.Tensor; // (B, H, t, S)
+  if (t === 1) {
+    weights = tf.softmax(scores); // one new position sees every key
+  } else {
+    const visible = tf.linalg.bandPart(tf.ones([t, S]), -1, S - t); // (t, S): 1 where key j ≤ S−t+i
+    const maskBias = tf.where(visible.equal(0), tf.fill([t, S], -Infinity), tf.zeros([t, S])); // (t, S)
+    weights = tf.softmax(scores.add(maskBias));
+  }
+  const heads = matMul(weights, split(v, S)); // (B, H, t, S) @ (B, H, S, hs) -> (B, H, t, hs)
+  return heads.transpose([0, 2, 1, 3]).reshape([B, t, C]); // (B, t, C)
+}
+
 /** `torch.cat(parts, dim=1)` of 2-D parts (rows, cols_i) → (rows, Σ cols_i). */
 export function concatColumns(parts: tf.Tensor2D[]): tf.Tensor2D {
   const fast = fastPath("concatColumns");

@@ -368,6 +368,19 @@ export function restoreWeights(
 }
 
 /**
+ * The stream a checkpoint's model is built from: every weight is then
+ * overwritten, so its init draws nothing and leaves zeros.
+ */
+class NoDraws extends Rng {
+  override normals(n: number): Float32Array {
+    return new Float32Array(n);
+  }
+  override uniforms(n: number): Float32Array {
+    return new Float32Array(n);
+  }
+}
+
+/**
  * The checkpoint's model: built from its config and vocabulary, with its
  * weights, once it is known to fit the backend in use.
  */
@@ -376,7 +389,7 @@ export function modelFromCheckpoint(ckpt: LoadedCheckpoint): LanguageModel {
   checkFits(ckpt.modelName, config, 1, tf.getBackend(), false);
   let model: LanguageModel;
   try {
-    model = createModel(ckpt.modelName, config, new Rng(0)); // every weight is then overwritten
+    model = createModel(ckpt.modelName, config, new NoDraws(0));
   } catch (e) {
     if (e instanceof UsageError) throw new UserError(`checkpoint ${ckpt.path}: ${e.message}`);
     throw e;

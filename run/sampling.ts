@@ -5,7 +5,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { LanguageModel } from "../models/model.ts";
+import { recomputingDecoder } from "../models/decoding.ts";
+import type { Decoder, LanguageModel } from "../models/model.ts";
 import type { Rng } from "../lib/rng.ts";
 
 /** How to turn logits into a choice. The defaults reproduce the original. */
@@ -34,11 +35,11 @@ export function softmax(logits: ArrayLike<number>, temperature = 1): Float64Arra
   return probs;
 }
 
-/** Draws one token id from `logits` (V). */
+/** Draws one token id from `logits` (V), with one number from `rng`. */
 export function sampleFromLogits(
   logits: Float32Array,
   options: SamplingOptions,
-  rng: Rng,
+  rng: Pick<Rng, "random">,
 ): number {
   const V = logits.length;
   const order = Array.from({ length: V }, (_, i) => i);
@@ -72,6 +73,69 @@ export function sampleFromLogits(
 }
 
 /**
+ * The model's decoder for `rows` rows starting from `context` (its cheap
+ * step), or, for a model without one, one that recomputes each row's
+ * `nextTokenLogits` at every step.
+ */
+export function startDecoding(
+  model: LanguageModel,
+  context: readonly number[],
+  rows: number,
+): Decoder {
+  return model.decoder?.(context, rows) ??
+    recomputingDecoder(
+      context,
+      rows,
+      Infinity,
+      (contexts) => tf.stack(contexts.map((c) => model.nextTokenLogits(c))) as tf.Tensor2D,
+    );
+}
+
+/**
+ * Samples `count` tokens after `context` in each of `rows` rows at once
+ * (one forward for all rows per step), calling `onToken` with each row's
+ * tokens as they come and the logits each was drawn from. Returns the rows'
+ * new ids.
+ *
+ * Row r draws its random numbers as if the rows were sampled one after
+ * another: the same stream gives the same text in any number of rows, and
+ * the stream ends where it would have.
+ */
+export async function generateRows(
+  model: LanguageModel,
+  context: readonly number[],
+  rows: number,
+  count: number,
+  options: SamplingOptions,
+  rng: Rng,
+  onToken?: (row: number, id: number, logits: Float32Array) => void,
+): Promise<number[][]> {
+  const uniforms = new Float64Array(rows * count); // (rows, count): one draw per token
+  for (let i = 0; i < uniforms.length; i++) uniforms[i] = rng.random();
+  const out = Array.from({ length: rows }, () => [] as number[]);
+  if (count === 0) return out;
+  const decoder = startDecoding(model, context, rows);
+  try {
+    const next = new Int32Array(rows);
+    for (let i = 0; i < count; i++) {
+      const logits = await decoder.logits.data() as Float32Array; // (rows, V): one read per step
+      const V = logits.length / rows;
+      for (let r = 0; r < rows; r++) {
+        const drawn = { random: () => uniforms[r * count + i] };
+        const rowLogits = logits.subarray(r * V, (r + 1) * V); // (V)
+        next[r] = sampleFromLogits(rowLogits, options, drawn);
+        out[r].push(next[r]);
+        onToken?.(r, next[r], rowLogits);
+      }
+      if (i < count - 1) decoder.push(next); // the last token's successor is never needed
+    }
+  } finally {
+    decoder.dispose();
+  }
+  return out;
+}
+
+/**
  * Samples `count` tokens after `context`, calling `onToken` with each as it
  * comes (so text can stream) and the logits it was drawn from. Returns the
  * new ids.
@@ -84,16 +148,14 @@ export async function generateTokens(
   rng: Rng,
   onToken?: (id: number, logits: Float32Array) => void,
 ): Promise<number[]> {
-  const ids = [...context];
-  const out: number[] = [];
-  for (let i = 0; i < count; i++) {
-    const logits = tf.tidy(() => model.nextTokenLogits(ids));
-    const values = await logits.data() as Float32Array;
-    logits.dispose();
-    const next = sampleFromLogits(values, options, rng);
-    ids.push(next);
-    out.push(next);
-    onToken?.(next, values);
-  }
-  return out;
+  const [ids] = await generateRows(
+    model,
+    context,
+    1,
+    count,
+    options,
+    rng,
+    onToken && ((_, id, logits) => onToken(id, logits)),
+  );
+  return ids;
 }

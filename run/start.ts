@@ -9,8 +9,9 @@ import { installFastPaths, wasmProductCeiling } from "../fast/mod.ts";
 
 /** {@link initBackend}, with every fast path registered. */
 export async function startBackend(choice: string): Promise<BackendInfo> {
-  installFastPaths();
-  return await initBackend(choice);
+  const backend = await initBackend(choice);
+  installFastPaths(backend.name);
+  return backend;
 }
 
 export { wasmProductCeiling };

@@ -12,7 +12,7 @@ import { countParams, disposeModel, type LanguageModel } from "../models/model.t
 import { createModel } from "../models/registry.ts";
 import { parseTrainConfig } from "../run/config.ts";
 import { startBackend } from "../run/start.ts";
-import { modelConfig } from "./helpers.ts";
+import { decoderVsFullForward, modelConfig } from "./helpers.ts";
 
 Deno.test("block_wise_scaling_gptLM: per-block heads and FFN widths as the original computes them", () => {
   // numpy rounds v·100 half to even: 0.625 -> 0.62 and 3.125 -> 3.12 (JavaScript's toFixed: 0.63, 3.13).
@@ -187,4 +187,13 @@ Deno.test("block_wise_scaling_gptLM: multipliers out of order are a UsageError",
   fails(["--ffn_multiplier_max=0.25"], /^ffn_multiplier_min \(0\.5\) must not exceed/);
   fails(["--ffn_multiplier_min=-1"], /^--ffn_multiplier_min=-1: must be > 0$/);
   fails(["--n_embd=30", "--n_head=4"], /^n_embd \(30\) must be divisible by n_head \(4\)/);
+});
+
+Deno.test("block_wise_scaling_gptLM: cached sampling steps give the full forward's logits (blocks of 2, 3 and 4 heads)", async () => {
+  for (const backend of ["cpu", "wasm"]) {
+    await startBackend(backend);
+    const model = seeded(16, 4, 3, 8);
+    assert.ok((await decoderVsFullForward(model, [4, 7], 6)) <= 1e-5, backend);
+    disposeModel(model);
+  }
 });

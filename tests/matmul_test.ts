@@ -2,7 +2,8 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { startBackend } from "../run/start.ts";
 import { multiplyAddPeak } from "../fast/wasm/gemm_kernel.ts";
-import { matMulWasm } from "../fast/wasm/matmul.ts";
+import { matMulAddBias, matMulWasm } from "../fast/wasm/matmul.ts";
+import { THIN_ROWS } from "../fast/wasm/thin_product.ts";
 import { Rng } from "../lib/rng.ts";
 
 const size = (shape: number[]) => shape.reduce((p, q) => p * q, 1);
@@ -22,6 +23,12 @@ Deno.test("matMulWasm: our threaded SIMD kernel matches tf.matMul, values and gr
     { m: 64, k: 32, n: 64, lead: [3, 4] },
     { m: 13, k: 600, n: 21, lead: [] },
     { m: 2, k: 3, n: 5, lead: [4100] },
+    // Thin products (at most THIN_ROWS rows on one side), computed in place:
+    // k and n not multiples of 4 or 8, the thin side A or, with Bᵀ, B.
+    { m: 1, k: 384, n: 65, lead: [] },
+    { m: 3, k: 13, n: 301, lead: [1] },
+    { m: THIN_ROWS, k: 9, n: 21, lead: [] },
+    { m: 300, k: 37, n: 3, lead: [] },
   ];
   const rng = new Rng(4);
   const random = (shape: number[]) => tf.tensor(rng.normals(size(shape), 1), shape);
@@ -58,6 +65,57 @@ Deno.test("matMulWasm: our threaded SIMD kernel matches tf.matMul, values and gr
       }
       tf.dispose([a, b, dy, ...ours, ...theirs]);
     }
+  }
+});
+
+Deno.test("matMulAddBias: thin products start from the bias too, values and gradients", async () => {
+  await startBackend("wasm");
+  const rng = new Rng(6);
+  const random = (shape: number[]) => tf.tensor(rng.normals(size(shape), 1), shape);
+  for (const [m, k, n] of [[1, 384, 65], [5, 7, 6], [THIN_ROWS + 1, 7, 6]]) {
+    const [x, w, b, dy] = [random([m, k]), random([k, n]), random([n]), random([m, n])];
+    const run = (f: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor) =>
+      tf.tidy(() => {
+        const { value, grads } = tf.valueAndGrads((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) =>
+          f(x, w, b).mul(dy).sum()
+        )([x, w, b]);
+        return [f(x, w, b), value, ...grads];
+      });
+    const ours = run(matMulAddBias);
+    const theirs = run((x, w, b) => tf.matMul(x, w).add(b));
+    for (let i = 0; i < ours.length; i++) {
+      const [p, q] = [await ours[i].data(), await theirs[i].data()];
+      let worst = 0;
+      for (let j = 0; j < p.length; j++) worst = Math.max(worst, Math.abs(p[j] - q[j]));
+      assert.ok(
+        worst < 1e-4,
+        `(${m}, ${k}) @ (${k}, ${n}) + bias: output ${i} differs by ${worst}`,
+      );
+    }
+    tf.dispose([x, w, b, dy, ...ours, ...theirs]);
+  }
+});
+
+Deno.test("matMulWasm: a thin operand's leading zero columns are skipped, not miscounted", async () => {
+  await startBackend("wasm");
+  const rng = new Rng(9);
+  const k = 13;
+  // Thin rows zero up to column 5 and 9 (skip 5), and rows all zero (skip all).
+  const prefixes = [[5, 9], [k, k]];
+  for (const zeros of prefixes) {
+    const values = rng.normals(zeros.length * k, 1);
+    zeros.forEach((z, r) => values.fill(0, r * k, r * k + z));
+    const thin = tf.tensor2d(values, [zeros.length, k]);
+    const big = tf.tensor(rng.normals(30 * k, 1), [30, k]);
+    for (const [x, y] of [[big, thin], [thin, big]]) {
+      const [ours, theirs] = [matMulWasm(x, y, false, true), tf.matMul(x, y, false, true)];
+      const [p, q] = [await ours.data(), await theirs.data()];
+      for (let i = 0; i < p.length; i++) {
+        assert.ok(Math.abs(p[i] - q[i]) < 1e-5, `zeros ${zeros}: element ${i}: ${p[i]} vs ${q[i]}`);
+      }
+      tf.dispose([ours, theirs]);
+    }
+    tf.dispose([thin, big]);
   }
 });
 

@@ -11,7 +11,7 @@ import { startBackend } from "../run/start.ts";
 import { expertLoadReport, trainStep } from "../run/training.ts";
 import { AdamW } from "../nn/adamw.ts";
 import { getBatch } from "../run/training.ts";
-import { modelConfig, shakespeareData, withFastPaths } from "./helpers.ts";
+import { decoderVsFullForward, modelConfig, shakespeareData, withFastPaths } from "./helpers.ts";
 
 type MoEName = "moeLM" | "moa_moeLM";
 
@@ -566,3 +566,23 @@ Deno.test("wasm: the MoE models' fast paths give the plain composition's losses 
     );
   }
 });
+
+for (const backend of ["cpu", "wasm", "webgpu"]) {
+  Deno.test(`${backend}: the MoE models' cached sampling steps give the full forward's logits, past block_size too`, async () => {
+    await startBackend(backend);
+    for (const name of ["moeLM", "moa_moeLM"] as const) {
+      const model = seeded(name);
+      assert.ok(model.decoder, `${name} has a decoder`);
+      const before = tf.memory().numTensors;
+      assert.ok((await decoderVsFullForward(model, [4, 7], 6)) <= 1e-5); // 2 + 6 > block_size 6
+      assert.equal(tf.memory().numTensors, before, `${name}: the decoder leaves no tensor behind`);
+      disposeModel(model);
+      // Capacity and the original's noise in evaluation depend on the whole window: full forwards.
+      for (const flags of [{ capacity_factor: 1 }, { original_bugs: "eval_noise" }]) {
+        const windowed = seeded(name, flags);
+        assert.equal(windowed.decoder, undefined, `${name} ${JSON.stringify(flags)}`);
+        disposeModel(windowed);
+      }
+    }
+  });
+}

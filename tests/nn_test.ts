@@ -3,6 +3,7 @@ import * as tf from "@tensorflow/tfjs";
 import { startBackend } from "../run/start.ts";
 import { setFastPaths } from "../nn/fast_paths.ts";
 import {
+  cachedSelfAttention,
   causalSelfAttention,
   concatColumns,
   crossEntropy,
@@ -187,6 +188,30 @@ Deno.test("wasm: causal self-attention's kernels equal the plain tfjs compositio
       );
     }
     tf.dispose([q, k, v, dy, maskBias, ...fast, ...plain]);
+  }
+});
+
+Deno.test("wasm: cached self-attention's kernel equals the plain tfjs composition", async () => {
+  await startBackend("wasm");
+  const rng = new Rng(8);
+  // One new position (sampling) and three, over caches of S keys; heads of 4
+  // (whole vectors) and 5 (leftover lanes); t = S, the whole window; keys
+  // enough for the softmax's vector and leftover lanes (S = 13).
+  const cases = [
+    { B: 1, t: 1, S: 64, C: 128, H: 4 },
+    { B: 3, t: 1, S: 13, C: 10, H: 2 },
+    { B: 2, t: 3, S: 7, C: 12, H: 3 },
+    { B: 2, t: 5, S: 5, C: 8, H: 2 },
+  ];
+  for (const { B, t, S, C, H } of cases) {
+    const q = randomTensor([B, t, C], rng);
+    const [k, v] = [randomTensor([B, S, C], rng), randomTensor([B, S, C], rng)];
+    const [fast, plain] = fastAndPlain(() => cachedSelfAttention(q, k, v, H));
+    assert.ok(
+      await maxDiff(fast, plain) < 1e-5,
+      `cached attention (B ${B}, t ${t}, S ${S}, C ${C}, H ${H})`,
+    );
+    tf.dispose([q, k, v, fast, plain]);
   }
 });
 

@@ -69,7 +69,7 @@ import {
  * r with |r| ≤ ½ ln 2, e^r by a degree-7 polynomial, 2^n from its exponent
  * bits.
  */
-function exp(x: Code, ops: Lanes, X: number, N: number, Y: number): Code {
+export function exp(x: Code, ops: Lanes, X: number, N: number, Y: number): Code {
   const { add, sub, mul, constant } = ops;
   const horner = [
     1.3981999507e-3,
@@ -97,7 +97,13 @@ function exp(x: Code, ops: Lanes, X: number, N: number, Y: number): Code {
  * while four remain, then `scalar` one at a time; each address local in
  * `addrs` moves along with J.
  */
-function rowPass(J: number, END: number, addrs: number[], vector: Code[], scalar: Code[]): Code {
+export function rowPass(
+  J: number,
+  END: number,
+  addrs: number[],
+  vector: Code[],
+  scalar: Code[],
+): Code {
   const step = (bytes: number) => addrs.map((a) => set(a, add(get(a), i32(bytes))));
   return [
     ...whileNot(

@@ -14,6 +14,7 @@ export interface WasmBackendInternals {
   wasm: { asm: { memory: WebAssembly.Memory } };
   dataIdMap: { get(dataId: object): { memoryOffset: number } };
   makeOutput(shape: number[], dtype: "float32"): tf.TensorInfo;
+  disposeData(dataId: object): boolean;
 }
 
 /** The active backend's internals; call only when it is "wasm". */

@@ -19,6 +19,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { Worker } from "node:worker_threads";
 import { heapAddress, type WasmBackendInternals } from "./heap.ts";
+import { thinProduct, thinProductFits } from "./thin_product.ts";
 import {
   COL_BLOCK,
   compileGemm,
@@ -270,6 +271,9 @@ tf.registerKernel({
       );
     }
     const batch = lead.reduce((x, y) => x * y, 1);
+    if (thinProductFits(batch, m, n, transposeA, transposeB, Boolean(bias))) {
+      return thinProduct(wasm, a, b, bias, transposeB, [...lead, m, n]); // (..., m, n)
+    }
     const pool = sharedPool();
     // Per matrix: A as it is, or packed in panels of ROW_BLOCK rows when
     // transposed; B packed in panels of COL_BLOCK columns (see gemm_kernel.ts).
