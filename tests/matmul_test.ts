@@ -12,7 +12,10 @@ Deno.test("matMulWasm: our threaded SIMD kernel matches tf.matMul, values and gr
   // Sizes cover the 6×8 blocks, the leftover rows (m % 6: 4 + 1) and columns
   // (n % 8), k = 1, m = 1, batches (attention's shape, with 64 = 6·10 + 4 rows
   // per matrix; and more matrices than one job's 4095 chunks), k over two
-  // blocks of 256, and a product big enough to be cut into many chunks.
+  // blocks of 256, and a product big enough to be cut into many chunks; and
+  // n over three blocks of 128 columns, the last one short, plus leftover
+  // columns (300 = 128 + 128 + 40 + 4), with k over two blocks of 256 and a
+  // last step of p that is not a whole pass of four (263 = 256 + 4 + 3).
   const cases: { m: number; k: number; n: number; lead: number[] }[] = [
     { m: 5, k: 7, n: 19, lead: [2, 3] },
     { m: 33, k: 20, n: 32, lead: [4] },
@@ -22,6 +25,7 @@ Deno.test("matMulWasm: our threaded SIMD kernel matches tf.matMul, values and gr
     { m: 64, k: 32, n: 64, lead: [3, 4] },
     { m: 13, k: 600, n: 21, lead: [] },
     { m: 2, k: 3, n: 5, lead: [4100] },
+    { m: 13, k: 263, n: 300, lead: [] },
   ];
   const rng = new Rng(4);
   const random = (shape: number[]) => tf.tensor(rng.normals(size(shape), 1), shape);

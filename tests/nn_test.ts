@@ -52,14 +52,15 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
 
     // linear (+ ReLU): the fast path vs the plain composition; also with 13
     // rows and 19 outputs (on WASM, the bias starts whole column blocks and
-    // the leftover columns' sums), and without a bias.
+    // the leftover columns' sums) or 300 (blocks in three spans of columns),
+    // and without a bias.
     const linearCases: [tf.Tensor, tf.Tensor2D, tf.Tensor1D | undefined][] = [
       [x, w as tf.Tensor2D, b as tf.Tensor1D],
-      [
+      ...[19, 300].map((out): [tf.Tensor, tf.Tensor2D, tf.Tensor1D] => [
         randomTensor([13, 7], rng),
-        randomTensor([7, 19], rng) as tf.Tensor2D,
-        randomTensor([19], rng) as tf.Tensor1D,
-      ],
+        randomTensor([7, out], rng) as tf.Tensor2D,
+        randomTensor([out], rng) as tf.Tensor1D,
+      ]),
       [x, w as tf.Tensor2D, undefined],
     ];
     for (const [lx, lw, lb] of linearCases) {
