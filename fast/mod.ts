@@ -21,6 +21,7 @@ import { bigramLossBincount, bigramLossHost } from "./bigram_loss.ts";
 import { adamwUpdateCpu, concatColumnsHost, embeddingHost, layerNormHost } from "./host.ts";
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
+import { dropoutWasmMask } from "./wasm/dropout_kernel.ts";
 import { multiplyAddPeak } from "./wasm/gemm_kernel.ts";
 import { shareIdentityOnWasm } from "./wasm/identity.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
@@ -43,7 +44,9 @@ export function installFastPaths(): void {
       layerNormWasmFits(x.shape[x.shape.length - 1])
         ? layerNormWasm(eps)(x, w, b)
         : layerNormHost(x, w, b, eps),
-    causalSelfAttention: (q, k, v, nHead) => attentionWasm(nHead)(q, k, v),
+    causalSelfAttention: (q, k, v, nHead, weightsDropout) =>
+      attentionWasm(nHead, weightsDropout)(q, k, v),
+    dropout: dropoutWasmMask,
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
     adamwUpdate: adamwUpdateWasm,
@@ -54,9 +57,11 @@ export function installFastPaths(): void {
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
     adamwUpdate: adamwUpdateCpu,
+    dropout: dropoutWasmMask,
   });
   registerFastPaths("webgpu", {
     embedding: (table, ids) => tf.gather(table, ids),
+    dropout: dropoutWasmMask,
     bigramLoss: bigramLossBincount,
   });
 }

@@ -143,10 +143,10 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     const q = project(blk.heads.map((h) => h.query));
     const k = project(blk.heads.map((h) => h.key));
     const v = project(blk.heads.map((h) => h.value));
-    const dropWeights = mode.training && config.dropout > 0
-      ? (weights: tf.Tensor) => drop(weights, mode)
+    const weightsDropout = mode.training && config.dropout > 0
+      ? { p: config.dropout, rng: mode.rng }
       : undefined;
-    const heads = causalSelfAttention(q, k, v, H, maskBias, dropWeights); // every head, side by side: (B, T, C)
+    const heads = causalSelfAttention(q, k, v, H, maskBias, weightsDropout); // every head, side by side: (B, T, C)
     return drop(linear(heads, blk.projW, blk.projB), mode); // (B, T, C)
   }
 

@@ -13,6 +13,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import type { Rng } from "../lib/rng.ts";
 
 /** AdamW's per-step constants, the same for every parameter. */
 export interface AdamWStep {
@@ -25,6 +26,12 @@ export interface AdamWStep {
   stepSize: number;
   /** √(1 − β2ᵗ). */
   bc2Sqrt: number;
+}
+
+/** Dropout in training mode: its probability and the stream its masks are drawn from. */
+export interface DropoutSpec {
+  p: number;
+  rng: Rng;
 }
 
 /** What `nn.BatchNorm1d` holds: affine parameters and running statistics. */
@@ -51,8 +58,16 @@ export interface FastPaths {
   embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor;
   /** LayerNorm over the last axis: see `layerNorm`. */
   layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor;
-  /** Causal attention of every head, without dropout: see `causalSelfAttention`. */
-  causalSelfAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, nHead: number): tf.Tensor;
+  /** Causal attention of every head, dropout on its weights if given: see `causalSelfAttention`. */
+  causalSelfAttention(
+    q: tf.Tensor,
+    k: tf.Tensor,
+    v: tf.Tensor,
+    nHead: number,
+    weightsDropout?: DropoutSpec,
+  ): tf.Tensor;
+  /** Inverted dropout, the mask drawn from `rng`: see `dropout`. */
+  dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor;
   /** Mean cross-entropy: see `crossEntropy`. */
   crossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D): tf.Scalar;
   /** bigramLM's loss straight from its table: see `models/bigramLM.ts`. */

@@ -15,7 +15,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../lib/rng.ts";
-import { type BatchNormState, fastPath } from "./fast_paths.ts";
+import { type BatchNormState, type DropoutSpec, fastPath } from "./fast_paths.ts";
 
 /**
  * `op(a) @ op(b)`, where op transposes the last two axes when asked:
@@ -143,7 +143,7 @@ export function batchNorm1d(
  * Causal multi-head self-attention with the heads side by side: q, k, v
  * (B, T, C), head h in columns h·hs…(h+1)·hs, and maskBias (T, T), 0 on and
  * below the diagonal and −∞ above → (B, T, C), each head's
- * `softmax(q kᵀ · hs^-½ + maskBias) v`. `dropWeights`, given in training
+ * `softmax(q kᵀ · hs^-½ + maskBias) v`. `weightsDropout`, given in training
  * with dropout, is applied to the attention weights.
  */
 export function causalSelfAttention(
@@ -152,16 +152,16 @@ export function causalSelfAttention(
   v: tf.Tensor,
   nHead: number,
   maskBias: tf.Tensor,
-  dropWeights?: (weights: tf.Tensor) => tf.Tensor,
+  weightsDropout?: DropoutSpec,
 ): tf.Tensor {
   const fast = fastPath("causalSelfAttention");
-  if (fast && !dropWeights) return fast(q, k, v, nHead);
+  if (fast) return fast(q, k, v, nHead, weightsDropout);
   const [B, T, C] = q.shape as [number, number, number];
   const hs = C / nHead;
   const split = (x: tf.Tensor) => x.reshape([B, T, nHead, hs]).transpose([0, 2, 1, 3]); // (B, H, T, hs)
   const scores = matMul(split(q), split(k), false, true).mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
   let weights = tf.softmax(scores.add(maskBias)); // (B, H, T, T)
-  if (dropWeights) weights = dropWeights(weights);
+  if (weightsDropout) weights = dropout(weights, weightsDropout.p, weightsDropout.rng);
   const heads = matMul(weights, split(v)); // (B, H, T, hs)
   return heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)
 }
@@ -180,6 +180,8 @@ export function concatColumns(parts: tf.Tensor2D[]): tf.Tensor2D {
  */
 export function dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor {
   if (p === 0) return x;
+  const fast = fastPath("dropout");
+  if (fast) return fast(x, p, rng);
   const keep = 1 / (1 - p);
   const mask = new Float32Array(x.size);
   for (let i = 0; i < mask.length; i++) mask[i] = rng.random() < p ? 0 : keep;

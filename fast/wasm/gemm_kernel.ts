@@ -106,6 +106,9 @@ export const Slot = {
   /** Set to 1 when the process ends: helpers leave their loop, each then adding 1 to STOPPED. */
   STOP: 32,
   STOPPED: 33,
+  /** Attention with dropout on its weights: the byte address of the (B, H, T, T) mask bytes, or 0 for none, and keep = 1/(1−p) as float32 bits. */
+  ATT_MASK: 34,
+  ATT_KEEP: 35,
 } as const;
 
 /** The kinds of job. */
@@ -175,16 +178,40 @@ function runAttentionChunk(ctrl: Int32Array, kernels: Kernels, pair: number, thr
   const b = Math.floor(pair / heads);
   const at = (b * T * C + (pair - b * heads) * hs) * 4; // (b, 0, h·hs) in a (B, T, C)
   const p = ctrl[Slot.ATT_P] + pair * T * T * 4;
+  // This thread's scratch: the panels, then the forward's (T, hs) out and (T, T) P̃, or the
+  // backward's (T, T) dP, (T, hs) out and (T, T) P̃.
   const panel = ctrl[Slot.ATT_SCRATCH] + thread * ctrl[Slot.ATT_SCRATCH_BYTES];
   const scratch = panel + ctrl[Slot.ATT_PANEL_BYTES];
   const [q, k, v, y] = [Slot.ATT_Q, Slot.ATT_K, Slot.ATT_V, Slot.ATT_Y].map((s) => ctrl[s] + at);
+  const mask = ctrl[Slot.ATT_MASK] && ctrl[Slot.ATT_MASK] + pair * T * T;
+  const keep = new Float32Array(Int32Array.of(ctrl[Slot.ATT_KEEP]).buffer)[0];
   if (ctrl[Slot.JOB] === Job.ATTENTION) {
-    kernels.attentionForward(q, k, v, y, p, T, C, hs, hs ** -0.5, panel, scratch);
+    const dropped = scratch + T * hs * 4;
+    kernels.attentionForward(
+      q,
+      k,
+      v,
+      y,
+      p,
+      T,
+      C,
+      hs,
+      hs ** -0.5,
+      panel,
+      scratch,
+      mask,
+      keep,
+      dropped,
+    );
   } else {
     const [dq, dk, dv] = [Slot.ATT_DQ, Slot.ATT_DK, Slot.ATT_DV].map((s) => ctrl[s] + at);
     const dScores = scratch;
     const out = scratch + T * T * 4;
-    kernels.attentionBackward(q, k, v, p, y, dq, dk, dv, T, C, hs, hs ** -0.5, panel, dScores, out);
+    const dropped = out + T * hs * 4;
+    kernels.attentionBackward(
+      ...[q, k, v, p, y, dq, dk, dv, T, C, hs, hs ** -0.5, panel, dScores, out],
+      ...[mask, keep, dropped],
+    );
   }
 }
 
