@@ -109,6 +109,28 @@ export const Slot = {
   /** Attention with dropout on its weights: the byte address of the (B, H, T, T) mask bytes, or 0 for none, and keep = 1/(1−p) as float32 bits. */
   ATT_MASK: 34,
   ATT_KEEP: 35,
+  /**
+   * A product job's packing, done by its first chunks: how many of them are
+   * done, and the job's matrices. Then for a transposed A and for B, each
+   * staged as stored: its first byte address, the byte distances between its
+   * elements (p, x) and (p + 1, x), and (p, x) and (p, x + 1), and between
+   * matrices; panels per packing chunk, and packing chunks per matrix (0:
+   * none, A read as it is).
+   */
+  PACKED: 36,
+  MATRICES: 37,
+  PACK_A: 38,
+  PACK_B: 44,
+} as const;
+
+/** Fields of a packing descriptor, from its first slot (Slot.PACK_A or Slot.PACK_B). */
+export const PackField = {
+  SRC: 0,
+  P_STRIDE: 1,
+  X_STRIDE: 2,
+  SRC_BATCH: 3,
+  PANELS: 4,
+  CHUNKS: 5,
 } as const;
 
 /** The kinds of job. */
@@ -126,7 +148,7 @@ export type Gemm = (...args: number[]) => void;
 /** `pack(src, dst, k, count, pStride, xStride, width)`: see {@link packBody}. */
 export type Pack = (...args: number[]) => void;
 
-/** Bytes `pack` may read past its source and write past its panels. */
+/** Bytes `pack` may read past its source. */
 export const PACK_SLACK = 32;
 
 /** The ticket that opens job `seq` with `count` chunks, none claimed. */
@@ -142,14 +164,15 @@ export function allClaimed(ticket: number): boolean {
 /** The module's functions a thread runs chunks of. */
 export interface Kernels {
   gemm: Gemm;
+  pack: Pack;
   attentionForward: (...args: number[]) => void;
   attentionBackward: (...args: number[]) => void;
 }
 
 /** The {@link Kernels} of an instance of {@link compileGemm}'s module. */
 export function kernelsOf(instance: WebAssembly.Instance): Kernels {
-  const { gemm, attentionForward, attentionBackward } = instance.exports;
-  return { gemm, attentionForward, attentionBackward } as unknown as Kernels;
+  const { gemm, pack, attentionForward, attentionBackward } = instance.exports;
+  return { gemm, pack, attentionForward, attentionBackward } as unknown as Kernels;
 }
 
 /**
@@ -164,7 +187,7 @@ export function runChunks(ctrl: Int32Array, kernels: Kernels, thread: number): v
     if (allClaimed(ticket)) return;
     if (Atomics.compareExchange(ctrl, Slot.TICKET, ticket, ticket + 1) !== ticket) continue;
     const chunk = ticket & 0xfff;
-    if (ctrl[Slot.JOB] === Job.PRODUCT) runProductChunk(ctrl, kernels.gemm, chunk);
+    if (ctrl[Slot.JOB] === Job.PRODUCT) runProductOrPackChunk(ctrl, kernels, chunk);
     else runAttentionChunk(ctrl, kernels, chunk, thread);
     Atomics.add(ctrl, Slot.DONE, 1);
     Atomics.notify(ctrl, Slot.DONE);
@@ -213,6 +236,64 @@ function runAttentionChunk(ctrl: Int32Array, kernels: Kernels, pair: number, thr
       ...[mask, keep, dropped],
     );
   }
+}
+
+/**
+ * A product job's chunks: first its packing (A's panels if A is packed,
+ * then B's), then rows of its matrices, each begun once every packing chunk
+ * is done (they were claimed first: a short wait).
+ */
+function runProductOrPackChunk(ctrl: Int32Array, kernels: Kernels, chunk: number) {
+  const matrices = ctrl[Slot.MATRICES];
+  const aPacks = matrices * ctrl[Slot.PACK_A + PackField.CHUNKS];
+  const packs = aPacks + matrices * ctrl[Slot.PACK_B + PackField.CHUNKS];
+  if (chunk < aPacks) {
+    runPackChunk(ctrl, kernels.pack, Slot.PACK_A, Slot.A, Slot.A_BATCH, ROW_BLOCK, Slot.M, chunk);
+  } else if (chunk < packs) {
+    const b = chunk - aPacks;
+    runPackChunk(ctrl, kernels.pack, Slot.PACK_B, Slot.B, Slot.B_BATCH, COL_BLOCK, Slot.N, b);
+  } else {
+    // Another thread's last panels: spin a little, then sleep (it may have lost its core).
+    for (let spins = 0, done; (done = Atomics.load(ctrl, Slot.PACKED)) < packs; spins++) {
+      if (spins > 1000) Atomics.wait(ctrl, Slot.PACKED, done, 1);
+    }
+    runProductChunk(ctrl, kernels.gemm, chunk - packs);
+    return;
+  }
+  Atomics.add(ctrl, Slot.PACKED, 1);
+  Atomics.notify(ctrl, Slot.PACKED);
+}
+
+/**
+ * Panels of one matrix of a product job's A or B (its descriptor at slot
+ * `desc`, its panels at the job's `to`, `width` rows or columns wide, of
+ * `countSlot` in all), from its staged copy.
+ */
+function runPackChunk(
+  ctrl: Int32Array,
+  pack: Pack,
+  desc: number,
+  to: number,
+  toBatch: number,
+  width: number,
+  countSlot: number,
+  chunk: number,
+) {
+  const perMatrix = ctrl[desc + PackField.CHUNKS];
+  const t = Math.floor(chunk / perMatrix);
+  const panels = ctrl[desc + PackField.PANELS];
+  const first = (chunk - t * perMatrix) * panels * width; // the chunk's first row or column
+  const k = ctrl[Slot.K];
+  pack(
+    ctrl[desc + PackField.SRC] + t * ctrl[desc + PackField.SRC_BATCH] +
+      first * ctrl[desc + PackField.X_STRIDE],
+    ctrl[to] + t * ctrl[toBatch] + first * k * 4,
+    k,
+    Math.min(ctrl[countSlot] - first, panels * width),
+    ctrl[desc + PackField.P_STRIDE],
+    ctrl[desc + PackField.X_STRIDE],
+    width,
+  );
 }
 
 /** Rows of one matrix of a product job. */
@@ -557,10 +638,11 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
  * stored (k, m), in panels of ROW_BLOCK rows.
  *
  * When each row's elements sit side by side (xStride 4) a row of a panel is
- * two 16-byte copies. Those copy eight floats whatever the width: a
- * narrower panel's extra floats land in the next slot, rewritten next, and
- * the last ones up to 32 bytes past `dst`'s panels, as the reads may go
- * past `src`. Otherwise (a transposed B) elements go one at a time.
+ * copied whole, COL_BLOCK floats as two 16-byte copies, ROW_BLOCK as one and
+ * an 8-byte copy: a last, partial panel gets floats from past its row (up to
+ * 32 bytes past `src`'s end), in lanes the kernel never reads. Nothing is
+ * written outside the panels, so threads can pack neighbouring panels at
+ * once. Otherwise (a transposed B) elements go one at a time.
  */
 function packBody(): Code {
   const [SRC, DST, K, COUNT, P_STRIDE, X_STRIDE, WIDTH] = [0, 1, 2, 3, 4, 5, 6]; // parameters
@@ -593,11 +675,28 @@ function packBody(): Code {
     ...set(X, i32(0)),
     ...ifElse(
       eqz(sub(get(X_STRIDE), i32(4))),
-      [overX(get(WIDTH), [
-        vStore(get(D), vLoad(get(S), 0), 0),
-        vStore(get(D), vLoad(get(S), 16), 16),
-      ])],
+      [ifElse(
+        eqz(sub(get(WIDTH), i32(COL_BLOCK))),
+        [overX(get(WIDTH), [
+          vStore(get(D), vLoad(get(S), 0), 0),
+          vStore(get(D), vLoad(get(S), 16), 16),
+        ])],
+        [overX(get(WIDTH), [ // ROW_BLOCK: 4 + 2 floats
+          vStore(get(D), vLoad(get(S), 0), 0),
+          i64Store(get(D), i64Load(get(S), 16), 16),
+        ])],
+      )],
       [overX(i32(1), [f32Store(get(D), f32Load(get(S)))])],
     ),
   ];
 }
+
+/** i64.load and i64.store: eight bytes copied as they are. */
+const i64Load = (addr: Code, offset: number): Code => [...addr, 0x29, 3, offset];
+const i64Store = (addr: Code, value: Code, offset: number): Code => [
+  ...addr,
+  ...value,
+  0x37,
+  3,
+  offset,
+];
