@@ -5,7 +5,8 @@
  *
  * Both threads instantiate the same module on one shared
  * `WebAssembly.Memory`. A job is published in that memory's first bytes
- * (the control block); its output rows are cut into chunks, and each thread
+ * (the control block); its work is cut into chunks (a product's: the
+ * packing of its operands' panels, then its output rows), and each thread
  * claims chunks with an atomic compare-and-swap until none are left. The
  * main thread claims chunks too, so a job finishes even while the helper is
  * still starting (or never started). Each output element is computed by one
