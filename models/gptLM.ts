@@ -204,11 +204,11 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     // masked_fill(tril[:T, :T] == 0, -inf) as a bias added to the scores: a query never sees a later key.
     const future = tril.slice([0, 0], [T, T]).equal(0); // (T, T)
     const maskBias = tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T])); // (T, T)
-    const dropWeights = mode.training && config.dropout > 0
-      ? (weights: tf.Tensor) => drop(weights, mode)
+    const weightsDropout = mode.training && config.dropout > 0
+      ? { p: config.dropout, rng: mode.rng }
       : undefined;
     const attend: Attend = (q, k, v) =>
-      causalSelfAttention(q, k, v, H, maskBias, dropWeights, seeWeights);
+      causalSelfAttention(q, k, v, H, maskBias, weightsDropout, seeWeights);
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
     for (const blk of blocks) h = block(h, blk, headWeights(blk), attend, mode);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
