@@ -242,7 +242,6 @@ Deno.test("webgpu kernels: the registry object names every kernel exported", () 
     "batchNorm1d",
     "bigramLoss",
     "causalSelfAttention",
-    "causalSelfAttentionDropout",
     "concatColumns",
     "crossEntropy",
     "dropout",
