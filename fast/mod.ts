@@ -29,6 +29,7 @@ import { adamwUpdateCpu, concatColumnsHost, embeddingHost, layerNormHost } from 
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
 import { cachedAttentionWasm } from "./wasm/cached_attention.ts";
+import { dropoutWasmMask } from "./wasm/dropout_kernel.ts";
 import { multiplyAddPeak } from "./wasm/gemm_kernel.ts";
 import { shareIdentityOnWasm } from "./wasm/identity.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
@@ -60,11 +61,13 @@ export function installFastPaths(backend: string): void {
       layerNormWasmFits(x.shape[x.shape.length - 1])
         ? layerNormWasm(eps)(x, w, b)
         : layerNormHost(x, w, b, eps),
-    causalSelfAttention: (q, k, v, nHead) => attentionWasm(nHead)(q, k, v),
+    causalSelfAttention: (q, k, v, nHead, weightsDropout) =>
+      attentionWasm(nHead, weightsDropout)(q, k, v),
     cachedSelfAttention: (q, k, v, nHead) =>
       q.shape[1] === k.shape[1]
         ? attentionWasm(nHead)(q, k, v) // the whole window: causal self-attention
         : cachedAttentionWasm(q, k, v, nHead),
+    dropout: dropoutWasmMask,
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
     adamwUpdate: eachParameter(adamwUpdateWasm),
@@ -75,6 +78,7 @@ export function installFastPaths(backend: string): void {
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
     adamwUpdate: eachParameter(adamwUpdateCpu),
+    dropout: dropoutWasmMask,
   });
   registerFastPaths("webgpu", { ...webgpuFastPaths, routeToExperts: routeToAllExperts });
 }

@@ -219,12 +219,12 @@ export function createGPT(
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     const maskBias = causalMaskBias(tril!, T); // (T, T)
-    const dropWeights = mode.training && config.dropout > 0
-      ? (weights: tf.Tensor) => drop(weights, mode)
+    const weightsDropout = mode.training && config.dropout > 0
+      ? { p: config.dropout, rng: mode.rng }
       : undefined;
     /** A block of `nHead` heads attends within the window. */
     const attend = (nHead: number): Attend => (q, k, v) =>
-      causalSelfAttention(q, k, v, nHead, maskBias, dropWeights, seeWeights);
+      causalSelfAttention(q, k, v, nHead, maskBias, weightsDropout, seeWeights);
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
     for (const blk of blocks) h = block(h, blk, headWeights(blk), attend(blk.heads.length), mode);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)

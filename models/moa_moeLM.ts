@@ -273,8 +273,8 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     const maskBias = causalMaskBias(tril!, T); // (T, T)
-    const dropWeights = mode.training && config.dropout > 0
-      ? (w: tf.Tensor) => drop(w, mode)
+    const weightsDropout = mode.training && config.dropout > 0
+      ? { p: config.dropout, rng: mode.rng }
       : undefined;
     const attend: Attend = (q, k, v) =>
       causalSelfAttention(
@@ -283,7 +283,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
         repeatHeads(v),
         H,
         maskBias,
-        dropWeights,
+        weightsDropout,
         probe.seeWeights,
       );
     let h = embedding(tokTable, x).add(pos); // (B, T, C)

@@ -213,11 +213,11 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
     const maskBias = causalMaskBias(tril!, T); // (T, T)
-    const dropWeights = mode.training && config.dropout > 0
-      ? (weights: tf.Tensor) => drop(weights, mode)
+    const weightsDropout = mode.training && config.dropout > 0
+      ? { p: config.dropout, rng: mode.rng }
       : undefined;
     const attend: Attend = (q, k, v) =>
-      causalSelfAttention(q, k, v, H, maskBias, dropWeights, probe.seeWeights);
+      causalSelfAttention(q, k, v, H, maskBias, weightsDropout, probe.seeWeights);
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
     blocks.forEach((blk, i) => {
       h = block(h, i, headWeights(blk), attend, mode, probe);

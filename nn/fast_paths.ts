@@ -31,6 +31,12 @@ export interface AdamWStep {
 /** One parameter's tensors in an AdamW update: [param, grad, expAvg, expAvgSq]. */
 export type AdamWTensors = [tf.Variable, tf.Tensor, tf.Variable, tf.Variable];
 
+/** Dropout in training mode: its probability and the stream its masks are drawn from. */
+export interface DropoutSpec {
+  p: number;
+  rng: Rng;
+}
+
 /** What `nn.BatchNorm1d` holds: affine parameters and running statistics. */
 export interface BatchNormState {
   weight: tf.Variable;
@@ -73,20 +79,15 @@ export interface FastPaths {
   embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor;
   /** LayerNorm over the last axis: see `layerNorm`. */
   layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor;
-  /** Causal attention of every head, without dropout: see `causalSelfAttention`. */
-  causalSelfAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, nHead: number): tf.Tensor;
-  /**
-   * The same with dropout on the attention weights, `dropWeights`
-   * multiplying them by a mask: see `causalSelfAttention`.
-   */
-  causalSelfAttentionDropout(
+  /** Causal attention of every head, dropout on its weights if given: see `causalSelfAttention`. */
+  causalSelfAttention(
     q: tf.Tensor,
     k: tf.Tensor,
     v: tf.Tensor,
     nHead: number,
-    dropWeights: (weights: tf.Tensor) => tf.Tensor,
+    weightsDropout?: DropoutSpec,
   ): tf.Tensor;
-  /** Inverted dropout with the mask drawn from `rng` as the plain layer draws it: see `dropout`. */
+  /** Inverted dropout, the mask drawn from `rng`: see `dropout`. */
   dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor;
   /** Attention of the last positions to cached keys and values: see `cachedSelfAttention`. */
   cachedSelfAttention(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor, nHead: number): tf.Tensor;

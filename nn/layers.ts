@@ -15,7 +15,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../lib/rng.ts";
-import { type BatchNormState, type ExpertGroups, fastPath } from "./fast_paths.ts";
+import { type BatchNormState, type DropoutSpec, type ExpertGroups, fastPath } from "./fast_paths.ts";
 
 /**
  * `op(a) @ op(b)`, where op transposes the last two axes when asked:
@@ -139,11 +139,10 @@ export function batchNorm1d(
  * Causal multi-head self-attention with the heads side by side: q, k, v
  * (B, T, C), head h in columns h·hs…(h+1)·hs, and maskBias (T, T), 0 on and
  * below the diagonal and −∞ above → (B, T, C), each head's
- * `softmax(q kᵀ · hs^-½ + maskBias) v`. `dropWeights`, given in training
- * with dropout, is applied to the attention weights: dropout, a mask
- * multiplied into them. `seeWeights`, when given, receives the attention
- * weights (B, H, T, T) this call uses (the plain route runs then: a fast
- * kernel keeps them to itself).
+ * `softmax(q kᵀ · hs^-½ + maskBias) v`. `weightsDropout`, given in training
+ * with dropout, is applied to the attention weights. `seeWeights`, when
+ * given, receives the attention weights (B, H, T, T) this call uses (the
+ * plain route runs then: a fast kernel keeps them to itself).
  */
 export function causalSelfAttention(
   q: tf.Tensor,
@@ -151,22 +150,18 @@ export function causalSelfAttention(
   v: tf.Tensor,
   nHead: number,
   maskBias: tf.Tensor,
-  dropWeights?: (weights: tf.Tensor) => tf.Tensor,
+  weightsDropout?: DropoutSpec,
   seeWeights?: (weights: tf.Tensor) => void,
 ): tf.Tensor {
   const fast = fastPath("causalSelfAttention");
-  if (fast && !dropWeights && !seeWeights) return fast(q, k, v, nHead);
-  const fastDropout = fastPath("causalSelfAttentionDropout");
-  if (fastDropout && dropWeights && !seeWeights) {
-    return fastDropout(q, k, v, nHead, dropWeights);
-  }
+  if (fast && !seeWeights) return fast(q, k, v, nHead, weightsDropout);
   const [B, T, C] = q.shape as [number, number, number];
   const hs = C / nHead;
   const split = (x: tf.Tensor) => x.reshape([B, T, nHead, hs]).transpose([0, 2, 1, 3]); // (B, H, T, hs)
   const scores = matMul(split(q), split(k), false, true).mul(hs ** -0.5); // (B, H, T, hs) @ (B, H, hs, T) -> (B, H, T, T)
   let weights = tf.softmax(scores.add(maskBias)); // (B, H, T, T)
   seeWeights?.(weights);
-  if (dropWeights) weights = dropWeights(weights);
+  if (weightsDropout) weights = dropout(weights, weightsDropout.p, weightsDropout.rng);
   const heads = matMul(weights, split(v)); // (B, H, T, hs)
   return heads.transpose([0, 2, 1, 3]).reshape([B, T, C]); // torch.cat over heads: (B, T, C)
 }

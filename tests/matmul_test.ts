@@ -13,7 +13,12 @@ Deno.test("matMulWasm: our threaded SIMD kernel matches tf.matMul, values and gr
   // Sizes cover the 6×8 blocks, the leftover rows (m % 6: 4 + 1) and columns
   // (n % 8), k = 1, m = 1, batches (attention's shape, with 64 = 6·10 + 4 rows
   // per matrix; and more matrices than one job's 4095 chunks), k over two
-  // blocks of 256, and a product big enough to be cut into many chunks.
+  // blocks of 256, and a product big enough to be cut into many chunks; and
+  // n over three blocks of 128 columns, the last one short, plus leftover
+  // columns (300 = 128 + 128 + 40 + 4), with k over two blocks of 256 and a
+  // last step of p that is not a whole pass of four (263 = 256 + 4 + 3); and
+  // operands packed by several chunks, on both threads (a transposed A of
+  // 400 × 100, B of 400 × 9 or more).
   const cases: { m: number; k: number; n: number; lead: number[] }[] = [
     { m: 5, k: 7, n: 19, lead: [2, 3] },
     { m: 33, k: 20, n: 32, lead: [4] },
@@ -29,6 +34,8 @@ Deno.test("matMulWasm: our threaded SIMD kernel matches tf.matMul, values and gr
     { m: 3, k: 13, n: 301, lead: [1] },
     { m: THIN_ROWS, k: 9, n: 21, lead: [] },
     { m: 300, k: 37, n: 3, lead: [] },
+    { m: 13, k: 263, n: 300, lead: [] },
+    { m: 100, k: 400, n: 9, lead: [] },
   ];
   const rng = new Rng(4);
   const random = (shape: number[]) => tf.tensor(rng.normals(size(shape), 1), shape);

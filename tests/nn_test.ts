@@ -53,14 +53,15 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
 
     // linear (+ ReLU): the fast path vs the plain composition; also with 13
     // rows and 19 outputs (on WASM, the bias starts whole column blocks and
-    // the leftover columns' sums), and without a bias.
+    // the leftover columns' sums) or 300 (blocks in three spans of columns),
+    // and without a bias.
     const linearCases: [tf.Tensor, tf.Tensor2D, tf.Tensor1D | undefined][] = [
       [x, w as tf.Tensor2D, b as tf.Tensor1D],
-      [
+      ...[19, 300].map((out): [tf.Tensor, tf.Tensor2D, tf.Tensor1D] => [
         randomTensor([13, 7], rng),
-        randomTensor([7, 19], rng) as tf.Tensor2D,
-        randomTensor([19], rng) as tf.Tensor1D,
-      ],
+        randomTensor([7, out], rng) as tf.Tensor2D,
+        randomTensor([out], rng) as tf.Tensor1D,
+      ]),
       [x, w as tf.Tensor2D, undefined],
     ];
     for (const [lx, lw, lb] of linearCases) {
@@ -158,11 +159,11 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
   });
 }
 
-Deno.test("wasm: causal self-attention's kernels equal the plain tfjs composition, values and gradients", async () => {
+Deno.test("wasm: causal self-attention's kernels equal the plain tfjs composition, values and gradients, with and without dropout", async () => {
   await startBackend("wasm");
   const rng = new Rng(7);
   // gptLM's CPU shape; rows and heads that fill no block (T = 13 = 6 + 6 + 1,
-  // hs = 5); one row; and more (batch, head) pairs than one job's 4095.
+  // hs = 5, T·T odd); one row; and more (batch, head) pairs than one job's 4095.
   const cases = [
     { B: 12, T: 64, C: 128, H: 4 },
     { B: 3, T: 13, C: 10, H: 2 },
@@ -176,18 +177,28 @@ Deno.test("wasm: causal self-attention's kernels equal the plain tfjs compositio
       tf.fill([T, T], -Infinity),
       tf.zeros([T, T]),
     );
-    const [fast, plain] = fastAndPlain(() => {
-      const f = (qq: tf.Tensor, kk: tf.Tensor, vv: tf.Tensor) =>
-        causalSelfAttention(qq, kk, vv, H, maskBias).mul(dy).sum();
-      return [causalSelfAttention(q, k, v, H, maskBias), ...tf.grads(f)([q, k, v])];
-    });
-    for (let i = 0; i < 4; i++) {
-      assert.ok(
-        await maxDiff(fast[i], plain[i]) < 1e-4,
-        `attention (B ${B}, T ${T}, C ${C}, H ${H}) ${["value", "dq", "dk", "dv"][i]}`,
-      );
+    for (const p of [0, 0.3]) {
+      // Each path draws its masks (the value's, then the gradient's forward) from its own copy of one stream.
+      const streams: Rng[] = [];
+      const [fast, plain] = fastAndPlain(() => {
+        const stream = new Rng(11);
+        streams.push(stream);
+        const drop = p > 0 ? { p, rng: stream } : undefined;
+        const f = (qq: tf.Tensor, kk: tf.Tensor, vv: tf.Tensor) =>
+          causalSelfAttention(qq, kk, vv, H, maskBias, drop).mul(dy).sum();
+        return [causalSelfAttention(q, k, v, H, maskBias, drop), ...tf.grads(f)([q, k, v])];
+      });
+      const what = `attention (B ${B}, T ${T}, C ${C}, H ${H}, dropout ${p})`;
+      for (let i = 0; i < 4; i++) {
+        assert.ok(
+          await maxDiff(fast[i], plain[i]) < 1e-4,
+          `${what} ${["value", "dq", "dk", "dv"][i]}`,
+        );
+      }
+      assert.equal(streams[0].random(), streams[1].random(), `${what}: the streams moved alike`);
+      tf.dispose([...fast, ...plain]);
     }
-    tf.dispose([q, k, v, dy, maskBias, ...fast, ...plain]);
+    tf.dispose([q, k, v, dy, maskBias]);
   }
 });
 
@@ -214,6 +225,25 @@ Deno.test("wasm: cached self-attention's kernel equals the plain tfjs compositio
     tf.dispose([q, k, v, fast, plain]);
   }
 });
+
+for (const backend of ["wasm", "cpu"]) {
+  Deno.test(`${backend}: dropout's mask drawn by WebAssembly equals the plain one, and leaves the stream where it does`, async () => {
+    await startBackend(backend);
+    const x = randomTensor([7, 1001], new Rng(2)); // an odd count
+    for (const p of [0.2, 0.5]) {
+      const streams: Rng[] = [];
+      const [fast, plain] = fastAndPlain(() => {
+        const stream = new Rng(5);
+        streams.push(stream);
+        return dropout(x, p, stream);
+      });
+      assert.deepEqual(await fast.data(), await plain.data());
+      assert.equal(streams[0].random(), streams[1].random());
+      tf.dispose([fast, plain]);
+    }
+    x.dispose();
+  });
+}
 
 Deno.test("dropout zeroes about p of the values and scales the rest by 1/(1-p)", async () => {
   await startBackend("cpu");

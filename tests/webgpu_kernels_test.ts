@@ -16,6 +16,7 @@ import {
   type AdamWStep,
   type AdamWTensors,
   type BatchNormState,
+  type DropoutSpec,
   fastPath,
 } from "../nn/fast_paths.ts";
 import * as layers from "../nn/layers.ts";
@@ -199,9 +200,9 @@ function plainAttention(
   k: tf.Tensor,
   v: tf.Tensor,
   nHead: number,
-  dropWeights?: (weights: tf.Tensor) => tf.Tensor,
+  weightsDropout?: DropoutSpec,
 ): tf.Tensor {
-  return layers.causalSelfAttention(q, k, v, nHead, causalMaskBias(q.shape[1]!), dropWeights);
+  return layers.causalSelfAttention(q, k, v, nHead, causalMaskBias(q.shape[1]!), weightsDropout);
 }
 
 const plainCrossEntropy = (logits: tf.Tensor, targets: tf.Tensor) =>
@@ -241,7 +242,6 @@ Deno.test("webgpu kernels: the registry object names every kernel exported", () 
     "batchNorm1d",
     "bigramLoss",
     "causalSelfAttention",
-    "causalSelfAttentionDropout",
     "concatColumns",
     "crossEntropy",
     "dropout",
@@ -349,25 +349,17 @@ Deno.test("webgpu kernels: causalSelfAttention equals the plain composition, val
       assertNoLeak(fast, inputs);
       tf.dispose(inputs);
     }
-    // Dropout on the weights: the mask comes from dropWeights, drawn from equal streams.
+    // Dropout on the weights: the masks drawn from equal streams.
     for (const [B, T, C, H] of [[2, 17, 12, 3], [1, 70, 8, 1], [2, 5, 10, 2]]) {
       const inputs = [random([B, T, C], 1, 2), random([B, T, C], 2, 2), random([B, T, C], 3)];
-      for (const [name, drop] of [["fast", dropout], ["plain", layers.dropout]] as const) {
-        const [fastRng, plainRng] = [new Rng(B + T), new Rng(B + T)];
-        const fast = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
-          causalSelfAttention(q, k, v, H, (w) => drop(w, 0.3, fastRng));
-        const plain = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
-          plainAttention(q, k, v, H, (w) => layers.dropout(w, 0.3, plainRng));
-        // Each call draws a new mask: the value and the gradient pass draw the same ones.
-        await assertSameWithGrads(
-          `attention ${[B, T, C, H]} ${name} dropout`,
-          fast,
-          plain,
-          inputs,
-          4,
-        );
-        assertNoLeak(fast, inputs);
-      }
+      const [fastRng, plainRng] = [new Rng(B + T), new Rng(B + T)];
+      const fast = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
+        causalSelfAttention(q, k, v, H, { p: 0.3, rng: fastRng });
+      const plain = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) =>
+        plainAttention(q, k, v, H, { p: 0.3, rng: plainRng });
+      // Each call draws a new mask: the value and the gradient pass draw the same ones.
+      await assertSameWithGrads(`attention ${[B, T, C, H]} dropout`, fast, plain, inputs, 4);
+      assertNoLeak(fast, inputs);
       tf.dispose(inputs);
     }
     const inputs = [random([2, 16, 32], 1), random([2, 16, 32], 2), random([2, 16, 32], 3)];

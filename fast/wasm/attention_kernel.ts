@@ -28,6 +28,7 @@ import {
   f32,
   f32Add,
   f32Div,
+  f32FromBits,
   f32Load,
   f32Max,
   f32Mul,
@@ -39,12 +40,15 @@ import {
   gtU,
   I32,
   i32,
+  ifElse,
   type Lanes,
   minU,
   mul,
+  op,
   SCALAR,
   set,
   shl,
+  SIMD,
   sub,
   V128,
   vAdd,
@@ -276,18 +280,72 @@ function copyRows(): WasmFunction {
   return { name: "copyRows", params: new Array(6).fill(I32), locals: [[3, I32]], body };
 }
 
+const [i32And, i32Load8, i32FromBits] = [
+  op([0x71]),
+  (addr: Code): Code => [...addr, 0x2c, 0, 0], // i32.load8_s
+  op([0xbc]), // i32.reinterpret_f32
+];
+const [vLoad32Zero, vWiden8, vWiden16, vAnd] = [
+  (addr: Code): Code => [...addr, SIMD, 0x5c, 2, 0], // v128.load32_zero
+  op([SIMD, 0x87, 0x01]), // i16x8.extend_low_i8x16_s
+  op([SIMD, 0xa7, 0x01]), // i32x4.extend_low_i16x8_s
+  op([SIMD, 0x4e]), // v128.and
+];
+
 /**
- * The attention functions, to be the module's functions `first`…`first+4`;
+ * `dropRows(src, dst, mask, count, keep)`: dst[i] = src[i]·keep where
+ * mask byte i is 0xFF, 0 where it is 0x00 (a dropout mask), for count
+ * floats; dst may be src. Each byte widened to a 32-bit lane of ones or
+ * zeros selects its float by a bitwise and.
+ */
+function dropRows(): WasmFunction {
+  const [SRC, DST, MASK, COUNT, KEEP] = [0, 1, 2, 3, 4]; // parameters, KEEP f32
+  const [J, S, D] = [5, 6, 7]; // i32 locals: element, its source and destination
+  const VKEEP = 8; // v128 local
+  const maskAt = add(get(MASK), get(J));
+  const body: Code = [
+    ...set(VKEEP, vSplat(get(KEEP))),
+    ...set(J, i32(0)),
+    ...set(S, get(SRC)),
+    ...set(D, get(DST)),
+    ...rowPass(J, COUNT, [S, D], [
+      vStore(
+        get(D),
+        vAnd(vMul(vLoad(get(S), 0), get(VKEEP)), vWiden16(vWiden8(vLoad32Zero(maskAt)))),
+        0,
+      ),
+    ], [
+      f32Store(
+        get(D),
+        f32FromBits(i32And(i32FromBits(f32Mul(f32Load(get(S)), get(KEEP))), i32Load8(maskAt))),
+      ),
+    ]),
+  ];
+  return {
+    name: "dropRows",
+    params: [I32, I32, I32, I32, F32],
+    locals: [[3, I32], [1, V128]],
+    body,
+  };
+}
+
+/**
+ * The attention functions, to be the module's functions `first`…`first+5`;
  * `gemm` and `pack` are the indices of the product and of the packing
  * (their signatures in `gemm_kernel.ts`), with `rowBlock` and `colBlock` its
  * panel sizes.
  *
- * - `attentionForward(q, k, v, y, p, T, C, hs, scale, panel, out)`: Y and P
- *   of one pair; `panel` and `out` are scratch of (T + 8)·(hs + 8) and T·hs
- *   floats (and pack's slack).
+ * - `attentionForward(q, k, v, y, p, T, C, hs, scale, panel, out, mask,
+ *   keep, dropped)`: Y and P of one pair; `panel` and `out` are scratch of
+ *   (T + 8)·(hs + 8) and T·hs floats (and pack's slack).
  * - `attentionBackward(q, k, v, p, dy, dq, dk, dv, T, C, hs, scale, panel,
- *   dScores, out)`: dQ, dK and dV of one pair; `dScores` is scratch of T·T
- *   floats.
+ *   dScores, out, mask, keep, dropped)`: dQ, dK and dV of one pair;
+ *   `dScores` is scratch of T·T floats.
+ *
+ * With dropout on the weights (`mask`, the pair's (T, T) bytes of
+ * `dropout_kernel.ts`, not 0), P̃ = P ∘ M·keep takes P's place in Y = P̃ V
+ * and dV = P̃ᵀ dY, and dP̃ = dY Vᵀ becomes dP = dP̃ ∘ M·keep; P, saved, is
+ * the weights before dropout. `dropped` is scratch of T·T floats for P̃.
  *
  * The products skip what the mask makes zero: they run over rows in chunks
  * of CHUNK_ROWS, and a chunk of rows r0…r1−1 of S or dP needs only keys
@@ -301,7 +359,7 @@ export function attentionFunctions(
   rowBlock: number,
   colBlock: number,
 ): WasmFunction[] {
-  const [softmax, softmaxBack, copy] = [first, first + 1, first + 2];
+  const [softmax, softmaxBack, copy, drop] = [first, first + 1, first + 2, first + 3];
   /** Bytes of `count` floats. */
   const bytes = (count: Code): Code => shl(count, i32(2));
   const CHUNK_ROWS = 2 * rowBlock;
@@ -416,15 +474,47 @@ export function attentionFunctions(
     ];
   };
 
+  /** WEIGHTS = P, or P̃ = P ∘ M·keep into `dropped` when there is a mask. */
+  const dropWeights = (
+    p: number,
+    T: number,
+    mask: number,
+    keep: number,
+    dropped: number,
+    weights: number,
+  ): Code => [
+    ...set(weights, get(p)),
+    ...ifElse(eqz(get(mask)), [], [
+      call(drop, get(p), get(dropped), get(mask), mul(get(T), get(T)), get(keep)),
+      set(weights, get(dropped)),
+    ]),
+  ];
+
   // attentionForward: parameters, then i32 locals.
-  const [Q, K, V, Y, P, T, C, HS, SCALE, PANEL, OUT] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10];
-  const [ROW, R0, R1] = [11, 12, 13];
+  const [Q, K, V, Y, P, T, C, HS, SCALE, PANEL, OUT, MASK, KEEP, DROPPED] = [
+    0,
+    1,
+    2,
+    3,
+    4,
+    5,
+    6,
+    7,
+    8,
+    9,
+    10,
+    11,
+    12,
+    13,
+  ];
+  const [ROW, R0, R1, WEIGHTS] = [14, 15, 16, 17];
   const fwd: Frame = { T, HS, ROW, PANEL, OUT, R0, R1 };
   const forward: Code = [
     ...set(ROW, bytes(get(C))),
     ...scoresInto(fwd, Q, K, P), // S = Q Kᵀ
     ...call(softmax, get(P), get(T), get(SCALE)), // P
-    ...productInto(fwd, P, false, V, Y), // Y = P V
+    ...dropWeights(P, T, MASK, KEEP, DROPPED, WEIGHTS), // P, or P̃
+    ...productInto(fwd, WEIGHTS, false, V, Y), // Y = P̃ V
   ];
 
   // attentionBackward: parameters, then i32 locals.
@@ -445,13 +535,18 @@ export function attentionFunctions(
     13,
     14,
   ];
-  const [BROW, BR0, BR1] = [15, 16, 17];
+  const [BMASK, BKEEP, BDROPPED] = [15, 16, 17];
+  const [BROW, BR0, BR1, BWEIGHTS] = [18, 19, 20, 21];
   const bwd: Frame = { T: BT, HS: BHS, ROW: BROW, PANEL: BPANEL, OUT: BOUT, R0: BR0, R1: BR1 };
   const backward: Code = [
     ...set(BROW, bytes(get(BC))),
-    ...scoresInto(bwd, DY, BV, DS), // dP = dY Vᵀ
+    ...scoresInto(bwd, DY, BV, DS), // dP̃ = dY Vᵀ
+    ...ifElse(eqz(get(BMASK)), [], [ // dP = dP̃ ∘ M·keep
+      call(drop, get(DS), get(DS), get(BMASK), mul(get(BT), get(BT)), get(BKEEP)),
+    ]),
+    ...dropWeights(BP, BT, BMASK, BKEEP, BDROPPED, BWEIGHTS), // P, or P̃
     ...call(softmaxBack, get(BP), get(DS), get(BT), get(BSCALE)), // dS
-    ...productInto(bwd, BP, true, DY, DV), // dV = Pᵀ dY
+    ...productInto(bwd, BWEIGHTS, true, DY, DV), // dV = P̃ᵀ dY
     ...productInto(bwd, DS, false, BK, DQ), // dQ = dS K
     ...productInto(bwd, DS, true, BQ, DK), // dK = dSᵀ Q
   ];
@@ -460,16 +555,17 @@ export function attentionFunctions(
     softmaxCausal(),
     softmaxGrad(),
     copyRows(),
+    dropRows(),
     {
       name: "attentionForward",
-      params: [...new Array(8).fill(I32), F32, I32, I32],
-      locals: [[3, I32]],
+      params: [...new Array(8).fill(I32), F32, I32, I32, I32, F32, I32],
+      locals: [[4, I32]],
       body: forward,
     },
     {
       name: "attentionBackward",
-      params: [...new Array(11).fill(I32), F32, I32, I32, I32],
-      locals: [[3, I32]],
+      params: [...new Array(11).fill(I32), F32, I32, I32, I32, I32, F32, I32],
+      locals: [[4, I32]],
       body: backward,
     },
   ];

@@ -5,7 +5,8 @@
  *
  * Both threads instantiate the same module on one shared
  * `WebAssembly.Memory`. A job is published in that memory's first bytes
- * (the control block); its output rows are cut into chunks, and each thread
+ * (the control block); its work is cut into chunks (a product's: the
+ * packing of its operands' panels, then its output rows), and each thread
  * claims chunks with an atomic compare-and-swap until none are left. The
  * main thread claims chunks too, so a job finishes even while the helper is
  * still starting (or never started). Each output element is computed by one
@@ -32,6 +33,7 @@ import {
   I32,
   i32,
   ifElse,
+  ltU,
   minU,
   mul,
   relaxedMadd,
@@ -105,6 +107,31 @@ export const Slot = {
   /** Set to 1 when the process ends: helpers leave their loop, each then adding 1 to STOPPED. */
   STOP: 32,
   STOPPED: 33,
+  /** Attention with dropout on its weights: the byte address of the (B, H, T, T) mask bytes, or 0 for none, and keep = 1/(1−p) as float32 bits. */
+  ATT_MASK: 34,
+  ATT_KEEP: 35,
+  /**
+   * A product job's packing, done by its first chunks: how many of them are
+   * done, and the job's matrices. Then for a transposed A and for B, each
+   * staged as stored: its first byte address, the byte distances between its
+   * elements (p, x) and (p + 1, x), and (p, x) and (p, x + 1), and between
+   * matrices; panels per packing chunk, and packing chunks per matrix (0:
+   * none, A read as it is).
+   */
+  PACKED: 36,
+  MATRICES: 37,
+  PACK_A: 38,
+  PACK_B: 44,
+} as const;
+
+/** Fields of a packing descriptor, from its first slot (Slot.PACK_A or Slot.PACK_B). */
+export const PackField = {
+  SRC: 0,
+  P_STRIDE: 1,
+  X_STRIDE: 2,
+  SRC_BATCH: 3,
+  PANELS: 4,
+  CHUNKS: 5,
 } as const;
 
 /** The kinds of job. */
@@ -122,7 +149,7 @@ export type Gemm = (...args: number[]) => void;
 /** `pack(src, dst, k, count, pStride, xStride, width)`: see {@link packBody}. */
 export type Pack = (...args: number[]) => void;
 
-/** Bytes `pack` may read past its source and write past its panels. */
+/** Bytes `pack` may read past its source. */
 export const PACK_SLACK = 32;
 
 /** The ticket that opens job `seq` with `count` chunks, none claimed. */
@@ -138,14 +165,15 @@ export function allClaimed(ticket: number): boolean {
 /** The module's functions a thread runs chunks of. */
 export interface Kernels {
   gemm: Gemm;
+  pack: Pack;
   attentionForward: (...args: number[]) => void;
   attentionBackward: (...args: number[]) => void;
 }
 
 /** The {@link Kernels} of an instance of {@link compileGemm}'s module. */
 export function kernelsOf(instance: WebAssembly.Instance): Kernels {
-  const { gemm, attentionForward, attentionBackward } = instance.exports;
-  return { gemm, attentionForward, attentionBackward } as unknown as Kernels;
+  const { gemm, pack, attentionForward, attentionBackward } = instance.exports;
+  return { gemm, pack, attentionForward, attentionBackward } as unknown as Kernels;
 }
 
 /**
@@ -160,7 +188,7 @@ export function runChunks(ctrl: Int32Array, kernels: Kernels, thread: number): v
     if (allClaimed(ticket)) return;
     if (Atomics.compareExchange(ctrl, Slot.TICKET, ticket, ticket + 1) !== ticket) continue;
     const chunk = ticket & 0xfff;
-    if (ctrl[Slot.JOB] === Job.PRODUCT) runProductChunk(ctrl, kernels.gemm, chunk);
+    if (ctrl[Slot.JOB] === Job.PRODUCT) runProductOrPackChunk(ctrl, kernels, chunk);
     else runAttentionChunk(ctrl, kernels, chunk, thread);
     Atomics.add(ctrl, Slot.DONE, 1);
     Atomics.notify(ctrl, Slot.DONE);
@@ -174,17 +202,99 @@ function runAttentionChunk(ctrl: Int32Array, kernels: Kernels, pair: number, thr
   const b = Math.floor(pair / heads);
   const at = (b * T * C + (pair - b * heads) * hs) * 4; // (b, 0, h·hs) in a (B, T, C)
   const p = ctrl[Slot.ATT_P] + pair * T * T * 4;
+  // This thread's scratch: the panels, then the forward's (T, hs) out and (T, T) P̃, or the
+  // backward's (T, T) dP, (T, hs) out and (T, T) P̃.
   const panel = ctrl[Slot.ATT_SCRATCH] + thread * ctrl[Slot.ATT_SCRATCH_BYTES];
   const scratch = panel + ctrl[Slot.ATT_PANEL_BYTES];
   const [q, k, v, y] = [Slot.ATT_Q, Slot.ATT_K, Slot.ATT_V, Slot.ATT_Y].map((s) => ctrl[s] + at);
+  const mask = ctrl[Slot.ATT_MASK] && ctrl[Slot.ATT_MASK] + pair * T * T;
+  const keep = new Float32Array(Int32Array.of(ctrl[Slot.ATT_KEEP]).buffer)[0];
   if (ctrl[Slot.JOB] === Job.ATTENTION) {
-    kernels.attentionForward(q, k, v, y, p, T, C, hs, hs ** -0.5, panel, scratch);
+    const dropped = scratch + T * hs * 4;
+    kernels.attentionForward(
+      q,
+      k,
+      v,
+      y,
+      p,
+      T,
+      C,
+      hs,
+      hs ** -0.5,
+      panel,
+      scratch,
+      mask,
+      keep,
+      dropped,
+    );
   } else {
     const [dq, dk, dv] = [Slot.ATT_DQ, Slot.ATT_DK, Slot.ATT_DV].map((s) => ctrl[s] + at);
     const dScores = scratch;
     const out = scratch + T * T * 4;
-    kernels.attentionBackward(q, k, v, p, y, dq, dk, dv, T, C, hs, hs ** -0.5, panel, dScores, out);
+    const dropped = out + T * hs * 4;
+    kernels.attentionBackward(
+      ...[q, k, v, p, y, dq, dk, dv, T, C, hs, hs ** -0.5, panel, dScores, out],
+      ...[mask, keep, dropped],
+    );
   }
+}
+
+/**
+ * A product job's chunks: first its packing (A's panels if A is packed,
+ * then B's), then rows of its matrices, each begun once every packing chunk
+ * is done (they were claimed first: a short wait).
+ */
+function runProductOrPackChunk(ctrl: Int32Array, kernels: Kernels, chunk: number) {
+  const matrices = ctrl[Slot.MATRICES];
+  const aPacks = matrices * ctrl[Slot.PACK_A + PackField.CHUNKS];
+  const packs = aPacks + matrices * ctrl[Slot.PACK_B + PackField.CHUNKS];
+  if (chunk < aPacks) {
+    runPackChunk(ctrl, kernels.pack, Slot.PACK_A, Slot.A, Slot.A_BATCH, ROW_BLOCK, Slot.M, chunk);
+  } else if (chunk < packs) {
+    const b = chunk - aPacks;
+    runPackChunk(ctrl, kernels.pack, Slot.PACK_B, Slot.B, Slot.B_BATCH, COL_BLOCK, Slot.N, b);
+  } else {
+    // Another thread's last panels: spin a little, then sleep (it may have lost its core).
+    for (let spins = 0, done; (done = Atomics.load(ctrl, Slot.PACKED)) < packs; spins++) {
+      if (spins > 1000) Atomics.wait(ctrl, Slot.PACKED, done, 1);
+    }
+    runProductChunk(ctrl, kernels.gemm, chunk - packs);
+    return;
+  }
+  Atomics.add(ctrl, Slot.PACKED, 1);
+  Atomics.notify(ctrl, Slot.PACKED);
+}
+
+/**
+ * Panels of one matrix of a product job's A or B (its descriptor at slot
+ * `desc`, its panels at the job's `to`, `width` rows or columns wide, of
+ * `countSlot` in all), from its staged copy.
+ */
+function runPackChunk(
+  ctrl: Int32Array,
+  pack: Pack,
+  desc: number,
+  to: number,
+  toBatch: number,
+  width: number,
+  countSlot: number,
+  chunk: number,
+) {
+  const perMatrix = ctrl[desc + PackField.CHUNKS];
+  const t = Math.floor(chunk / perMatrix);
+  const panels = ctrl[desc + PackField.PANELS];
+  const first = (chunk - t * perMatrix) * panels * width; // the chunk's first row or column
+  const k = ctrl[Slot.K];
+  pack(
+    ctrl[desc + PackField.SRC] + t * ctrl[desc + PackField.SRC_BATCH] +
+      first * ctrl[desc + PackField.X_STRIDE],
+    ctrl[to] + t * ctrl[toBatch] + first * k * 4,
+    k,
+    Math.min(ctrl[countSlot] - first, panels * width),
+    ctrl[desc + PackField.P_STRIDE],
+    ctrl[desc + PackField.X_STRIDE],
+    width,
+  );
 }
 
 /** Rows of one matrix of a product job. */
@@ -284,8 +394,18 @@ export const ROW_BLOCK = 6;
 /** Columns per block, and the width of B's panels. */
 export const COL_BLOCK = 8;
 
-/** Steps of p per pass over a row block's columns: A's 6·256 and B's 256·8 floats fit L1. */
+/** Steps of p the inner loop takes per pass. */
+const UNROLL = 4;
+
+/** Steps of p per pass over a block of columns: A's 6·256 and a panel of B's 256·8 floats fit L1. */
 const K_BLOCK = 256;
+
+/**
+ * Columns per block (whole panels): a block of B, K_BLOCK·COL_SPAN floats
+ * (128 KiB), stays in L2 while every row of the chunk goes by, even where
+ * L2 is 512 KiB.
+ */
+const COL_SPAN = 128;
 
 /**
  * `gemm(a, b, c, firstRow, endRow, k, n, aRow, aCol, aPanel, cRow, bPanel,
@@ -305,11 +425,19 @@ const K_BLOCK = 256;
  *   (weight gradients) no longer fits L1 (packed, with k in blocks, ~1.6×
  *   faster there).
  *
+ * The loops nest as in GotoBLAS: columns in blocks of COL_SPAN, k in blocks
+ * of K_BLOCK, then rows, then the block's panels. So a K_BLOCK × COL_SPAN
+ * block of B is read from L2 by every row of the chunk, and a row block's
+ * K_BLOCK steps of A from L1 by every panel of the block; with every column
+ * inside the row loop, as before, B's whole K_BLOCK × n slab passed by for
+ * each six rows, from L3 once it outgrew L2. Each element of C still sums
+ * its k blocks in order, the first starting from the bias (or 0).
+ *
  * Rows go six at a time, columns eight at a time: a 6×8 block of C sits in
- * twelve f32x4 accumulators while p runs over k, so each step loads two
- * vectors of B and six numbers of A for 48 multiply-adds. Leftover columns
- * (n % 8) and rows (a matrix's last m % 6) take narrower versions of the
- * same loop.
+ * twelve f32x4 accumulators while p runs over a block of k, so each step
+ * loads two vectors of B and six numbers of A for 48 multiply-adds.
+ * Leftover rows (a matrix's last m % 6) take narrower versions of the same
+ * loop, and leftover columns (n % 8) a scalar loop over all of k.
  */
 function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
   const multiplyAdd = multiplyAddOf(fused);
@@ -328,7 +456,7 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
     11,
     12,
   ]; // parameters
-  const [ROW, COL, P, AP, BP, B_PANEL, CP, TAIL_COL, A_START, KB] = [
+  const [ROW, COL, P, AP, BP, B_PANEL, CP, TAIL_COL, A_START, KB, SPAN, SPAN_END, FULL] = [
     13,
     14,
     15,
@@ -339,14 +467,30 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
     20,
     21,
     22,
+    23,
+    24,
+    25,
   ]; // i32 locals
-  const A_ROWS = [23, 24, 25, 26]; // i32 locals: 2·aRow … 5·aRow
-  const [AV, B0, B1] = [27, 28, 29]; // v128 locals: A[row + i, p] splatted, B[p, col…col+8]
-  const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 30 + i); // v128 locals: C[row + i, col…col+8] as ACC[2i], ACC[2i+1]
-  const SUM = 30 + 2 * ROW_BLOCK; // f32 local
+  const A_ROWS = [26, 27, 28, 29]; // i32 locals: 2·aRow … 5·aRow
+  const A_COLS = [A_COL, 30, 31, 32]; // aCol (a parameter), then i32 locals: 2·aCol … 4·aCol
+  const A_AT = [AP, 33, 34, 35]; // AP, then i32 locals: &A[row, p + 1] … &A[row, p + 3]
+  const [AV, B0, B1] = [36, 37, 38]; // v128 locals: A[row + i, p] splatted, B[p, col…col+8]
+  const ACC = Array.from({ length: 2 * ROW_BLOCK }, (_, i) => 39 + i); // v128 locals: C[row + i, col…col+8] as ACC[2i], ACC[2i+1]
+  const SUM = 39 + 2 * ROW_BLOCK; // f32 local
   const rowOffsets = [null, A_ROW, ...A_ROWS];
   /** &A[row + i, p] from AP = &A[row, p]. */
   const aOfRow = (i: number, ap = get(AP)): Code => (i === 0 ? ap : add(ap, get(rowOffsets[i]!)));
+  /** Step p + u of the R rows' multiply-adds, B's row p + u at BP + 32u and A's column at A_AT[u]. */
+  const multiplyAddStep = (R: number, u: number): Code => [
+    ...(u === 0 ? [] : set(A_AT[u], add(get(AP), get(A_COLS[u - 1])))),
+    ...set(B0, vLoad(get(BP), 32 * u)),
+    ...set(B1, vLoad(get(BP), 32 * u + 16)),
+    ...Array.from({ length: R }, (_, i) => [
+      ...set(AV, vLoadSplat(aOfRow(i, get(A_AT[u])))),
+      ...set(ACC[2 * i], multiplyAdd(get(AV), get(B0), get(ACC[2 * i]))),
+      ...set(ACC[2 * i + 1], multiplyAdd(get(AV), get(B1), get(ACC[2 * i + 1]))),
+    ]).flat(),
+  ];
   const outAddr = (i: number, col: Code): Code =>
     add(add(get(C), mul(add(get(ROW), i32(i)), get(C_ROW))), shl(col, i32(2))); // &C[row + i, col]
   const nextP = [
@@ -354,102 +498,122 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
     set(BP, add(get(BP), i32(4 * COL_BLOCK))), // B[p + 1, ·] in the panel
     set(P, sub(get(P), i32(1))),
   ];
+  /** A_START = &A[row, 0]: the row's panel, then its place in the panel. */
+  const rowStart = set(
+    A_START,
+    add(
+      add(get(A), mul(divU(get(ROW), i32(ROW_BLOCK)), get(A_PANEL))),
+      mul(remU(get(ROW), i32(ROW_BLOCK)), get(A_ROW)),
+    ),
+  );
 
-  /** Rows row…row+R-1, every column: 8-wide panels, then one column at a time. */
+  /** Rows row…row+R-1 over the columns SPAN…SPAN_END−1 and the k block KB. */
   const rowBlock = (R: number): Code => [
-    // &A[row, 0]: the row's panel, then its place in the panel.
+    ...rowStart,
+    ...set(COL, get(SPAN)),
     ...set(
-      A_START,
-      add(
-        add(get(A), mul(divU(get(ROW), i32(ROW_BLOCK)), get(A_PANEL))),
-        mul(remU(get(ROW), i32(ROW_BLOCK)), get(A_ROW)),
-      ),
-    ),
-    // k in blocks of K_BLOCK, so a block of A's panel and of B's stay in L1
-    // while every column goes by; C gathers the blocks' sums.
-    ...set(KB, i32(0)),
+      B_PANEL,
+      add(add(get(B), mul(shr(get(SPAN), i32(3)), get(B_PANEL_BYTES))), shl(get(KB), i32(5))),
+    ), // B[kb, span] in the span's first panel
     ...whileNot(
-      geU(get(KB), get(K)),
-      set(COL, i32(0)),
-      set(B_PANEL, add(get(B), shl(get(KB), i32(5)))), // B[kb, 0] in panel 0
-      whileNot(
-        gtU(add(get(COL), i32(COL_BLOCK)), get(N)),
-        ifElse(
-          eqz(get(KB)),
-          // The first block of k starts from the bias, or from 0.
-          [ifElse(
-            eqz(get(BIAS)),
-            ACC.slice(0, 2 * R).map((acc) => set(acc, vZero)),
-            ACC.slice(0, 2 * R).map((acc, j) =>
-              set(acc, vLoad(add(get(BIAS), shl(get(COL), i32(2))), 16 * (j % 2)))
-            ),
-          )],
-          Array.from({ length: R }, (_, i) => [
-            ...set(CP, outAddr(i, get(COL))),
-            ...set(ACC[2 * i], vLoad(get(CP), 0)),
-            ...set(ACC[2 * i + 1], vLoad(get(CP), 16)),
-          ]),
-        ),
-        set(AP, add(get(A_START), mul(get(KB), get(A_COL)))),
-        set(BP, get(B_PANEL)),
-        set(P, minU(sub(get(K), get(KB)), i32(K_BLOCK))),
-        whileNot(
-          eqz(get(P)),
-          set(B0, vLoad(get(BP), 0)),
-          set(B1, vLoad(get(BP), 16)),
-          ...Array.from({ length: R }, (_, i) => [
-            ...set(AV, vLoadSplat(aOfRow(i))),
-            ...set(ACC[2 * i], multiplyAdd(get(AV), get(B0), get(ACC[2 * i]))),
-            ...set(ACC[2 * i + 1], multiplyAdd(get(AV), get(B1), get(ACC[2 * i + 1]))),
-          ]),
-          ...nextP,
-        ),
-        ...Array.from({ length: R }, (_, i) => [
+      geU(get(COL), get(SPAN_END)),
+      ifElse(
+        eqz(get(KB)),
+        // The first block of k starts from the bias, or from 0.
+        [ifElse(
+          eqz(get(BIAS)),
+          ACC.slice(0, 2 * R).map((acc) => set(acc, vZero)),
+          ACC.slice(0, 2 * R).map((acc, j) =>
+            set(acc, vLoad(add(get(BIAS), shl(get(COL), i32(2))), 16 * (j % 2)))
+          ),
+        )],
+        Array.from({ length: R }, (_, i) => [
           ...set(CP, outAddr(i, get(COL))),
-          ...vStore(get(CP), get(ACC[2 * i]), 0),
-          ...vStore(get(CP), get(ACC[2 * i + 1]), 16),
+          ...set(ACC[2 * i], vLoad(get(CP), 0)),
+          ...set(ACC[2 * i + 1], vLoad(get(CP), 16)),
         ]),
-        set(COL, add(get(COL), i32(COL_BLOCK))),
-        set(B_PANEL, add(get(B_PANEL), get(B_PANEL_BYTES))),
       ),
-      set(KB, add(get(KB), i32(K_BLOCK))),
+      set(AP, add(get(A_START), mul(get(KB), get(A_COL)))),
+      set(BP, get(B_PANEL)),
+      set(P, minU(sub(get(K), get(KB)), i32(K_BLOCK))),
+      // Four steps of p a pass, B's at immediate offsets: a quarter of the loop's own work.
+      whileNot(
+        ltU(get(P), i32(UNROLL)),
+        ...Array.from({ length: UNROLL }, (_, u) => multiplyAddStep(R, u)),
+        set(AP, add(get(AP), get(A_COLS[UNROLL - 1]))),
+        set(BP, add(get(BP), i32(4 * COL_BLOCK * UNROLL))),
+        set(P, sub(get(P), i32(UNROLL))),
+      ),
+      whileNot(eqz(get(P)), multiplyAddStep(R, 0), ...nextP),
+      ...Array.from({ length: R }, (_, i) => [
+        ...set(CP, outAddr(i, get(COL))),
+        ...vStore(get(CP), get(ACC[2 * i]), 0),
+        ...vStore(get(CP), get(ACC[2 * i + 1]), 16),
+      ]),
+      set(COL, add(get(COL), i32(COL_BLOCK))),
+      set(B_PANEL, add(get(B_PANEL), get(B_PANEL_BYTES))),
     ),
-    ...set(B_PANEL, add(get(B), mul(shr(get(COL), i32(3)), get(B_PANEL_BYTES)))), // the partial panel
-    // The last n % 8 columns, one output at a time, from B's last (partial) panel.
-    ...Array.from({ length: R }, (_, i) => [
-      ...set(TAIL_COL, get(COL)),
-      ...whileNot(
-        geU(get(TAIL_COL), get(N)),
-        set(SUM, f32Zero),
-        ifElse(eqz(get(BIAS)), [], [set(SUM, f32Load(add(get(BIAS), shl(get(TAIL_COL), i32(2)))))]),
-        set(AP, aOfRow(i, get(A_START))),
-        set(BP, add(get(B_PANEL), shl(sub(get(TAIL_COL), get(COL)), i32(2)))),
-        set(P, get(K)),
-        whileNot(
-          eqz(get(P)),
-          set(SUM, f32Add(get(SUM), f32Mul(f32Load(get(AP)), f32Load(get(BP))))),
-          ...nextP,
-        ),
-        f32Store(outAddr(i, get(TAIL_COL)), get(SUM)),
-        set(TAIL_COL, add(get(TAIL_COL), i32(1))),
-      ),
-    ]).flat(),
   ];
 
-  const body: Code = [
-    ...A_ROWS.flatMap((local, i) => set(local, add(get(rowOffsets[i + 1]!), get(A_ROW)))),
+  /** Row `row`'s last n % 8 columns, one output at a time, from B's last (partial) panel. */
+  const tailColumns: Code = [
+    ...rowStart,
+    ...set(TAIL_COL, get(FULL)),
+    ...whileNot(
+      geU(get(TAIL_COL), get(N)),
+      set(SUM, f32Zero),
+      ifElse(eqz(get(BIAS)), [], [set(SUM, f32Load(add(get(BIAS), shl(get(TAIL_COL), i32(2)))))]),
+      set(AP, get(A_START)),
+      set(BP, add(get(B_PANEL), shl(sub(get(TAIL_COL), get(FULL)), i32(2)))),
+      set(P, get(K)),
+      whileNot(
+        eqz(get(P)),
+        set(SUM, f32Add(get(SUM), f32Mul(f32Load(get(AP)), f32Load(get(BP))))),
+        ...nextP,
+      ),
+      f32Store(outAddr(0, get(TAIL_COL)), get(SUM)),
+      set(TAIL_COL, add(get(TAIL_COL), i32(1))),
+    ),
+  ];
+
+  /** `body` for rows firstRow…endRow−1 in blocks of six, then of four (a 64-row matrix ends 6·10 + 4), then one. */
+  const overRows = (body: (R: number) => Code): Code => [
     ...set(ROW, get(FIRST_ROW)),
-    // Blocks of six rows, then of four (a 64-row matrix ends 6·10 + 4), then single rows.
     ...[ROW_BLOCK, 4].flatMap((R) =>
       whileNot(
         gtU(add(get(ROW), i32(R)), get(END_ROW)),
-        rowBlock(R),
+        body(R),
         set(ROW, add(get(ROW), i32(R))),
       )
     ),
     ...whileNot(
       geU(get(ROW), get(END_ROW)),
-      rowBlock(1),
+      body(1),
+      set(ROW, add(get(ROW), i32(1))),
+    ),
+  ];
+
+  const body: Code = [
+    ...A_ROWS.flatMap((local, i) => set(local, add(get(rowOffsets[i + 1]!), get(A_ROW)))),
+    ...A_COLS.slice(1).flatMap((local, i) => set(local, add(get(A_COLS[i]), get(A_COL)))),
+    ...set(FULL, sub(get(N), remU(get(N), i32(COL_BLOCK)))), // columns in whole panels
+    ...set(SPAN, i32(0)),
+    ...whileNot(
+      geU(get(SPAN), get(FULL)),
+      set(SPAN_END, minU(add(get(SPAN), i32(COL_SPAN)), get(FULL))),
+      set(KB, i32(0)),
+      whileNot(
+        geU(get(KB), get(K)),
+        overRows(rowBlock),
+        set(KB, add(get(KB), i32(K_BLOCK))),
+      ),
+      set(SPAN, get(SPAN_END)),
+    ),
+    ...set(B_PANEL, add(get(B), mul(shr(get(FULL), i32(3)), get(B_PANEL_BYTES)))), // the partial panel
+    ...set(ROW, get(FIRST_ROW)),
+    ...whileNot(
+      geU(get(ROW), get(END_ROW)),
+      tailColumns,
       set(ROW, add(get(ROW), i32(1))),
     ),
   ];
@@ -458,7 +622,7 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
     {
       name: "gemm",
       params: new Array(13).fill(I32),
-      locals: [[14, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]],
+      locals: [[23, I32], [3 + 2 * ROW_BLOCK, V128], [1, F32]],
       body,
     },
     { name: "pack", params: new Array(7).fill(I32), locals: [[6, I32]], body: packBody() },
@@ -475,10 +639,11 @@ function gemmModule(fused: boolean): Uint8Array<ArrayBuffer> {
  * stored (k, m), in panels of ROW_BLOCK rows.
  *
  * When each row's elements sit side by side (xStride 4) a row of a panel is
- * two 16-byte copies. Those copy eight floats whatever the width: a
- * narrower panel's extra floats land in the next slot, rewritten next, and
- * the last ones up to 32 bytes past `dst`'s panels, as the reads may go
- * past `src`. Otherwise (a transposed B) elements go one at a time.
+ * copied whole, COL_BLOCK floats as two 16-byte copies, ROW_BLOCK as one and
+ * an 8-byte copy: a last, partial panel gets floats from past its row (up to
+ * 32 bytes past `src`'s end), in lanes the kernel never reads. Nothing is
+ * written outside the panels, so threads can pack neighbouring panels at
+ * once. Otherwise (a transposed B) elements go one at a time.
  */
 function packBody(): Code {
   const [SRC, DST, K, COUNT, P_STRIDE, X_STRIDE, WIDTH] = [0, 1, 2, 3, 4, 5, 6]; // parameters
@@ -511,11 +676,28 @@ function packBody(): Code {
     ...set(X, i32(0)),
     ...ifElse(
       eqz(sub(get(X_STRIDE), i32(4))),
-      [overX(get(WIDTH), [
-        vStore(get(D), vLoad(get(S), 0), 0),
-        vStore(get(D), vLoad(get(S), 16), 16),
-      ])],
+      [ifElse(
+        eqz(sub(get(WIDTH), i32(COL_BLOCK))),
+        [overX(get(WIDTH), [
+          vStore(get(D), vLoad(get(S), 0), 0),
+          vStore(get(D), vLoad(get(S), 16), 16),
+        ])],
+        [overX(get(WIDTH), [ // ROW_BLOCK: 4 + 2 floats
+          vStore(get(D), vLoad(get(S), 0), 0),
+          i64Store(get(D), i64Load(get(S), 16), 16),
+        ])],
+      )],
       [overX(i32(1), [f32Store(get(D), f32Load(get(S)))])],
     ),
   ];
 }
+
+/** i64.load and i64.store: eight bytes copied as they are. */
+const i64Load = (addr: Code, offset: number): Code => [...addr, 0x29, 3, offset];
+const i64Store = (addr: Code, value: Code, offset: number): Code => [
+  ...addr,
+  ...value,
+  0x37,
+  3,
+  offset,
+];

@@ -30,8 +30,8 @@ import {
   MAX_CHUNKS,
   MEMORY_PAGES,
   openTicket,
-  type Pack,
   PACK_SLACK,
+  PackField,
   ROW_BLOCK,
   runChunks,
   Slot,
@@ -131,7 +131,6 @@ export interface Pool {
   memory: WebAssembly.Memory;
   ctrl: Int32Array;
   kernels: Kernels;
-  pack: Pack;
   /** This thread and the helpers that started. */
   threads: number;
   seq: number;
@@ -200,6 +199,28 @@ export function tensorFromShared(
   return out;
 }
 
+/** Floats a packing chunk copies at least: smaller operands are packed by one thread. */
+const PACK_CHUNK_FLOATS = 16384;
+
+/**
+ * How a (k, count) operand of each of `batch` matrices is packed in panels
+ * of `width`: panels per chunk, and chunks per matrix (a few per thread, in
+ * all, each at least PACK_CHUNK_FLOATS).
+ */
+function packing(
+  pool: Pool,
+  batch: number,
+  k: number,
+  count: number,
+  width: number,
+): { panels: number; chunks: number } {
+  const panelsPerMatrix = Math.ceil(count / width);
+  const wanted = Math.ceil(2 * pool.threads / batch);
+  const most = Math.max(1, Math.floor(k * count / PACK_CHUNK_FLOATS));
+  const panels = Math.ceil(panelsPerMatrix / Math.min(wanted, most, panelsPerMatrix));
+  return { panels, chunks: Math.ceil(panelsPerMatrix / panels) };
+}
+
 /**
  * Publishes the job written in the control block, with `chunks` chunks,
  * runs chunks here too, and returns when all are done.
@@ -243,7 +264,6 @@ function startPool(): Pool {
     memory,
     ctrl,
     kernels: kernelsOf(instance),
-    pack: instance.exports.pack as Pack,
     threads: 1 + started,
     seq: 0,
   };
@@ -277,32 +297,22 @@ tf.registerKernel({
     const pool = sharedPool();
     // Per matrix: A as it is, or packed in panels of ROW_BLOCK rows when
     // transposed; B packed in panels of COL_BLOCK columns (see gemm_kernel.ts).
-    // Operands to pack are first copied as they are to STAGE.
+    // Operands to pack are copied as they are to STAGE_A and STAGE_B, and
+    // packed by the job's first chunks, on every thread.
     const aBytes = (transposeA ? Math.ceil(m / ROW_BLOCK) * ROW_BLOCK : m) * k * 4;
     const bBytes = Math.ceil(n / COL_BLOCK) * COL_BLOCK * k * 4;
     const cBytes = m * n * 4;
     const A = CONTROL_BYTES;
-    const B = A + batch * aBytes + PACK_SLACK;
-    const C = B + batch * bBytes + PACK_SLACK;
+    const B = A + batch * aBytes;
+    const C = B + batch * bBytes;
     const BIAS = C + batch * cBytes;
-    const STAGE = BIAS + n * 4;
-    const end = STAGE + batch * Math.max(m * k, n * k) * 4 + PACK_SLACK;
+    const STAGE_A = BIAS + n * 4;
+    const STAGE_B = STAGE_A + (transposeA ? batch * m * k * 4 + PACK_SLACK : 0);
+    const end = STAGE_B + batch * k * n * 4 + PACK_SLACK;
     const shared = sharedFloats(pool, end);
     if (bias) copyToShared(wasm, shared, bias, BIAS);
-    if (transposeA) { // stored (k, m): element (i, p) at p·m + i
-      copyToShared(wasm, shared, a, STAGE);
-      for (let t = 0; t < batch; t++) {
-        pool.pack(STAGE + t * m * k * 4, A + t * aBytes, k, m, m * 4, 4, ROW_BLOCK);
-      }
-    } else {
-      copyToShared(wasm, shared, a, A);
-    }
-    // Stored (n, k), element (p, j) at j·k + p; or (k, n), at p·n + j.
-    const [pStride, jStride] = transposeB ? [4, k * 4] : [n * 4, 4];
-    copyToShared(wasm, shared, b, STAGE);
-    for (let t = 0; t < batch; t++) {
-      pool.pack(STAGE + t * k * n * 4, B + t * bBytes, k, n, pStride, jStride, COL_BLOCK);
-    }
+    copyToShared(wasm, shared, a, transposeA ? STAGE_A : A); // stored (k, m) when transposed
+    copyToShared(wasm, shared, b, STAGE_B);
 
     // A few chunks per thread balance the load; a chunk never spans two matrices.
     const chunkRows = ROW_BLOCK *
@@ -314,12 +324,26 @@ tf.registerKernel({
     ctrl.set([m, k, n], Slot.M);
     ctrl.set(transposeA ? [4, ROW_BLOCK * 4] : [k * 4, 4], Slot.A_ROW);
     ctrl.set([aBytes, bBytes, cBytes, chunkRows, perMatrix, ROW_BLOCK * k * 4], Slot.A_BATCH);
+    // A transposed A, stored (k, m): element (p, i) at p·m + i. B stored
+    // (n, k): element (p, j) at j·k + p; or (k, n), at p·n + j.
+    const aPacks = transposeA ? packing(pool, batch, k, m, ROW_BLOCK) : { panels: 0, chunks: 0 };
+    const bPacks = packing(pool, batch, k, n, COL_BLOCK);
+    ctrl.set([m * 4, 4, m * k * 4, aPacks.panels, aPacks.chunks], Slot.PACK_A + PackField.P_STRIDE);
+    ctrl.set(
+      [...(transposeB ? [4, k * 4] : [n * 4, 4]), k * n * 4, bPacks.panels, bPacks.chunks],
+      Slot.PACK_B + PackField.P_STRIDE,
+    );
     // One job per group of matrices whose chunks fit in a ticket.
-    const groupSize = Math.floor(MAX_CHUNKS / perMatrix);
+    const chunksPerMatrix = aPacks.chunks + bPacks.chunks + perMatrix;
+    const groupSize = Math.floor(MAX_CHUNKS / chunksPerMatrix);
     for (let t = 0; t < batch; t += groupSize) {
-      const chunks = Math.min(groupSize, batch - t) * perMatrix;
+      const matrices = Math.min(groupSize, batch - t);
       ctrl.set([A + t * aBytes, B + t * bBytes, C + t * cBytes], Slot.A);
-      runJob(pool, chunks);
+      ctrl[Slot.PACK_A + PackField.SRC] = STAGE_A + t * m * k * 4;
+      ctrl[Slot.PACK_B + PackField.SRC] = STAGE_B + t * k * n * 4;
+      ctrl[Slot.MATRICES] = matrices;
+      ctrl[Slot.PACKED] = 0;
+      runJob(pool, matrices * chunksPerMatrix);
     }
 
     return tensorFromShared(wasm, pool, C, [...lead, m, n]); // (..., m, n)

@@ -26,6 +26,8 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
+import type { DropoutSpec } from "../../nn/fast_paths.ts";
+import { dropout } from "./dropout.ts";
 import {
   allocate,
   dispatch,
@@ -419,22 +421,22 @@ tf.registerKernel({
 /**
  * `softmax(q kᵀ / √hs + causal mask) v` for every head, heads side by
  * side, with its gradient: q, k, v (B, T, C), head h in columns
- * h·hs…(h+1)·hs → (B, T, C). `dropWeights`, given in training with
+ * h·hs…(h+1)·hs → (B, T, C). `weightsDropout`, given in training with
  * dropout, is dropout on the (B, H, T, T) weights: a mask multiplied into
- * them, which it gives here as what it makes of ones, drawing from the
- * run's stream as the plain layer's call does.
+ * them, drawn here as dropout of ones, from the run's stream as the plain
+ * layer's call draws it.
  */
 export function causalSelfAttention(
   q: tf.Tensor,
   k: tf.Tensor,
   v: tf.Tensor,
   nHead: number,
-  dropWeights?: (weights: tf.Tensor) => tf.Tensor,
+  weightsDropout?: DropoutSpec,
 ): tf.Tensor {
-  if (!dropWeights) return runKernelForResult(FORWARD, { q, k, v }, { nHead }); // (B, T, C)
+  if (!weightsDropout) return runKernelForResult(FORWARD, { q, k, v }, { nHead }); // (B, T, C)
   const [B, T] = q.shape;
   const ones = tf.fill([B, nHead, T, T], 1); // filled on the GPU, not uploaded
-  const mask = dropWeights(ones); // (B, H, T, T): 0 or 1/(1−p)
+  const mask = dropout(ones, weightsDropout.p, weightsDropout.rng); // (B, H, T, T): 0 or 1/(1−p)
   const y = runKernelForResult(FORWARD_DROPOUT, { q, k, v, mask }, { nHead }); // (B, T, C)
   tf.dispose([ones, mask]); // the gradient keeps its own reference to the mask
   return y;
