@@ -15,7 +15,12 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../lib/rng.ts";
-import { type BatchNormState, type DropoutSpec, type ExpertGroups, fastPath } from "./fast_paths.ts";
+import {
+  type BatchNormState,
+  type DropoutSpec,
+  type ExpertGroups,
+  fastPath,
+} from "./fast_paths.ts";
 
 /**
  * `op(a) @ op(b)`, where op transposes the last two axes when asked:
