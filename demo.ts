@@ -41,6 +41,22 @@ export const DEMO_RUNS: { model: string; args: string[] }[] = [
     model: "gptLM",
     args: ["--config=cpu", "--learning_rate=1e-3", "--max_iters=500", "--eval_interval=100"],
   },
+  // A small mixture of experts: 4 experts of which the router picks 2 per token.
+  {
+    model: "moeLM",
+    args: [
+      "--n_layer=2",
+      "--n_head=4",
+      "--n_embd=64",
+      "--num_experts=4",
+      "--block_size=32",
+      "--batch_size=16",
+      "--dropout=0",
+      "--learning_rate=1e-3",
+      "--max_iters=300",
+      "--eval_interval=100",
+    ],
+  },
 ];
 
 /** The demo's evaluations are short: 20 batches per split instead of 200. */

@@ -7,7 +7,12 @@
  * window and its target fit. bigramLM/gptLM predict every position of a
  * window; mlpLM predicts the one token after it (no input zeroing).
  *
+ * On an adder dataset, `--metric=add_accuracy` asks the model each
+ * problem's 2n digits instead and counts the problems whose n+1 greedily
+ * chosen digits are the (reversed) sum.
+ *
  *   deno task eval --ckpt=out/<run>.safetensors [--split=val] [--max_windows=N]
+ *   deno task eval --ckpt=out/<adder run>.safetensors --metric=add_accuracy
  *
  * @module
  */
@@ -15,7 +20,9 @@ import * as tf from "@tensorflow/tfjs";
 import { runMain, UsageError, UserError } from "./cli/errors.ts";
 import { parseFlags } from "./cli/flags.ts";
 import { BACKEND_FLAG } from "./lib/backend.ts";
+import { adderProblems } from "./lib/adder.ts";
 import { loadDataset } from "./lib/data.ts";
+import type { LanguageModel } from "./models/model.ts";
 import { checkVocabulary, loadCheckpoint, modelFromCheckpoint } from "./run/checkpoint.ts";
 import { startBackend } from "./run/start.ts";
 import { microBatchCount } from "./run/training.ts";
@@ -23,6 +30,12 @@ import { microBatchCount } from "./run/training.ts";
 const FLAGS = {
   ckpt: { type: "string", default: "", help: "checkpoint to evaluate (required)" },
   split: { type: "string", default: "val", choices: ["train", "val"], help: "train or val" },
+  metric: {
+    type: "string",
+    default: "loss",
+    choices: ["loss", "add_accuracy"],
+    help: "loss, or add_accuracy (adder datasets: exact greedy sums)",
+  },
   max_windows: {
     type: "int",
     default: 0,
@@ -46,8 +59,37 @@ export interface EvalResult {
   model_name: string;
 }
 
+/** What `eval --metric=add_accuracy` prints as one JSON line. */
+export interface AddAccuracyResult {
+  add_accuracy: number;
+  correct: number;
+  problems: number;
+  model_name: string;
+}
+
+/**
+ * Exact-match accuracy on addition problems: each prompt's answer digits
+ * chosen one at a time by argmax (greedy), all of them right to count.
+ */
+export async function addAccuracy(
+  model: Pick<LanguageModel, "nextTokenLogits">,
+  problems: { prompt: number[]; answer: number[] }[],
+): Promise<number> {
+  let correct = 0;
+  for (const { prompt, answer } of problems) {
+    const ids = [...prompt];
+    for (let i = 0; i < answer.length; i++) {
+      const next = tf.tidy(() => model.nextTokenLogits(ids).argMax());
+      ids.push((await next.data())[0]);
+      next.dispose();
+    }
+    if (answer.every((digit, i) => ids[prompt.length + i] === digit)) correct++;
+  }
+  return correct;
+}
+
 /** Evaluates as `args` say and prints one JSON line. */
-export async function main(args: string[]): Promise<EvalResult> {
+export async function main(args: string[]): Promise<EvalResult | AddAccuracyResult> {
   const { values } = parseFlags(args, FLAGS);
   if (!values.ckpt) {
     throw new UsageError("--ckpt=PATH is required (a checkpoint saved by train.ts)");
@@ -59,6 +101,24 @@ export async function main(args: string[]): Promise<EvalResult> {
   const model = modelFromCheckpoint(ckpt);
 
   const data = dataset[values.split];
+  if (values.metric === "add_accuracy") {
+    const ndigit = dataset.meta.ndigit;
+    if (ndigit === undefined) {
+      throw new UsageError(
+        `--metric=add_accuracy needs an adder dataset (ndigit in meta.json); ${ckpt.path} was trained on ${dataset.name}`,
+      );
+    }
+    const problems = adderProblems(data, ndigit);
+    const correct = await addAccuracy(model, problems);
+    const result: AddAccuracyResult = {
+      add_accuracy: correct / problems.length,
+      correct,
+      problems: problems.length,
+      model_name: ckpt.modelName,
+    };
+    console.log(JSON.stringify(result));
+    return result;
+  }
   const T = model.config.block_size;
   let windows = Math.floor((data.length - 1) / T); // start i needs i + T + 1 <= len
   if (values.max_windows > 0) windows = Math.min(windows, values.max_windows);

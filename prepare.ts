@@ -2,10 +2,12 @@
  * Prepares a character-level dataset, as the original's
  * `datasets/shakespeare_char/prepare.py`: text → sorted character
  * vocabulary → ids, first 90% train, last 10% val, written as
- * `datas/<dataset>/{train.bin,val.bin,meta.json}`.
+ * `datas/<dataset>/{train.bin,val.bin,meta.json}`. `--dataset=adder_int`
+ * builds the original's 2-digit addition problems instead (no input).
  *
  *   deno task prepare
  *   deno task prepare --input=mybook.txt --dataset=mybook_char
+ *   deno task prepare --dataset=adder_int
  *
  * @module
  */
@@ -17,7 +19,8 @@ import {
   tokenize,
   uint16Bytes,
 } from "./lib/data.ts";
-import { runMain, UserError } from "./cli/errors.ts";
+import { ADDER_VOCAB, adderData } from "./lib/adder.ts";
+import { runMain, UsageError, UserError } from "./cli/errors.ts";
 import { parseFlags } from "./cli/flags.ts";
 import { insideProject, readProjectFile, writeFileAtomic, writeFilesAtomic } from "./cli/files.ts";
 
@@ -58,11 +61,46 @@ async function readInput(path: string): Promise<Uint8Array> {
   }
 }
 
+/** The dataset `prepare` generates rather than reads. */
+const ADDER_DATASET = "adder_int";
+
+/**
+ * The original's `datasets/adder_int/prepare.py`: 2-digit additions,
+ * byte-identical files; meta.json adds `ndigit` and `block_size`.
+ */
+async function prepareAdder(dir: string): Promise<void> {
+  const data = adderData(2);
+  console.log(`vocab size: ${ADDER_VOCAB.length}`);
+  console.log(`train has ${data.train.length.toLocaleString("en-US")} tokens`);
+  console.log(`val has ${data.val.length.toLocaleString("en-US")} tokens`);
+  try {
+    await Deno.mkdir(dir, { recursive: true });
+  } catch (e) {
+    throw new UserError(`cannot create ${dir}: ${(e as Error).message}`);
+  }
+  const meta = metaJson([...ADDER_VOCAB], data, {
+    ndigit: data.ndigit,
+    block_size: data.blockSize,
+  });
+  await writeFilesAtomic([
+    [`${dir}/train.bin`, uint16Bytes(data.train)],
+    [`${dir}/val.bin`, uint16Bytes(data.val)],
+    [`${dir}/meta.json`, new TextEncoder().encode(meta)],
+  ]);
+  console.log(`wrote ${dir}/train.bin, ${dir}/val.bin and ${dir}/meta.json`);
+}
+
 export async function main(args: string[]) {
-  const { values } = parseFlags(args, FLAGS);
+  const { values, given } = parseFlags(args, FLAGS);
   const input = values.input;
   const dir = datasetDir(values.dataset);
   await insideProject(dir, "--dataset");
+  if (values.dataset === ADDER_DATASET) {
+    if (given.has("input")) {
+      throw new UsageError(`--dataset=${ADDER_DATASET} is generated, not read: drop --input`);
+    }
+    return await prepareAdder(dir);
+  }
 
   const text = decodeText(await readInput(input), input);
   if (text.length === 0) {

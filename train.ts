@@ -17,23 +17,29 @@ import { StopRequest } from "./cli/stop.ts";
 import { checkWindowsFit, decode, loadDataset } from "./lib/data.ts";
 import { countParams } from "./models/model.ts";
 import { checkVocabulary, saveCheckpoint, type TrainingState } from "./run/checkpoint.ts";
+import { datasetBlockSize } from "./run/config.ts";
 import { buildRun, resumeRunFiles, startRunFiles, trainSettings } from "./run/run.ts";
 import { generateTokens } from "./run/sampling.ts";
 import { startBackend } from "./run/start.ts";
-import { estimateLoss } from "./run/training.ts";
+import { estimateLoss, expertLoadReport } from "./run/training.ts";
 
 /**
  * Trains as `args` say and returns where the loss log and the best
  * checkpoint were written.
  */
 export async function main(args: string[]): Promise<{ logFile: string; checkpointPath: string }> {
-  const { config, ckpt } = await trainSettings(args);
+  const { config, ckpt, given } = await trainSettings(args);
 
   const backend = await startBackend(config.backend);
   console.log(`backend: ${backend.name} (${backend.adapter})`);
 
   const data = await loadDataset(config.dataset);
   console.log(`found vocab_size = ${data.vocab.length} (inside ${data.dir}/meta.json)`);
+  const blockSize = datasetBlockSize(config, given, data);
+  if (blockSize !== config.block_size) {
+    console.log(`found block_size = ${blockSize} (inside ${data.dir}/meta.json)`);
+    config.block_size = blockSize;
+  }
   checkWindowsFit(data, config.block_size);
   if (ckpt) checkVocabulary(ckpt, data);
 
@@ -44,6 +50,7 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
   console.log(
     `${(paramCount / 1e6).toFixed(6)} M parameters (${paramCount.toLocaleString("en-US")})`,
   );
+  for (const line of model.summary ?? []) console.log(line);
   if (microBatches > 1) {
     console.log(
       `each batch in ${microBatches} micro-batches of ${
@@ -122,6 +129,9 @@ export async function main(args: string[]): Promise<{ logFile: string; checkpoin
         );
         if (!Number.isFinite(losses.train) || !Number.isFinite(losses.val)) {
           throw lossDiverged(iter, checkpointPath);
+        }
+        for (const line of await expertLoadReport(model, data.val, config.batch_size)) {
+          console.log(line);
         }
         if (iter > 0) {
           await appendText(

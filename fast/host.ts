@@ -13,7 +13,7 @@ import type { AdamWStep } from "../nn/fast_paths.ts";
  * (the gradient of `gather`) and a slow `gather`, and the one-hot product
  * costs V times the work and memory (a CJK vocabulary has thousands of
  * characters). Forward copies rows; backward adds each row's gradient to
- * its id's row.
+ * its id's row. (The MoE models gather token rows with it too.)
  */
 export function embeddingHost(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
   const op = tf.customGrad((t, i, save) => {
@@ -36,7 +36,7 @@ export function embeddingHost(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor {
           const row = savedRows[n] * C;
           for (let c = 0; c < C; c++) dTable[row + c] += dOut[n * C + c];
         }
-        return [tf.tensor(dTable, [V, C]), tf.zerosLike(it)];
+        return [tf.tensor(dTable, [V, C]), tf.zeros(it.shape)]; // ids: no gradient
       },
     };
   });

@@ -13,6 +13,8 @@
  *   cross-entropy, linear layers around tfjs's fused product, the
  *   embedding, BatchNorm, bigramLM's counted loss, the join of gptLM's
  *   per-head weights, dropout.
+ *   Also mixture-of-experts groups that need no host read (WebGPU cannot
+ *   read a tensor synchronously under Deno).
  *
  * Nothing outside `run/` imports this folder: the layers and models read
  * complete without it.
@@ -22,6 +24,7 @@
 import * as tf from "@tensorflow/tfjs";
 import { type AdamWStep, type FastPaths, registerFastPaths } from "../nn/fast_paths.ts";
 import { bigramLossHost } from "./bigram_loss.ts";
+import { routeToAllExperts } from "./expert_groups.ts";
 import { adamwUpdateCpu, concatColumnsHost, embeddingHost, layerNormHost } from "./host.ts";
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
@@ -77,7 +80,7 @@ export function installFastPaths(backend: string): void {
     adamwUpdate: eachParameter(adamwUpdateCpu),
     dropout: dropoutWasmMask,
   });
-  registerFastPaths("webgpu", webgpuFastPaths);
+  registerFastPaths("webgpu", { ...webgpuFastPaths, routeToExperts: routeToAllExperts });
 }
 
 /** An AdamW update of one parameter's tensors as one of every parameter's, in turn. */

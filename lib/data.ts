@@ -134,13 +134,26 @@ function sha256(bytes: Uint8Array): string {
   return createHash("sha256").update(bytes).digest("hex");
 }
 
+/** What a dataset's meta.json may say besides its vocabulary and splits. */
+export interface DatasetMeta {
+  /** The context length the dataset is made for (adder_int: one problem but its last digit). */
+  block_size?: number;
+  /** adder_int: digits per operand. */
+  ndigit?: number;
+}
+
 /**
- * `meta.json`: the pickle's keys, with JSON's string keys for `itos`. With
- * the splits, also what ties the `.bin` files to it: each split's token
- * count (`train_tokens`, `val_tokens`) and the SHA-256 of its bytes
+ * `meta.json`: the pickle's keys, with JSON's string keys for `itos`, and
+ * any of a dataset's own (adder_int's `ndigit` and `block_size`). With the
+ * splits, also what ties the `.bin` files to it: each split's token count
+ * (`train_tokens`, `val_tokens`) and the SHA-256 of its bytes
  * (`train_sha256`, `val_sha256`).
  */
-export function metaJson(vocab: Vocab, splits?: { train: Uint16Array; val: Uint16Array }): string {
+export function metaJson(
+  vocab: Vocab,
+  splits?: { train: Uint16Array; val: Uint16Array },
+  extra: DatasetMeta = {},
+): string {
   const itos = Object.fromEntries(vocab.map((ch, i) => [String(i), ch]));
   const stoi = Object.fromEntries(vocab.map((ch, i) => [ch, i]));
   const files = splits
@@ -151,7 +164,7 @@ export function metaJson(vocab: Vocab, splits?: { train: Uint16Array; val: Uint1
       val_sha256: sha256(uint16Bytes(splits.val)),
     }
     : {};
-  return JSON.stringify({ vocab_size: vocab.length, itos, stoi, ...files }, null, 1) +
+  return JSON.stringify({ vocab_size: vocab.length, ...extra, itos, stoi, ...files }, null, 1) +
     "\n";
 }
 
@@ -162,6 +175,8 @@ export interface Dataset {
   vocab: Vocab;
   train: Uint16Array;
   val: Uint16Array;
+  /** meta.json's other keys. */
+  meta: DatasetMeta;
 }
 
 /** A dataset's name: one folder under `datas/`, never a path. */
@@ -209,6 +224,7 @@ async function readOrExplain(
 interface Meta {
   vocab: Vocab;
   splits: Partial<Record<"train" | "val", { tokens: number; sha256: string }>>;
+  extra: DatasetMeta;
 }
 
 function parseMeta(bytes: Uint8Array, path: string): Meta {
@@ -252,7 +268,18 @@ function parseMeta(bytes: Uint8Array, path: string): Meta {
     }
     splits[split] = { tokens: tokens as number, sha256: hash };
   }
-  return { vocab: vocab as Vocab, splits };
+  const extra: DatasetMeta = {};
+  for (const key of ["block_size", "ndigit"] as const) {
+    const value = m[key];
+    if (value === undefined) continue;
+    if (typeof value !== "number" || !Number.isInteger(value) || value < 1) {
+      throw new UserError(
+        `${path}: ${key} is not a positive integer: run \`deno task prepare\` again`,
+      );
+    }
+    extra[key] = value;
+  }
+  return { vocab: vocab as Vocab, splits, extra };
 }
 
 function parseIds(
@@ -312,7 +339,7 @@ export async function loadDataset(dataset: string): Promise<Dataset> {
     }
     splits[split] = parseIds(bytes, path, vocab.length);
   }
-  return { name: dataset, dir, vocab, ...splits };
+  return { name: dataset, dir, vocab, ...splits, meta: meta.extra };
 }
 
 /**

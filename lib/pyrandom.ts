@@ -5,8 +5,7 @@
  * and `random`. Same seed, same calls → same numbers as
  * `random.Random(seed)` in Python.
  *
- * Sources: CPython `Modules/_randommodule.c` (`init_genrand`,
- * `init_by_array`, `genrand_uint32`, `random_seed`, `random_random`,
+ * Sources: CPython `Modules/_randommodule.c` (`random_seed`, `random_random`,
  * `_random_Random_getrandbits_impl`) and `Lib/random.py`
  * (`_randbelow_with_getrandbits`, `randrange`, `randint`, `shuffle`).
  *
@@ -17,11 +16,7 @@
  * @module
  */
 
-const N = 624;
-const M = 397;
-const MATRIX_A = 0x9908b0df;
-const UPPER_MASK = 0x80000000;
-const LOWER_MASK = 0x7fffffff;
+import { Mt19937, MT_N } from "./mt19937.ts";
 
 /**
  * The generator state as a plain JSON-able object: the 624 32-bit words of
@@ -74,8 +69,7 @@ function bitLength(n: number): number {
  * ```
  */
 export class PyRandom {
-  #mt = new Uint32Array(N);
-  #index = N;
+  #gen = new Mt19937();
 
   /**
    * Seeds like Python's `random.Random(seed)` for an int seed: MT19937
@@ -85,73 +79,7 @@ export class PyRandom {
    * @param seed a safe integer or a bigint (any size); the sign is ignored.
    */
   constructor(seed: number | bigint) {
-    this.#initByArray(seedWords(seed));
-  }
-
-  #initGenrand(s: number): void {
-    const mt = this.#mt;
-    mt[0] = s >>> 0;
-    for (let i = 1; i < N; i++) {
-      const prev = mt[i - 1];
-      mt[i] = (Math.imul(1812433253, prev ^ (prev >>> 30)) + i) >>> 0;
-    }
-    this.#index = N;
-  }
-
-  #initByArray(key: number[]): void {
-    const mt = this.#mt;
-    this.#initGenrand(19650218);
-    let i = 1;
-    let j = 0;
-    for (let k = Math.max(N, key.length); k > 0; k--) {
-      const prev = mt[i - 1];
-      mt[i] = ((mt[i] ^ Math.imul(prev ^ (prev >>> 30), 1664525)) + key[j] +
-        j) >>> 0;
-      i++;
-      j++;
-      if (i >= N) {
-        mt[0] = mt[N - 1];
-        i = 1;
-      }
-      if (j >= key.length) j = 0;
-    }
-    for (let k = N - 1; k > 0; k--) {
-      const prev = mt[i - 1];
-      mt[i] = ((mt[i] ^ Math.imul(prev ^ (prev >>> 30), 1566083941)) - i) >>>
-        0;
-      i++;
-      if (i >= N) {
-        mt[0] = mt[N - 1];
-        i = 1;
-      }
-    }
-    mt[0] = 0x80000000;
-  }
-
-  /** CPython's `genrand_uint32`: the next tempered 32-bit output. */
-  #genrandUint32(): number {
-    const mt = this.#mt;
-    if (this.#index >= N) {
-      let kk = 0;
-      let y: number;
-      for (; kk < N - M; kk++) {
-        y = (mt[kk] & UPPER_MASK) | (mt[kk + 1] & LOWER_MASK);
-        mt[kk] = mt[kk + M] ^ (y >>> 1) ^ (y & 1 ? MATRIX_A : 0);
-      }
-      for (; kk < N - 1; kk++) {
-        y = (mt[kk] & UPPER_MASK) | (mt[kk + 1] & LOWER_MASK);
-        mt[kk] = mt[kk + (M - N)] ^ (y >>> 1) ^ (y & 1 ? MATRIX_A : 0);
-      }
-      y = (mt[N - 1] & UPPER_MASK) | (mt[0] & LOWER_MASK);
-      mt[N - 1] = mt[M - 1] ^ (y >>> 1) ^ (y & 1 ? MATRIX_A : 0);
-      this.#index = 0;
-    }
-    let y = mt[this.#index++];
-    y ^= y >>> 11;
-    y ^= (y << 7) & 0x9d2c5680;
-    y ^= (y << 15) & 0xefc60000;
-    y ^= y >>> 18;
-    return y >>> 0;
+    this.#gen.initByArray(seedWords(seed));
   }
 
   /**
@@ -166,7 +94,7 @@ export class PyRandom {
       );
     }
     if (k === 0) return 0;
-    return this.#genrandUint32() >>> (32 - k);
+    return this.#gen.nextUint32() >>> (32 - k);
   }
 
   /**
@@ -231,8 +159,8 @@ export class PyRandom {
 
   /** Python's `random()`: a float in [0, 1) with 53 random bits. */
   random(): number {
-    const a = this.#genrandUint32() >>> 5;
-    const b = this.#genrandUint32() >>> 6;
+    const a = this.#gen.nextUint32() >>> 5;
+    const b = this.#gen.nextUint32() >>> 6;
     return (a * 67108864 + b) * (1 / 9007199254740992);
   }
 
@@ -242,7 +170,7 @@ export class PyRandom {
    * sequence later.
    */
   getstate(): PyRandomState {
-    return { mt: Array.from(this.#mt), index: this.#index };
+    return { mt: Array.from(this.#gen.mt), index: this.#gen.index };
   }
 
   /**
@@ -252,14 +180,14 @@ export class PyRandom {
    */
   setstate(state: PyRandomState): void {
     const { mt, index } = state ?? {};
-    if (!Array.isArray(mt) || mt.length !== N) {
+    if (!Array.isArray(mt) || mt.length !== MT_N) {
       throw new RangeError(
-        `setstate: mt must be an array of ${N} words, got ${
+        `setstate: mt must be an array of ${MT_N} words, got ${
           Array.isArray(mt) ? `length ${mt.length}` : typeof mt
         }`,
       );
     }
-    for (let i = 0; i < N; i++) {
+    for (let i = 0; i < MT_N; i++) {
       const w = mt[i];
       if (!Number.isInteger(w) || w < 0 || w > 0xffffffff) {
         throw new RangeError(
@@ -267,12 +195,12 @@ export class PyRandom {
         );
       }
     }
-    if (!Number.isInteger(index) || index < 0 || index > N) {
+    if (!Number.isInteger(index) || index < 0 || index > MT_N) {
       throw new RangeError(
-        `setstate: index must be an integer in 0..${N}, got ${index}`,
+        `setstate: index must be an integer in 0..${MT_N}, got ${index}`,
       );
     }
-    this.#mt.set(mt);
-    this.#index = index;
+    this.#gen.mt.set(mt);
+    this.#gen.index = index;
   }
 }

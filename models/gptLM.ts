@@ -13,6 +13,10 @@
  * Sampling keeps each block's keys and values (`decoding.ts`): a new token
  * is one position through every block, attending to the cached ones.
  *
+ * block_wise_scaling_gptLM is this model with a head count and a
+ * feed-forward width of its own in each block: {@link createGPT} takes them
+ * as a {@link BlockLayout}.
+ *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
@@ -31,21 +35,24 @@ import {
 import type { Rng } from "../lib/rng.ts";
 import { type KVCache, windowDecoder } from "./decoding.ts";
 import {
-  type Buffer,
   type LanguageModel,
   type Mode,
   type ModelConfig,
   type ModelDefinition,
+  type ModelName,
   type ModelSizes,
   nextTokenBatch,
-  type Param,
 } from "./model.ts";
+import {
+  causalMaskBias,
+  lastTokenLogits,
+  type Matrix,
+  ParamList,
+  type Vector,
+} from "./transformer.ts";
 
 /** Standard deviation of every Linear weight and both embeddings (`_init_weights`). */
 const INIT_STD = 0.02;
-
-type Matrix = tf.Variable<tf.Rank.R2>;
-type Vector = tf.Variable<tf.Rank.R1>;
 
 /** One head's projections, each (C, hs). */
 interface HeadParams {
@@ -54,7 +61,7 @@ interface HeadParams {
   value: Matrix;
 }
 
-/** A block's query, key and value weights for all heads, (C, C) each. */
+/** A block's query, key and value weights for all its h heads, (C, h·hs) each. */
 interface HeadWeights {
   query: tf.Tensor2D;
   key: tf.Tensor2D;
@@ -62,21 +69,21 @@ interface HeadWeights {
 }
 
 /**
- * How attention gets its keys and values: q, k, v (B, T, C) of a block's
- * positions → every head's output side by side, (B, T, C). Training and
+ * How attention gets its keys and values: q, k, v (B, T, h·hs) of a block's
+ * positions → every head's output side by side, (B, T, h·hs). Training and
  * evaluation attend within the window; sampling adds k and v to a cache
  * and attends to all of it.
  */
 type Attend = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
 
-/** One `Block`'s parameters. Linear weights are (in, out). */
+/** One `Block`'s parameters. Linear weights are (in, out); h heads, FFN width F (gptLM: H and 4C). */
 interface BlockParams {
   heads: HeadParams[];
-  projW: Matrix; // (C, C)
+  projW: Matrix; // (h·hs, C)
   projB: Vector; // (C)
-  fc1W: Matrix; // (C, 4C)
-  fc1B: Vector; // (4C)
-  fc2W: Matrix; // (4C, C)
+  fc1W: Matrix; // (C, F)
+  fc1B: Vector; // (F)
+  fc2W: Matrix; // (F, C)
   fc2B: Vector; // (C)
   ln1W: Vector; // (C)
   ln1B: Vector; // (C)
@@ -84,86 +91,96 @@ interface BlockParams {
   ln2B: Vector; // (C)
 }
 
-/**
- * Builds a gptLM with the original's init: N(0, 0.02) for every Linear
- * weight and both embeddings, zero biases, LayerNorm weight 1 and bias 0.
- * Values are drawn from `rng` in PyTorch's module order, each Linear weight
- * in PyTorch's (out, in) layout, so one seed gives one `state_dict`.
- */
+/** Each block's attention heads and feed-forward width. */
+export interface BlockLayout {
+  heads: number[];
+  ffnWidths: number[];
+}
+
+/** gptLM's layout: n_head heads and a 4·n_embd-wide feed-forward net in every block. */
+function uniformLayout(config: ModelConfig): BlockLayout {
+  return {
+    heads: Array.from({ length: config.n_layer }, () => config.n_head),
+    ffnWidths: Array.from({ length: config.n_layer }, () => 4 * config.n_embd),
+  };
+}
+
+/** gptLM's `create`. */
 function create(config: ModelConfig, rng: Rng): LanguageModel {
   checkConfig(config);
+  return createGPT(config, rng, uniformLayout(config), "gptLM");
+}
+
+/**
+ * Builds a gptLM-like model (heads of size n_embd / n_head, `layout`'s
+ * count of them and FFN width per block) with the original's init: N(0,
+ * 0.02) for every Linear weight and both embeddings, zero biases, LayerNorm
+ * weight 1 and bias 0. Values are drawn from `rng` in PyTorch's module
+ * order, each Linear weight in PyTorch's (out, in) layout, so one seed
+ * gives one `state_dict`.
+ */
+export function createGPT(
+  config: ModelConfig,
+  rng: Rng,
+  layout: BlockLayout,
+  name: ModelName,
+): LanguageModel {
   const { vocab_size: V, block_size: T0, n_embd: C, n_head: H, n_layer: L } = config;
   const hs = C / H;
 
-  const params: Param[] = [];
-  const buffers: Buffer[] = [];
-  const param = (name: string, value: tf.Tensor, transposed = false): tf.Variable => {
-    const variable = tf.variable(value, true);
-    value.dispose();
-    params.push({ name, variable, transposed });
-    return variable;
-  };
+  const store = new ParamList();
   // nn.Linear's weight drawn (out, in) as PyTorch holds it, stored (in, out).
   const linearWeight = (name: string, inF: number, outF: number) =>
-    param(name, tf.tidy(() => normalInit([outF, inF], INIT_STD, rng).transpose()), true) as Matrix;
-  const ones = (name: string, n: number) => param(name, tf.ones([n])) as Vector;
-  const zeros = (name: string, n: number) => param(name, tf.zeros([n])) as Vector;
+    store.linearWeight(name, normalInit([outF, inF], INIT_STD, rng));
 
-  const tokTable = param(
+  const tokTable = store.add(
     "token_embedding_table.weight",
     normalInit([V, C], INIT_STD, rng),
   ) as Matrix; // (V, C)
-  const posTable = param("position_embedding_table.weight", normalInit([T0, C], INIT_STD, rng)); // (T0, C)
-  // torch.tril(torch.ones(T0, T0)): ones on and below the diagonal, (T0, T0).
-  const lowerTriangle = new Float32Array(T0 * T0);
-  for (let t = 0; t < T0; t++) lowerTriangle.fill(1, t * T0, t * T0 + t + 1);
+  const posTable = store.add("position_embedding_table.weight", normalInit([T0, C], INIT_STD, rng)); // (T0, C)
   const blocks: BlockParams[] = [];
+  let tril: tf.Tensor | null = null;
   for (let i = 0; i < L; i++) {
     const p = `blocks.${i}`;
+    const [h, F] = [layout.heads[i], layout.ffnWidths[i]];
     const heads: HeadParams[] = [];
-    for (let h = 0; h < H; h++) {
-      const q = `${p}.sa.heads.${h}`;
+    for (let j = 0; j < h; j++) {
+      const q = `${p}.sa.heads.${j}`;
       heads.push({
         key: linearWeight(`${q}.key.weight`, C, hs),
         query: linearWeight(`${q}.query.weight`, C, hs),
         value: linearWeight(`${q}.value.weight`, C, hs),
       });
-      buffers.push({
-        name: `${q}.tril`,
-        tensor: tf.tensor2d(lowerTriangle, [T0, T0]),
-        dtype: "F32",
-      });
+      tril = store.tril(`${q}.tril`, T0);
     }
     blocks.push({
       heads,
-      projW: linearWeight(`${p}.sa.proj.weight`, C, C),
-      projB: zeros(`${p}.sa.proj.bias`, C),
-      fc1W: linearWeight(`${p}.ffwd.net.0.weight`, C, 4 * C),
-      fc1B: zeros(`${p}.ffwd.net.0.bias`, 4 * C),
-      fc2W: linearWeight(`${p}.ffwd.net.2.weight`, 4 * C, C),
-      fc2B: zeros(`${p}.ffwd.net.2.bias`, C),
-      ln1W: ones(`${p}.ln1.weight`, C),
-      ln1B: zeros(`${p}.ln1.bias`, C),
-      ln2W: ones(`${p}.ln2.weight`, C),
-      ln2B: zeros(`${p}.ln2.bias`, C),
+      projW: linearWeight(`${p}.sa.proj.weight`, h * hs, C),
+      projB: store.zeros(`${p}.sa.proj.bias`, C),
+      fc1W: linearWeight(`${p}.ffwd.net.0.weight`, C, F),
+      fc1B: store.zeros(`${p}.ffwd.net.0.bias`, F),
+      fc2W: linearWeight(`${p}.ffwd.net.2.weight`, F, C),
+      fc2B: store.zeros(`${p}.ffwd.net.2.bias`, C),
+      ln1W: store.ones(`${p}.ln1.weight`, C),
+      ln1B: store.zeros(`${p}.ln1.bias`, C),
+      ln2W: store.ones(`${p}.ln2.weight`, C),
+      ln2B: store.zeros(`${p}.ln2.bias`, C),
     });
   }
-  const lnfW = ones("ln_f.weight", C);
-  const lnfB = zeros("ln_f.bias", C);
+  const lnfW = store.ones("ln_f.weight", C);
+  const lnfB = store.zeros("ln_f.bias", C);
   const lmW = linearWeight("lm_head.weight", C, V); // (C, V)
-  const lmB = zeros("lm_head.bias", V);
-  // Every head's mask is the same constant: the first one serves all.
-  const tril = buffers[0].tensor;
+  const lmB = store.zeros("lm_head.bias", V);
 
   /** Dropout in training mode, identity in evaluation mode. */
   const drop = (x: tf.Tensor, mode: Mode) =>
     mode.training ? dropout(x, config.dropout, mode.rng) : x;
 
-  /** Receives each layer's attention weights (B, H, T, T), in order, when given to `forward`. */
+  /** Receives each layer's attention weights (B, h, T, T), in order, when given to `forward`. */
   type SeeWeights = (weights: tf.Tensor) => void;
 
   /**
-   * A block's per-head (C, hs) projections side by side, (C, C) each: one
+   * A block's per-head (C, hs) projections side by side, (C, h·hs) each: one
    * 2-D product serves every head. (One fused (C, 3C) product would need a
    * split, a slow kernel on WASM.)
    */
@@ -175,8 +192,8 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
 
   /**
    * `Block.forward`: x (B, T, C) → (B, T, C), its attention
-   * (`MultiHeadAttention` on ln1(x)) reading keys and values through
-   * `attend`. With `lastOnly`, only the last position's output, (B, 1, C):
+   * (`MultiHeadAttention` on ln1(x), h·hs wide inside) reading keys and
+   * values through `attend`. With `lastOnly`, only the last position's output, (B, 1, C):
    * its query attends to every position's key and value, and the rest of
    * the block runs on that one position (all sampling reads of the last block).
    */
@@ -191,9 +208,9 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     const [B, T] = x.shape;
     const rows = (y: tf.Tensor) => lastOnly ? y.slice([0, T - 1, 0], [B, 1, C]) : y; // (B, T or 1, C)
     const xn = layerNorm(x, blk.ln1W, blk.ln1B); // (B, T, C)
-    const heads = attend(linear(rows(xn), w.query), linear(xn, w.key), linear(xn, w.value)); // every head, side by side: (B, T or 1, C)
+    const heads = attend(linear(rows(xn), w.query), linear(xn, w.key), linear(xn, w.value)); // every head, side by side: (B, T or 1, h·hs)
     const a = rows(x).add(drop(linear(heads, blk.projW, blk.projB), mode)); // (B, T or 1, C)
-    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T or 1, 4C)
+    const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T or 1, F)
     return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T or 1, C)
   }
 
@@ -201,16 +218,15 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   function forward(x: tf.Tensor, mode: Mode, seeWeights?: SeeWeights): tf.Tensor {
     const T = x.shape[1]!;
     const pos = posTable.slice([0, 0], [T, C]); // (T, C)
-    // masked_fill(tril[:T, :T] == 0, -inf) as a bias added to the scores: a query never sees a later key.
-    const future = tril.slice([0, 0], [T, T]).equal(0); // (T, T)
-    const maskBias = tf.where(future, tf.fill([T, T], -Infinity), tf.zeros([T, T])); // (T, T)
+    const maskBias = causalMaskBias(tril!, T); // (T, T)
     const weightsDropout = mode.training && config.dropout > 0
       ? { p: config.dropout, rng: mode.rng }
       : undefined;
-    const attend: Attend = (q, k, v) =>
-      causalSelfAttention(q, k, v, H, maskBias, weightsDropout, seeWeights);
+    /** A block of `nHead` heads attends within the window. */
+    const attend = (nHead: number): Attend => (q, k, v) =>
+      causalSelfAttention(q, k, v, nHead, maskBias, weightsDropout, seeWeights);
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
-    for (const blk of blocks) h = block(h, blk, headWeights(blk), attend, mode);
+    for (const blk of blocks) h = block(h, blk, headWeights(blk), attend(blk.heads.length), mode);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
   }
 
@@ -233,8 +249,8 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     let h = embedding(tokTable, ids).add(pos); // (R, t, C)
     blocks.forEach((blk, i) => {
       const attend: Attend = (q, k, v) => {
-        const { keys, values } = caches[i].append(k, v); // (R, start + t, C)
-        return cachedSelfAttention(q, keys, values, H); // (R, t or 1, C)
+        const { keys, values } = caches[i].append(k, v); // (R, start + t, h·hs)
+        return cachedSelfAttention(q, keys, values, blk.heads.length); // (R, t or 1, h·hs)
       };
       h = block(h, blk, weights[i], attend, { training: false }, i === L - 1); // (R, t, C); (R, 1, C) after the last
     });
@@ -242,13 +258,13 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
   }
 
   return {
-    name: "gptLM",
+    name,
     config,
-    params,
-    buffers,
+    params: store.params,
+    buffers: store.buffers,
     targetsPerRow: T0,
     startContext: [0],
-    bytesPerRow: sizes(config).bytesPerRow,
+    bytesPerRow: layoutSizes(config, layout).bytesPerRow,
     makeBatch: (windows, batchSize) => nextTokenBatch(windows, batchSize, T0),
     forward,
     loss(x, y, mode) {
@@ -258,14 +274,9 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
         y.reshape([-1]) as tf.Tensor1D,
       );
     },
-    nextTokenLogits(context) {
-      if (context.length === 0) throw new RangeError("gptLM needs at least one context token");
-      // generate()'s idx[:, -block_size:]: positions beyond the table do not exist.
-      const ids = context.slice(-T0);
-      const x = tf.tensor2d(ids, [1, ids.length], "int32"); // (1, T)
-      const logits = forward(x, { training: false }); // (1, T, V)
-      return logits.slice([0, ids.length - 1, 0], [1, 1, V]).reshape([V]) as tf.Tensor1D;
-    },
+    // generate()'s idx[:, -block_size:]: positions beyond the table do not exist.
+    nextTokenLogits: (context) =>
+      lastTokenLogits(context, T0, (x) => forward(x, { training: false })),
     decoder(context, rows) {
       // The heads' weights side by side once: they do not change while sampling.
       const weights = blocks.map(headWeights);
@@ -282,9 +293,12 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     attentionWeights(ids) {
       return tf.tidy(() => {
         const row = ids.slice(-T0);
-        const weights: tf.Tensor[] = []; // per layer (1, H, T, T)
+        const most = Math.max(...layout.heads);
+        const weights: tf.Tensor[] = []; // per layer (1, h, T, T)
         forward(tf.tensor2d(row, [1, row.length], "int32"), { training: false }, (w) => {
-          weights.push(w);
+          // A block with fewer heads (block_wise_scaling_gptLM) shows empty maps for the rest.
+          const missing = most - w.shape[1]!;
+          weights.push(missing > 0 ? w.pad([[0, 0], [0, missing], [0, 0], [0, 0]]) : w);
         });
         return tf.concat(weights, 0) as tf.Tensor4D; // (L, H, T, T)
       });
@@ -305,6 +319,35 @@ function sizes(config: ModelConfig): ModelSizes {
     // (activations, attention maps, masks), ×1.5 for the backward's
     // temporaries: measured ~250 MB at the default config on WASM.
     bytesPerRow: 4 * 1.5 * L * T * (40 * C + 6 * H * T),
+    splittable: true,
+  };
+}
+
+/**
+ * The sizes of a gptLM-like model with `layout`'s heads and FFN widths per
+ * block: gptLM's {@link sizes} summed block by block, the activations
+ * estimated from the widest block.
+ */
+export function layoutSizes(config: ModelConfig, layout: BlockLayout): ModelSizes {
+  const { vocab_size: V, block_size: T, n_embd: C, n_head: H } = config;
+  const hs = C / H;
+  let blockParams = 0;
+  let heads = 0;
+  let most = { heads: 0, width: C };
+  layout.heads.forEach((h, i) => {
+    const F = layout.ffnWidths[i];
+    // q, k, v and proj (4·h·hs·C + C), the feed-forward net (2·C·F + F + C), two LayerNorms (4C)
+    blockParams += 4 * h * hs * C + C + 2 * C * F + F + C + 4 * C;
+    heads += h;
+    // Its attention is h·hs wide; its FFN counts as F/4 C-sized values, as gptLM's 4C does.
+    most = { heads: Math.max(most.heads, h), width: Math.max(most.width, h * hs, F / 4) };
+  });
+  const L = layout.heads.length;
+  return {
+    params: V * C + T * C + blockParams + 2 * C + C * V + V,
+    buffers: heads * T * T,
+    tensors: 2 + 4 * heads + 10 * L + 4,
+    bytesPerRow: 4 * 1.5 * L * T * (40 * most.width + 6 * most.heads * T),
     splittable: true,
   };
 }

@@ -8,7 +8,14 @@ import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../lib/rng.ts";
 
 /** The model names `--model_name` takes. */
-export const MODEL_NAMES = ["bigramLM", "mlpLM", "gptLM"] as const;
+export const MODEL_NAMES = [
+  "bigramLM",
+  "mlpLM",
+  "gptLM",
+  "block_wise_scaling_gptLM",
+  "moeLM",
+  "moa_moeLM",
+] as const;
 /** One of {@link MODEL_NAMES}. */
 export type ModelName = typeof MODEL_NAMES[number];
 
@@ -22,10 +29,24 @@ export interface ModelConfig {
   use_batch_norm: boolean;
   max_hidden_nodes: number;
   active_fn: string;
-  // gptLM
+  // gptLM and the models built like it
   n_embd: number;
   n_head: number;
   n_layer: number;
+  // moeLM, moa_moeLM
+  num_experts: number;
+  top_k: number;
+  nn_init: string;
+  capacity_factor: number;
+  aux_loss_coef: number;
+  /** The original's bugs to reproduce, comma-separated (see `models/moe.ts`). */
+  original_bugs: string;
+  // block_wise_scaling_gptLM
+  qkv_multiplier_min: number;
+  qkv_multiplier_max: number;
+  ffn_multiplier_min: number;
+  ffn_multiplier_max: number;
+  ffn_intermediate_divisor: number;
 }
 
 /**
@@ -45,8 +66,12 @@ export interface Buffer {
   dtype: "F32" | "I64";
 }
 
-/** Training mode draws dropout from `rng`; evaluation mode has none. */
-export type Mode = { training: true; rng: Rng } | { training: false };
+/**
+ * Training mode draws dropout (and MoE router noise) from `rng`; evaluation
+ * mode has no dropout. An `rng` in evaluation mode feeds only noise a
+ * model adds there (the original's MoE routers, under `--original_bugs`).
+ */
+export type Mode = { training: true; rng: Rng } | { training: false; rng?: Rng };
 
 /** Model inputs and next-token targets for one batch. */
 export interface Batch {
@@ -94,6 +119,13 @@ export interface LanguageModel {
    * split into micro-batches with the same mean loss and gradient.
    */
   readonly bytesPerRow?: number;
+  /** Lines `train.ts` prints about the model at start (block_wise_scaling_gptLM: its per-block sizes). */
+  readonly summary?: string[];
+  /**
+   * Mixture-of-experts models: how their routers spread the tokens of `x`
+   * over the experts, in evaluation mode (printed at each evaluation).
+   */
+  expertLoad?(x: tf.Tensor): Promise<ExpertLoad>;
 
   // What `inspect.ts` draws. Each method is optional: a model has it when the
   // picture means something for it, and only then is the picture drawn.
@@ -123,6 +155,19 @@ export interface LanguageModel {
    * `block_size`) is routed, in evaluation mode.
    */
   expertRouting?(ids: readonly number[]): ExpertRouting;
+}
+
+/** How a mixture-of-experts model's routers spread one batch's tokens. */
+export interface ExpertLoad {
+  /**
+   * One entry per router, e.g. `blocks.0.smoe`: the share of tokens each
+   * expert gets. Each token goes to top_k experts, so a row sums to top_k.
+   */
+  routers: { name: string; share: number[] }[];
+  /** The load-balancing loss on this batch, summed over the routers. */
+  auxLoss: number;
+  /** Whether training adds it to the loss (moa_moeLM) or it is shown only (moeLM). */
+  trained: boolean;
 }
 
 /** Where a mixture-of-experts model routes each token, layer by routed layer. */

@@ -47,6 +47,24 @@ export interface BatchNormState {
 }
 
 /**
+ * A mixture of experts' choices grouped by expert (`layers.ts`
+ * `routeToExperts`): M entries, expert by expert, each a (token, slot) pair.
+ */
+export interface ExpertGroups {
+  /** (M) int32: the token (row of the layer's input) of each entry. */
+  rows: tf.Tensor1D;
+  /** (M) int32: the slot n·k + j (token n's j-th choice) of each entry. */
+  slots: tf.Tensor1D;
+  /** Entries per expert, in expert order (Σ = M). */
+  sizes: number[];
+  /**
+   * (M): 1 for an entry that is a real choice, 0 for one that only fills
+   * the group; absent when every entry is real.
+   */
+  weights?: tf.Tensor1D;
+}
+
+/**
  * Everything a backend may compute by a faster route, by layer name. Each
  * has the signature of the plain function of the same name.
  */
@@ -87,6 +105,8 @@ export interface FastPaths {
   ): tf.Tensor2D;
   /** `tf.concat(parts, 1)` of 2-D parts: see `concatColumns`. */
   concatColumns(parts: tf.Tensor2D[]): tf.Tensor2D;
+  /** A mixture of experts' choices grouped by expert: see `routeToExperts`. */
+  routeToExperts(indices: tf.Tensor2D, numExperts: number, capacity?: number): ExpertGroups;
   /** One AdamW update of every [param, grad, expAvg, expAvgSq], in place: see `nn/adamw.ts`. */
   adamwUpdate(updates: AdamWTensors[], step: AdamWStep): void;
 }

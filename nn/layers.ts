@@ -15,7 +15,12 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { Rng } from "../lib/rng.ts";
-import { type BatchNormState, type DropoutSpec, fastPath } from "./fast_paths.ts";
+import {
+  type BatchNormState,
+  type DropoutSpec,
+  type ExpertGroups,
+  fastPath,
+} from "./fast_paths.ts";
 
 /**
  * `op(a) @ op(b)`, where op transposes the last two axes when asked:
@@ -203,6 +208,101 @@ export function concatColumns(parts: tf.Tensor2D[]): tf.Tensor2D {
   const fast = fastPath("concatColumns");
   if (fast) return fast(parts);
   return tf.concat(parts, 1);
+}
+
+/**
+ * `torch.topk(x, k).indices` along the last axis: x (..., n) → int32
+ * (..., k), the positions of the k largest entries, largest first. A choice
+ * carries no gradient (PyTorch's indices have none), so nothing flows back
+ * through it.
+ */
+export function topkIndices(x: tf.Tensor, k: number): tf.Tensor {
+  const shape = x.shape;
+  const choose = tf.customGrad((input) => ({
+    value: tf.topk(input as tf.Tensor, k).indices,
+    gradFunc: () => tf.zeros(shape),
+  }));
+  return choose(x);
+}
+
+/**
+ * Several one-hot rows summed: indices (N, k) int32 → (N, depth) float32,
+ * 1 at each of row n's k (distinct) indices.
+ */
+export function multiHot(indices: tf.Tensor2D, depth: number): tf.Tensor2D {
+  const columns = tf.unstack(indices, 1).map((column) => tf.oneHot(column, depth)); // k × (N, depth)
+  return columns.reduce((a, b) => a.add(b)).cast("float32") as tf.Tensor2D;
+}
+
+/**
+ * PyTorch `torch.zeros(n, C).index_add_(0, rows, values)`: values (M, C),
+ * rows (M) int32 → (n, C), row `rows[m]` plus `values[m]`; rows named twice
+ * add up. Its gradient is the output's gradient at `rows`: the rows
+ * {@link embedding} picks (its inverse: `embedding(x, rows)` is PyTorch's
+ * `x[rows]`).
+ */
+export function indexAdd(values: tf.Tensor2D, rows: tf.Tensor1D, n: number): tf.Tensor2D {
+  const scatter = tf.customGrad((input, picked, save) => {
+    const [v, at] = [input as tf.Tensor2D, picked as tf.Tensor1D];
+    (save as tf.GradSaveFunc)([at]);
+    return {
+      value: tf.scatterND(at.reshape([-1, 1]), v, [n, v.shape[1]]),
+      gradFunc: (dy, [savedAt]) => [embedding(dy as tf.Tensor2D, savedAt), tf.zeros(at.shape)],
+    };
+  });
+  return scatter(values, rows) as tf.Tensor2D;
+}
+
+/**
+ * Groups a mixture of experts' choices by expert, as the original's
+ * `compute_gating`: `indices` (N, k) int32 sends token n to experts
+ * `indices[n, j]`; its N·k slots (slot n·k + j) are sorted by expert, then
+ * by slot, so each expert's tokens are one run of rows. The run lengths are
+ * read to the host (PyTorch's `expert_size.tolist()`): each expert's rows
+ * are then one slice, one product. With `capacity`, an expert keeps only its
+ * first `capacity` slots (the Switch Transformer's expert capacity; in slot
+ * order, i.e. the earliest tokens of the batch).
+ */
+export function routeToExperts(
+  indices: tf.Tensor2D,
+  numExperts: number,
+  capacity?: number,
+): ExpertGroups {
+  const fast = fastPath("routeToExperts");
+  if (fast) return fast(indices, numExperts, capacity);
+  const [N, k] = indices.shape;
+  const slotCount = N * k;
+  const experts = indices.reshape([slotCount]); // (Nk)
+  // Sort keys expert·Nk + slot, smallest first: by expert, then by slot.
+  const keys = experts.mul(tf.scalar(slotCount, "int32")).add(tf.range(0, slotCount, 1, "int32"));
+  const order = topkIndices(keys.neg(), slotCount) as tf.Tensor1D; // (Nk) slots, grouped by expert
+  const counts = readNow(tf.oneHot(experts, numExperts).sum(0)); // (E), on the host
+  let slots = order;
+  let sizes = counts;
+  if (capacity !== undefined) {
+    sizes = counts.map((c) => Math.min(c, capacity));
+    let start = 0;
+    const kept: tf.Tensor1D[] = [];
+    counts.forEach((count, e) => {
+      if (sizes[e] > 0) kept.push(order.slice(start, sizes[e]));
+      start += count;
+    });
+    slots = kept.length > 0 ? tf.concat(kept) : tf.zeros([0], "int32");
+  }
+  return { rows: tf.floorDiv(slots, tf.scalar(k, "int32")) as tf.Tensor1D, slots, sizes };
+}
+
+/** A small tensor's values, now (`dataSync`), with an error that says why when the backend cannot. */
+function readNow(t: tf.Tensor): number[] {
+  try {
+    return Array.from(t.dataSync());
+  } catch (e) {
+    throw new Error(
+      `this backend cannot read a tensor in the middle of a step (${
+        (e as Error).message
+      }); the plain grouping of experts needs to`,
+    );
+  }
 }
 
 /**

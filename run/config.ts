@@ -8,9 +8,10 @@
 import { shown, UsageError, UserError } from "../cli/errors.ts";
 import { type FlagValues, parseFlags, valueProblem } from "../cli/flags.ts";
 import { BACKEND_FLAG } from "../lib/backend.ts";
-import { DATASET_FLAG } from "../lib/data.ts";
+import { type Dataset, DATASET_FLAG } from "../lib/data.ts";
 import { ACTIVATION_NAMES } from "../models/mlpLM.ts";
 import { MODEL_NAMES } from "../models/model.ts";
+import { NN_INITS, ORIGINAL_BUGS } from "../models/moe.ts";
 import { MODELS } from "../models/registry.ts";
 
 /** Named presets for `--config`. Explicit flags win over a preset. */
@@ -100,11 +101,65 @@ export const TRAIN_FLAGS = {
     min: 1,
     help: "gptLM: transformer blocks",
   },
+  num_experts: { type: "int", default: 8, min: 1, help: "moeLM, moa_moeLM: experts per layer" },
+  top_k: { type: "int", default: 2, min: 1, help: "moeLM, moa_moeLM: experts per token" },
+  nn_init: {
+    type: "string",
+    default: "kaiming_normal",
+    choices: NN_INITS,
+    help: "moeLM, moa_moeLM: Linear weight init, kaiming_normal or xavier_normal",
+  },
+  capacity_factor: {
+    type: "float",
+    default: 0.0,
+    min: 0,
+    help: "moeLM, moa_moeLM: expert capacity factor (>= 1 turns capacity on)",
+  },
+  aux_loss_coef: {
+    type: "float",
+    default: 0.01,
+    min: 0,
+    help: "moa_moeLM: weight of the load-balancing loss",
+  },
+  qkv_multiplier_min: {
+    type: "float",
+    default: 0.5,
+    min: 0,
+    exclusiveMin: true,
+    help: "block_wise_scaling_gptLM: first layer's share of n_head",
+  },
+  qkv_multiplier_max: {
+    type: "float",
+    default: 1.0,
+    min: 0,
+    exclusiveMin: true,
+    help: "block_wise_scaling_gptLM: last layer's share of n_head",
+  },
+  ffn_multiplier_min: {
+    type: "float",
+    default: 0.5,
+    min: 0,
+    exclusiveMin: true,
+    help: "block_wise_scaling_gptLM: first layer's FFN width / n_embd",
+  },
+  ffn_multiplier_max: {
+    type: "float",
+    default: 4.0,
+    min: 0,
+    exclusiveMin: true,
+    help: "block_wise_scaling_gptLM: last layer's FFN width / n_embd",
+  },
+  ffn_intermediate_divisor: {
+    type: "int",
+    default: 256,
+    min: 1,
+    help: "block_wise_scaling_gptLM: FFN widths are multiples of this",
+  },
   model_name: {
     type: "string",
     default: "gptLM",
     choices: MODEL_NAMES,
-    help: "bigramLM, mlpLM or gptLM",
+    help: MODEL_NAMES.join(", "),
   },
   dataset: DATASET_FLAG,
   resume: { type: "bool", default: false, help: "continue from --ckpt_file" },
@@ -130,6 +185,13 @@ export const TRAIN_FLAGS = {
     help: "AdamW decoupled weight decay",
   },
   out_dir: { type: "string", default: "out", help: "where checkpoints go" },
+  original_bugs: {
+    type: "string",
+    default: "",
+    help: `MoE models: the original's bugs to reproduce, comma-separated: ${
+      ORIGINAL_BUGS.join(", ")
+    } or all`,
+  },
 } as const;
 
 /** Parsed training settings. */
@@ -166,6 +228,29 @@ export function checkTrainConfig(config: TrainConfig): void {
         `use a --weight_decay below ${1 / config.learning_rate}`,
     );
   }
+}
+
+/**
+ * The context length a run uses on `data`. A dataset whose meta.json names
+ * one (adder_int: a problem but its last digit) sets it, as the original's
+ * `block_size = meta["block_size"]` means to (its code reads
+ * `meta[block_size]` and crashes); an explicit `--block_size` must agree.
+ *
+ * @throws {UsageError} when `--block_size` was given and differs.
+ */
+export function datasetBlockSize(
+  config: TrainConfig,
+  given: Set<TrainFlag>,
+  data: Pick<Dataset, "dir" | "meta">,
+): number {
+  const fixed = data.meta.block_size;
+  if (fixed === undefined) return config.block_size;
+  if (given.has("block_size") && config.block_size !== fixed) {
+    throw new UsageError(
+      `--block_size=${config.block_size} differs from ${data.dir}/meta.json's block_size ${fixed}, the length the dataset is made for: drop --block_size`,
+    );
+  }
+  return fixed;
 }
 
 /**

@@ -31,11 +31,12 @@ import { getBatch, microBatchCount, trainStep } from "./training.ts";
 /**
  * The settings of a training run from its command line: flags and preset,
  * or, with `--resume=true`, the checkpoint's settings with the few a
- * resumed run may change; and the checkpoint to resume from.
+ * resumed run may change; the checkpoint to resume from; and the flags
+ * given on the command line.
  */
 export async function trainSettings(
   args: string[],
-): Promise<{ config: TrainConfig; ckpt: LoadedCheckpoint | null }> {
+): Promise<{ config: TrainConfig; ckpt: LoadedCheckpoint | null; given: Set<TrainFlag> }> {
   const { config, given } = parseTrainConfig(args);
   if (!config.resume) {
     if (given.has("ckpt_file")) {
@@ -43,13 +44,13 @@ export async function trainSettings(
         `--ckpt_file=${config.ckpt_file} is read only with --resume=true: add --resume=true to continue that run, or drop --ckpt_file to start a new one`,
       );
     }
-    return { config, ckpt: null };
+    return { config, ckpt: null, given };
   }
   if (!config.ckpt_file) {
     throw new UsageError("--resume=true needs --ckpt_file=PATH (a checkpoint saved by train.ts)");
   }
   const ckpt = await loadCheckpoint(config.ckpt_file);
-  return { config: resumedConfig(config, given, ckpt.config, ckpt.path), ckpt };
+  return { config: resumedConfig(config, given, ckpt.config, ckpt.path), ckpt, given };
 }
 
 /** Settings a resumed run may change; everything else comes from the checkpoint. */

@@ -179,3 +179,37 @@ export async function estimateLoss(
   }
   return out;
 }
+
+/**
+ * A mixture-of-experts model's routing, as lines to print at an
+ * evaluation: each router's share of tokens per expert and the
+ * load-balancing loss, on the first `batchSize` windows of `data` (the same
+ * windows every time, so evaluations compare). Empty for other models.
+ */
+export async function expertLoadReport(
+  model: LanguageModel,
+  data: Uint16Array,
+  batchSize: number,
+): Promise<string[]> {
+  if (!model.expertLoad) return [];
+  const T = model.config.block_size;
+  const count = Math.max(1, Math.min(batchSize, Math.floor((data.length - 1) / T)));
+  const windows = new Int32Array(count * (T + 1));
+  for (let w = 0; w < count; w++) windows.set(data.subarray(w * T, w * T + T + 1), w * (T + 1));
+  const batch = model.makeBatch(windows, count);
+  const load = await model.expertLoad(batch.x);
+  tf.dispose([batch.x, batch.y]);
+  const { num_experts: E, top_k: k } = model.config;
+  const width = Math.max(...load.routers.map((r) => r.name.length));
+  return [
+    `expert load on ${count} val windows (share of tokens per expert; ${k} of ${E} each, ${
+      (k / E).toFixed(2)
+    } when even):`,
+    ...load.routers.map((r) =>
+      `  ${r.name.padEnd(width)}  ${r.share.map((s) => s.toFixed(2)).join(" ")}`
+    ),
+    `load-balancing loss ${load.auxLoss.toFixed(4)}${
+      load.trained ? " (training adds aux_loss_coef times it)" : " (shown only: not trained on)"
+    }`,
+  ];
+}

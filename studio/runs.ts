@@ -212,8 +212,7 @@ function idOfCheckpoint(path: string): string {
   return path.split("/").pop()!.replace(/(\.last)?\.safetensors$/, "");
 }
 
-/** The model a run id starts with (`gptLM_BA-…`), or `?`. */
+/** The model a run id starts with (`gptLM_BA-…`, `moa_moeLM_BA-…`), or `?`. */
 function modelOf(id: string): string {
-  const name = id.split("_")[0];
-  return MODEL_NAMES.includes(name as typeof MODEL_NAMES[number]) ? name : "?";
+  return MODEL_NAMES.find((name) => id.startsWith(`${name}_BA-`)) ?? "?";
 }

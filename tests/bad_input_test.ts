@@ -59,6 +59,13 @@ Deno.test("every model knows its sizes before it is built", async () => {
     ["mlpLM", { max_hidden_nodes: 30, use_batch_norm: false }],
     ["gptLM", { n_layer: 2, n_head: 2, n_embd: 16, block_size: 8 }],
     ["gptLM", { n_layer: 1, n_head: 3, n_embd: 12, vocab_size: 7 }],
+    [
+      "block_wise_scaling_gptLM",
+      { n_layer: 3, n_head: 4, n_embd: 16, block_size: 8, ffn_intermediate_divisor: 8 },
+    ],
+    ["moeLM", { n_layer: 2, n_head: 2, n_embd: 16, block_size: 8, num_experts: 3 }],
+    ["moeLM", { n_layer: 1, n_head: 2, n_embd: 8, num_experts: 4, capacity_factor: 1 }],
+    ["moa_moeLM", { n_layer: 2, n_head: 4, n_embd: 16, block_size: 8, num_experts: 3 }],
   ];
   for (const [name, overrides] of configs) {
     const config = modelConfig(overrides);

@@ -13,6 +13,7 @@ const TINY = {
   bigramLM: [],
   mlpLM: ["--max_hidden_nodes=32", "--char_encoding_len=8"],
   gptLM: ["--n_layer=2", "--n_head=2", "--n_embd=16"],
+  moa_moeLM: ["--n_layer=1", "--n_head=2", "--n_embd=16", "--num_experts=4", "--dropout=0.1"],
 } as const;
 
 /** Training flags small enough to run in a second or two on the cpu backend. */
@@ -63,6 +64,14 @@ const EXPECTED_NAMES: Record<keyof typeof TINY, [string, number[]][]> = {
     ["blocks.0.sa.heads.0.tril", [16, 16]],
     ["blocks.0.ffwd.net.0.weight", [64, 16]],
     ["lm_head.weight", [65, 16]],
+  ],
+  moa_moeLM: [
+    ["blocks.0.sa.p_reduce_bias", [16]],
+    ["blocks.0.sa.tril", [16, 16]],
+    ["blocks.0.sa.input_linear.weight", [4, 8, 16]],
+    ["blocks.0.sa.output_linear.weight", [4, 16, 8]],
+    ["blocks.0.sa.router.noise_linear.weight", [4, 16]],
+    ["blocks.0.smoe.experts.3.net.0.weight", [64, 16]],
   ],
 };
 

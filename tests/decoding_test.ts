@@ -3,12 +3,12 @@ import * as tf from "@tensorflow/tfjs";
 import { main as bench } from "../bench.ts";
 import { startBackend } from "../run/start.ts";
 import { Rng } from "../lib/rng.ts";
-import { generateRows, generateTokens, startDecoding } from "../run/sampling.ts";
+import { generateRows, generateTokens } from "../run/sampling.ts";
 import { bigramLM } from "../models/bigramLM.ts";
 import { gptLM } from "../models/gptLM.ts";
 import { mlpLM } from "../models/mlpLM.ts";
 import { disposeModel, type LanguageModel } from "../models/model.ts";
-import { modelConfig, withFastPaths } from "./helpers.ts";
+import { decoderVsFullForward, modelConfig, withFastPaths } from "./helpers.ts";
 
 const BACKENDS = ["cpu", "wasm", "webgpu"] as const;
 
@@ -31,46 +31,6 @@ function seeded(create: typeof gptLM.create, config = TINY_GPT): LanguageModel {
     );
   }
   return model;
-}
-
-/**
- * Feeds `steps` tokens to the model's decoder for three rows that start
- * from `context` and then differ, and checks its logits at every step
- * against `nextTokenLogits` of each row's whole context (a full forward
- * over the last block_size tokens). Returns the largest difference.
- */
-async function decoderVsFullForward(
-  model: LanguageModel,
-  context: number[],
-  steps: number,
-): Promise<number> {
-  const rows = 3;
-  const V = model.config.vocab_size;
-  const contexts = Array.from({ length: rows }, () => [...context]);
-  const decoder = startDecoding(model, context, rows);
-  let worst = 0;
-  for (let step = 0; step <= steps; step++) {
-    const cached = await decoder.logits.data();
-    assert.equal(cached.length, rows * V);
-    for (let r = 0; r < rows; r++) {
-      const full = tf.tidy(() => model.nextTokenLogits(contexts[r]));
-      const expected = await full.data();
-      full.dispose();
-      for (let i = 0; i < V; i++) {
-        const diff = Math.abs(cached[r * V + i] - expected[i]);
-        assert.ok(
-          diff <= 1e-5,
-          `step ${step}, row ${r}, logit ${i}: ${cached[r * V + i]} vs ${expected[i]}`,
-        );
-        worst = Math.max(worst, diff);
-      }
-    }
-    const next = contexts.map((_, r) => (7 * step + 3 * r + 1) % V); // rows apart from the first push
-    contexts.forEach((c, r) => c.push(next[r]));
-    decoder.push(next);
-  }
-  decoder.dispose();
-  return worst;
 }
 
 for (const backend of BACKENDS) {
@@ -162,7 +122,15 @@ Deno.test("bench --sample: one JSON line per model, characters counted, no tenso
     console.log = log;
   }
   const results = lines.map((line) => JSON.parse(line));
-  assert.deepEqual(results.map((r) => r.model_name), ["bigramLM", "mlpLM", "gptLM", "gptLM"]);
+  assert.deepEqual(results.map((r) => r.model_name), [
+    "bigramLM",
+    "mlpLM",
+    "gptLM",
+    "block_wise_scaling_gptLM",
+    "moeLM",
+    "moa_moeLM",
+    "gptLM",
+  ]);
   for (const r of results) {
     assert.equal(r.chars, 40);
     assert.ok(r.chars_per_s > 0 && r.ms_per_char > 0 && r.first_char_ms >= 0, JSON.stringify(r));

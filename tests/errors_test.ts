@@ -25,6 +25,23 @@ Deno.test("usage errors: model configs that cannot work", async () => {
     [["--max_iters=0"], /--max_iters=0: must be >= 1/],
     [["--learning_rate=inf"], /--learning_rate=inf: expected a number/],
     [["--resume=true"], /--resume=true needs --ckpt_file/],
+    [["--model_name=moeLM", "--top_k=9"], /top_k \(9\) must not exceed num_experts \(8\)/],
+    [
+      ["--model_name=moa_moeLM", "--n_head=6", "--top_k=4"],
+      /moa_moeLM needs n_head \(6\) divisible by top_k \(4\)/,
+    ],
+    [
+      ["--model_name=moeLM", "--nn_init=uniform"],
+      /--nn_init=uniform: expected one of kaiming_normal, xavier_normal/,
+    ],
+    [
+      ["--model_name=block_wise_scaling_gptLM", "--qkv_multiplier_min=0"],
+      /--qkv_multiplier_min=0: must be > 0/,
+    ],
+    [
+      ["--model_name=block_wise_scaling_gptLM", "--ffn_multiplier_min=4.5"],
+      /ffn_multiplier_min \(4\.5\) must not exceed ffn_multiplier_max \(4\)/,
+    ],
   ];
   for (const [args, message] of cases) {
     // The case's flags come last: of a repeated flag, the last one counts.

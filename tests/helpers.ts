@@ -5,10 +5,12 @@
  * @module
  */
 import assert from "node:assert/strict";
+import * as tf from "@tensorflow/tfjs";
 import { metaJson, tokenize, uint16Bytes } from "../lib/data.ts";
 import { setFastPaths } from "../nn/fast_paths.ts";
 import { parseTrainConfig } from "../run/config.ts";
-import type { ModelConfig } from "../models/model.ts";
+import type { LanguageModel, ModelConfig } from "../models/model.ts";
+import { startDecoding } from "../run/sampling.ts";
 
 /** The project's root folder. */
 export const ROOT = new URL("..", import.meta.url).pathname;
@@ -155,4 +157,44 @@ export async function withFastPaths<T>(on: boolean, f: () => Promise<T>): Promis
   } finally {
     setFastPaths(true);
   }
+}
+
+/**
+ * Feeds `steps` tokens to the model's decoder for three rows that start
+ * from `context` and then differ, and checks its logits at every step
+ * against `nextTokenLogits` of each row's whole context (a full forward
+ * over the last block_size tokens). Returns the largest difference.
+ */
+export async function decoderVsFullForward(
+  model: LanguageModel,
+  context: number[],
+  steps: number,
+): Promise<number> {
+  const rows = 3;
+  const V = model.config.vocab_size;
+  const contexts = Array.from({ length: rows }, () => [...context]);
+  const decoder = startDecoding(model, context, rows);
+  let worst = 0;
+  for (let step = 0; step <= steps; step++) {
+    const cached = await decoder.logits.data();
+    assert.equal(cached.length, rows * V);
+    for (let r = 0; r < rows; r++) {
+      const full = tf.tidy(() => model.nextTokenLogits(contexts[r]));
+      const expected = await full.data();
+      full.dispose();
+      for (let i = 0; i < V; i++) {
+        const diff = Math.abs(cached[r * V + i] - expected[i]);
+        assert.ok(
+          diff <= 1e-5,
+          `step ${step}, row ${r}, logit ${i}: ${cached[r * V + i]} vs ${expected[i]}`,
+        );
+        worst = Math.max(worst, diff);
+      }
+    }
+    const next = contexts.map((_, r) => (7 * step + 3 * r + 1) % V); // rows apart from the first push
+    contexts.forEach((c, r) => c.push(next[r]));
+    decoder.push(next);
+  }
+  decoder.dispose();
+  return worst;
 }

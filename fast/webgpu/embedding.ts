@@ -104,7 +104,8 @@ tf.registerGradient({
       { ids: saved[0], dy: dy as tf.Tensor },
       attrs as tf.NamedAttrMap,
     ) as tf.Tensor;
-    return { table: () => table }; // (V, C)
+    // The ids get none; a float zero, as the tape asks when they come from a computation (MoE routers).
+    return { table: () => table, ids: () => tf.zeros(saved[0].shape) }; // (V, C)
   },
 });
 

@@ -188,11 +188,25 @@ const MAIN_FLAGS = [
   "backend",
   "seed",
 ];
+const GPT_FLAGS = ["n_layer", "n_head", "n_embd"];
+const MOE_FLAGS = [...GPT_FLAGS, "num_experts", "top_k", "nn_init", "capacity_factor"];
 const MODEL_FLAGS = {
   bigramLM: [],
   mlpLM: ["char_encoding_len", "use_batch_norm", "max_hidden_nodes", "active_fn"],
-  gptLM: ["n_layer", "n_head", "n_embd"],
+  gptLM: GPT_FLAGS,
+  block_wise_scaling_gptLM: [
+    ...GPT_FLAGS,
+    "qkv_multiplier_min",
+    "qkv_multiplier_max",
+    "ffn_multiplier_min",
+    "ffn_multiplier_max",
+    "ffn_intermediate_divisor",
+  ],
+  moeLM: [...MOE_FLAGS, "original_bugs"],
+  moa_moeLM: [...MOE_FLAGS, "aux_loss_coef", "original_bugs"],
 };
+/** Every model flag once (models share some). */
+const ALL_MODEL_FLAGS = [...new Set(Object.values(MODEL_FLAGS).flat())];
 const MORE_FLAGS = ["dataset", "weight_decay", "out_dir"];
 /** Flags a resumed run may change (run/config.ts). */
 const RESUMABLE = ["max_iters", "eval_interval", "eval_iters", "backend", "out_dir"];
@@ -237,8 +251,8 @@ function buildTrainForm() {
     const always = name === "model_name" || name === "config";
     $("train-main").append(flagField("train", name, specs[name], always));
   }
-  for (const names of Object.values(MODEL_FLAGS)) {
-    for (const name of names) $("train-model").append(flagField("train", name, specs[name]));
+  for (const name of ALL_MODEL_FLAGS) {
+    $("train-model").append(flagField("train", name, specs[name]));
   }
   for (const name of MORE_FLAGS) $("train-more").append(flagField("train", name, specs[name]));
   $("train-model_name").addEventListener("change", showModelFields);
@@ -268,10 +282,11 @@ function buildTrainForm() {
 function showModelFields() {
   const model = $("train-model_name").value;
   $("model-legend").textContent = `${model} settings`;
-  for (const [owner, names] of Object.entries(MODEL_FLAGS)) {
-    for (const name of names) $(`train-${name}`).closest(".field").hidden = owner !== model;
+  const own = MODEL_FLAGS[model] ?? [];
+  for (const name of ALL_MODEL_FLAGS) {
+    $(`train-${name}`).closest(".field").hidden = !own.includes(name);
   }
-  if (MODEL_FLAGS[model].length === 0) {
+  if (own.length === 0) {
     $("model-legend").textContent = `${model} has no settings of its own`;
   }
 }
