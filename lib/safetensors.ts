@@ -181,6 +181,23 @@ export function entryToFloat32(
 }
 
 /**
+ * Whether every value of an F32 entry is finite (no NaN, no ±Infinity). Reads
+ * the file's bytes in place when they are aligned: a checkpoint is checked
+ * without a second copy of its weights.
+ */
+export function allFinite(entry: TensorEntry, what = "tensor"): boolean {
+  const n = checkEntryLength(entry, what);
+  const { data } = entry;
+  const values = HOST_LITTLE_ENDIAN && data.byteOffset % 4 === 0
+    ? new Float32Array(data.buffer, data.byteOffset, n)
+    : entryToFloat32(entry, what);
+  // x · 0 is 0 for a finite x and NaN for NaN and ±Infinity: one sum, no branch per value.
+  let sum = 0;
+  for (let i = 0; i < n; i++) sum += values[i] * 0;
+  return sum === 0;
+}
+
+/**
  * Returns the values of a (small) entry as plain numbers. Supports every
  * integer dtype, BOOL (0/1), F32 and F64; F16/BF16 are refused. 64-bit values
  * outside the safe-integer range, other dtypes and a byte length that does not

@@ -16,6 +16,7 @@ import type { AdamW } from "../nn/adamw.ts";
 import { shown, UsageError, UserError } from "../cli/errors.ts";
 import type { RngState } from "../lib/rng.ts";
 import {
+  allFinite,
   encodeSafetensors,
   entryToFloat32,
   entryToNumbers,
@@ -299,7 +300,7 @@ function expectEntry(
 function checkFinite(contents: SafetensorsContents, path: string): void {
   for (const [name, entry] of contents.tensors) {
     if (entry.dtype !== "F32") continue;
-    if (!entryToFloat32(entry, `checkpoint ${path}: ${name}`).every(Number.isFinite)) {
+    if (!allFinite(entry, `checkpoint ${path}: ${name}`)) {
       throw new UserError(
         `checkpoint ${path}: tensor ${
           shown(name)

@@ -2,6 +2,7 @@ import assert from "node:assert/strict";
 import { join } from "node:path";
 import { UserError } from "../cli/errors.ts";
 import {
+  allFinite,
   decodeSafetensors,
   DTYPE_SIZES,
   encodeSafetensors,
@@ -464,4 +465,21 @@ Deno.test("kill -9 during writeFileAtomic always leaves A or B on disk", async (
   } finally {
     await Deno.remove(dir, { recursive: true });
   }
+});
+
+Deno.test("allFinite: NaN and ±Infinity anywhere, at aligned and unaligned offsets", () => {
+  for (const bad of [NaN, Infinity, -Infinity]) {
+    for (const at of [0, 4, 8]) {
+      const values = new Float32Array(9).fill(1.5);
+      values[at] = bad;
+      assert.equal(allFinite(f32Entry([9], values)), false, `${bad} at ${at}`);
+      // the same bytes one byte into a buffer: read through a copy
+      const shifted = new Uint8Array(37);
+      shifted.set(new Uint8Array(values.buffer), 1);
+      const entry: TensorEntry = { dtype: "F32", shape: [9], data: shifted.subarray(1) };
+      assert.equal(allFinite(entry), false, `${bad} at ${at}, unaligned`);
+    }
+  }
+  assert.equal(allFinite(f32Entry([3], new Float32Array([-3.4e38, 0, 3.4e38]))), true);
+  assert.equal(allFinite(f32Entry([0], new Float32Array(0))), true);
 });
