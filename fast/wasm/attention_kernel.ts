@@ -96,6 +96,59 @@ export function exp(x: Code, ops: Lanes, X: number, N: number, Y: number): Code 
   ];
 }
 
+/** Locals a softmax pass over a row works in: f32 (SCALAR) and v128 (VECTOR) ones. */
+export interface SoftmaxLocals {
+  /** i32: the element the loop is at. */
+  at: number;
+  /** f32: the row's largest score, the running sum, a value, and {@link exp}'s three. */
+  max: number;
+  sum: number;
+  value: number;
+  scalarExp: [number, number, number];
+  /** v128: the same, four lanes. */
+  vMax: number;
+  vSum: number;
+  vValue: number;
+  vectorExp: [number, number, number];
+}
+
+/**
+ * A softmax's second and third passes over a row whose largest score is in
+ * `max`, each as the [vector, scalar] bodies of a loop that walks `at`:
+ * e^(s − max) in place, summed into `sum` (which ends as the row's total,
+ * its lanes in `vSum`); then each value divided by the sum.
+ */
+export function softmaxPasses(l: SoftmaxLocals): {
+  start: Code;
+  exponentials: [Code[], Code[]];
+  total: Code;
+  normalise: [Code[], Code[]];
+} {
+  return {
+    start: [...set(l.vMax, vSplat(get(l.max))), ...set(l.sum, f32Zero), ...set(l.vSum, vZero)],
+    exponentials: [
+      [
+        set(l.vValue, exp(vSub(vLoad(get(l.at), 0), get(l.vMax)), VECTOR, ...l.vectorExp)),
+        vStore(get(l.at), get(l.vValue), 0),
+        set(l.vSum, vAdd(get(l.vSum), get(l.vValue))),
+      ],
+      [
+        set(l.value, exp(f32Sub(f32Load(get(l.at)), get(l.max)), SCALAR, ...l.scalarExp)),
+        f32Store(get(l.at), get(l.value)),
+        set(l.sum, f32Add(get(l.sum), get(l.value))),
+      ],
+    ],
+    total: [
+      ...set(l.sum, f32Add(get(l.sum), vLaneSum(get(l.vSum)))),
+      ...set(l.vSum, vSplat(get(l.sum))),
+    ],
+    normalise: [
+      [vStore(get(l.at), vDiv(vLoad(get(l.at), 0), get(l.vSum)), 0)],
+      [f32Store(get(l.at), f32Div(f32Load(get(l.at)), get(l.sum)))],
+    ],
+  };
+}
+
 /**
  * Elements J…END−1 of a row, J and END i32 locals: `vector` four at a time
  * while four remain, then `scalar` one at a time; each address local in
@@ -137,6 +190,17 @@ function softmaxCausal(): WasmFunction {
   const [ROW, TT, J, AT, COUNT] = [3, 4, 5, 6, 7]; // i32 locals: row address, t, j, element address, t + 1
   const [MAX, SUM, S, X, N, Y] = [8, 9, 10, 11, 12, 13]; // f32 locals
   const [VMAX, VSUM, VS, VX, VN, VY] = [14, 15, 16, 17, 18, 19]; // v128 locals
+  const softmax = softmaxPasses({
+    at: AT,
+    max: MAX,
+    sum: SUM,
+    value: S,
+    scalarExp: [X, N, Y],
+    vMax: VMAX,
+    vSum: VSUM,
+    vValue: VS,
+    vectorExp: [VX, VN, VY],
+  });
   /** Keys 0…t of row t. */
   const overKeys = (vector: Code[], scalar: Code[]): Code => [
     ...set(J, i32(0)),
@@ -162,25 +226,11 @@ function softmaxCausal(): WasmFunction {
         set(MAX, f32Max(get(MAX), get(S))),
       ]),
       set(MAX, f32Max(get(MAX), laneMax(get(VMAX)))),
-      // e^(s − max), and their sum.
-      set(VMAX, vSplat(get(MAX))),
-      set(SUM, f32Zero),
-      set(VSUM, vZero),
-      overKeys([
-        set(VS, exp(vSub(vLoad(get(AT), 0), get(VMAX)), VECTOR, VX, VN, VY)),
-        vStore(get(AT), get(VS), 0),
-        set(VSUM, vAdd(get(VSUM), get(VS))),
-      ], [
-        set(S, exp(f32Sub(f32Load(get(AT)), get(MAX)), SCALAR, X, N, Y)),
-        f32Store(get(AT), get(S)),
-        set(SUM, f32Add(get(SUM), get(S))),
-      ]),
-      set(SUM, f32Add(get(SUM), vLaneSum(get(VSUM)))),
-      set(VSUM, vSplat(get(SUM))),
-      overKeys(
-        [vStore(get(AT), vDiv(vLoad(get(AT), 0), get(VSUM)), 0)],
-        [f32Store(get(AT), f32Div(f32Load(get(AT)), get(SUM)))],
-      ),
+      // e^(s − max), their sum, and each divided by it.
+      softmax.start,
+      overKeys(...softmax.exponentials),
+      softmax.total,
+      overKeys(...softmax.normalise),
       // The masked keys, t+1…T−1: weight 0.
       zeroRest(J, T, AT),
       set(ROW, add(get(ROW), shl(get(T), i32(2)))),

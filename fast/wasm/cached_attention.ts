@@ -23,36 +23,30 @@ import {
   F32,
   f32,
   f32Add,
-  f32Div,
   f32Load,
   f32Max,
   f32Mul,
   f32Store,
-  f32Sub,
   f32Zero,
   get,
   geU,
   I32,
   i32,
   mul,
-  SCALAR,
   set,
   shl,
   sub,
   V128,
   vAdd,
-  vDiv,
-  VECTOR,
   vLaneSum,
   vLoad,
   vMul,
   vSplat,
   vStore,
-  vSub,
   vZero,
   whileNot,
 } from "./asm.ts";
-import { exp, rowPass } from "./attention_kernel.ts";
+import { rowPass, softmaxPasses } from "./attention_kernel.ts";
 import { heapAddress, onHeap, type WasmBackendInternals } from "./heap.ts";
 
 const KERNEL = "SimpleLMCachedAttention";
@@ -102,6 +96,17 @@ function cachedAttentionModule(): Uint8Array<ArrayBuffer> {
   const [QAT, KAT, VAT, YAT, SAT, CB, HOFF] = [24, 25, 26, 27, 28, 29, 30];
   const [MAX, SUM, DOT, X, N, XY] = [31, 32, 33, 34, 35, 36]; // f32
   const [ACC, VMAX, VSUM, VP, VX, VN, VY] = [37, 38, 39, 40, 41, 42, 43]; // v128
+  const softmax = softmaxPasses({
+    at: SAT,
+    max: MAX,
+    sum: SUM,
+    value: DOT,
+    scalarExp: [X, N, XY],
+    vMax: VMAX,
+    vSum: VSUM,
+    vValue: VP,
+    vectorExp: [VX, VN, VY],
+  });
   /** `for (local = 0; local < end; local++) body…`. */
   const loop = (local: number, end: Code, ...body: Code[]): Code => [
     ...set(local, i32(0)),
@@ -143,31 +148,10 @@ function cachedAttentionModule(): Uint8Array<ArrayBuffer> {
       set(SAT, add(get(SAT), i32(4))),
     ),
     // p_j = e^(scores_j − max) / Σ e^(…).
-    set(VMAX, vSplat(get(MAX))),
-    set(VSUM, vZero),
-    set(SUM, f32Zero),
-    over(
-      L,
-      [[SAT, get(SC)]],
-      [
-        set(VP, exp(vSub(vLoad(get(SAT), 0), get(VMAX)), VECTOR, VX, VN, VY)),
-        vStore(get(SAT), get(VP), 0),
-        set(VSUM, vAdd(get(VSUM), get(VP))),
-      ],
-      [
-        set(DOT, exp(f32Sub(f32Load(get(SAT)), get(MAX)), SCALAR, X, N, XY)),
-        f32Store(get(SAT), get(DOT)),
-        set(SUM, f32Add(get(SUM), get(DOT))),
-      ],
-    ),
-    set(SUM, f32Add(get(SUM), vLaneSum(get(VSUM)))),
-    set(VSUM, vSplat(get(SUM))),
-    over(
-      L,
-      [[SAT, get(SC)]],
-      [vStore(get(SAT), vDiv(vLoad(get(SAT), 0), get(VSUM)), 0)],
-      [f32Store(get(SAT), f32Div(f32Load(get(SAT)), get(SUM)))],
-    ),
+    softmax.start,
+    over(L, [[SAT, get(SC)]], ...softmax.exponentials),
+    softmax.total,
+    over(L, [[SAT, get(SC)]], ...softmax.normalise),
     // y = Σ_j p_j v_j.
     over(HS, [[YAT, get(YROW)]], [vStore(get(YAT), vZero, 0)], [f32Store(get(YAT), f32Zero)]),
     set(VROW, get(VBASE)),
