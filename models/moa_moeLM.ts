@@ -188,14 +188,10 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
     /** Each expert's `ParallelExperts` slice applied to its run of rows: (M, in) → (M, out). */
     const perExpert = (rows: tf.Tensor2D, experts: tf.Tensor3D) => {
       const byExpert = tf.unstack(experts); // E × (out, in)
-      const outputs: tf.Tensor[] = [];
-      let start = 0;
-      groups.sizes.forEach((size, e) => {
-        if (size === 0) return;
-        const part = rows.slice([start, 0], [size, rows.shape[1]]);
-        outputs.push(matMul(part, byExpert[e], false, true)); // F.linear: (size, in) @ (in, out)
-        start += size;
-      });
+      const used = groups.sizes.flatMap((size, e) => size > 0 ? [e] : []);
+      const parts = tf.split(rows, used.map((e) => groups.sizes[e])); // inputs.split(expert_size)
+      // F.linear: (size, in) @ (in, out) for each expert's rows
+      const outputs = parts.map((part, i) => matMul(part, byExpert[used[i]], false, true));
       const out = tf.concat(outputs) as tf.Tensor2D; // (M, out)
       return weights ? out.mul(weights) as tf.Tensor2D : out;
     };

@@ -229,17 +229,13 @@ export function sparseMoE(
   if (options.overwrite) gates = gates.mul(isHighestChoice(indices, experts.length));
   const groups = routeToExperts(indices, experts.length, options.capacity);
   const picked = embedding(u, groups.rows) as tf.Tensor2D; // (M, C): u[rows], expert by expert
-  const outputs: tf.Tensor[] = [];
-  let start = 0;
-  experts.forEach((expert, e) => {
-    const size = groups.sizes[e];
-    if (size === 0) return;
-    const rows = picked.slice([start, 0], [size, C]); // (size, C)
-    const hidden = linear(rows, expert.fc1W, expert.fc1B, "relu"); // (size, 4C)
-    outputs.push(linear(hidden, expert.fc2W, expert.fc2B)); // (size, C)
-    start += size;
+  const used = experts.flatMap((expert, e) => groups.sizes[e] > 0 ? [expert] : []);
+  if (used.length === 0) return tf.zerosLike(u); // every token over capacity
+  const parts = tf.split(picked, groups.sizes.filter((size) => size > 0)); // each (size, C)
+  const outputs = parts.map((rows, i) => {
+    const hidden = linear(rows, used[i].fc1W, used[i].fc1B, "relu"); // (size, 4C)
+    return linear(hidden, used[i].fc2W, used[i].fc2B); // (size, C)
   });
-  if (outputs.length === 0) return tf.zerosLike(u); // every token over capacity
   let entryGates = embedding(gates.reshape([N * k, 1]) as tf.Tensor2D, groups.slots); // (M, 1)
   if (groups.weights) entryGates = entryGates.mul(groups.weights.reshape([-1, 1]));
   let weighted = tf.concat(outputs).mul(entryGates) as tf.Tensor2D; // (M, C)
