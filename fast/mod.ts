@@ -31,14 +31,14 @@ import { attentionWasm } from "./wasm/attention.ts";
 import { cachedAttentionWasm } from "./wasm/cached_attention.ts";
 import { dropoutWasmMask } from "./wasm/dropout_kernel.ts";
 import { multiplyAddPeak } from "./wasm/gemm_kernel.ts";
-import { shareIdentityOnWasm } from "./wasm/identity.ts";
+import { readInPlaceOnWasm } from "./wasm/in_place.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
 import { linearOutInWasm, linearWasm } from "./wasm/linear.ts";
 import { matMulWasm, sharedPool } from "./wasm/matmul.ts";
 import { webgpuFastPaths } from "./webgpu/mod.ts";
 
 let installed = false;
-let wasmIdentityShared = false;
+let wasmKernelsReplaced = false;
 
 /**
  * Registers every backend's fast paths (once), and the kernels of `backend`,
@@ -46,9 +46,9 @@ let wasmIdentityShared = false;
  * starts, and ours replace one of them).
  */
 export function installFastPaths(backend: string): void {
-  if (backend === "wasm" && !wasmIdentityShared) {
-    wasmIdentityShared = true;
-    shareIdentityOnWasm();
+  if (backend === "wasm" && !wasmKernelsReplaced) {
+    wasmKernelsReplaced = true;
+    readInPlaceOnWasm();
   }
   if (installed) return;
   installed = true;

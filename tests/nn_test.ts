@@ -226,6 +226,44 @@ Deno.test("wasm: cached self-attention's kernel equals the plain tfjs compositio
   }
 });
 
+Deno.test("wasm: Slice, SplitV and Unpack read the heap in place and give the cpu backend's values", async () => {
+  // Ranks 1 to 4, each dtype, parts along every axis; the cpu backend's kernels are the reference.
+  const rng = new Rng(11);
+  const cases: { shape: number[]; dtype: "float32" | "int32" | "bool" }[] = [
+    { shape: [9], dtype: "int32" },
+    { shape: [6, 5], dtype: "float32" },
+    { shape: [4, 3, 5], dtype: "bool" },
+    { shape: [3, 4, 2, 5], dtype: "float32" },
+  ];
+  const ops = (x: tf.Tensor): tf.Tensor[] => {
+    const parts: tf.Tensor[] = [];
+    for (let axis = 0; axis < x.rank; axis++) {
+      const n = x.shape[axis];
+      parts.push(...tf.split(x, [1, n - 1], axis), ...tf.unstack(x, axis));
+      const begin = x.shape.map((d, i) => i === axis ? 1 : Math.floor(d / 3));
+      parts.push(x.slice(begin, x.shape.map((d, i) => d - begin[i] - (i === axis ? 1 : 0))));
+    }
+    return parts;
+  };
+  for (const { shape, dtype } of cases) {
+    const values = rng.normals(shape.reduce((a, b) => a * b, 1), 3).map(Math.round);
+    const results: { shape: number[]; values: number[] }[][] = [];
+    for (const backend of ["cpu", "wasm"]) {
+      await startBackend(backend);
+      const x = tf.tensor(values, shape, dtype);
+      const parts = ops(x);
+      results.push(
+        await Promise.all(parts.map(async (p) => ({
+          shape: p.shape,
+          values: Array.from(await p.data()),
+        }))),
+      );
+      tf.dispose([x, ...parts]);
+    }
+    assert.deepEqual(results[1], results[0], `${dtype} [${shape}]`);
+  }
+});
+
 for (const backend of ["wasm", "cpu"]) {
   Deno.test(`${backend}: dropout's mask drawn by WebAssembly equals the plain one, and leaves the stream where it does`, async () => {
     await startBackend(backend);
