@@ -75,7 +75,7 @@ export interface BenchResult {
   kernels_per_step: number;
   /** On WebGPU: compute-shader dispatches in one step (a kernel may dispatch more than once). */
   dispatches_per_step: number | null;
-  /** On WebGPU: GPU→CPU reads inside one step (each one stalls the GPU). */
+  /** On WebGPU: GPU→CPU reads inside one step (each one stalls the GPU); CPU-held tensors' reads not counted. */
   gpu_reads_per_step: number | null;
   /** Kernel time of one profiled step in matrix products and in everything else (null: no timings). */
   kernel_ms_products: number | null;
@@ -102,37 +102,55 @@ function programTimes(extraInfo: unknown): [string, number][] {
   });
 }
 
-/** One training step under `tf.profile`, counting what it runs and, on WebGPU, dispatches and reads. */
-async function profileStep(run: Run, data: PreparedData, backend: string) {
-  const onGpu = backend === "webgpu";
-  let dispatches = 0;
-  let reads = 0;
-  const gpuBackend = tf.backend() as unknown as Record<
-    "read" | "readSync",
-    (...a: unknown[]) => unknown
-  >;
-  const pass = typeof GPUComputePassEncoder === "undefined"
-    ? undefined
-    : GPUComputePassEncoder.prototype;
+/** What {@link watchWebGpu} has counted so far; `stop` puts the watched methods back. */
+export interface GpuWatch {
+  dispatches: number;
+  reads: number;
+  stop(): void;
+}
+
+/**
+ * Counts, until `stop`, the compute dispatches and the GPU→CPU reads the
+ * current WebGPU backend makes. A small tensor tfjs keeps on the CPU (its
+ * values never uploaded) is read without the GPU, so it is not counted.
+ */
+export function watchWebGpu(): GpuWatch {
+  const gpuBackend = tf.backend() as unknown as
+    & Record<"read" | "readSync", (...a: unknown[]) => unknown>
+    & { tensorMap: { get(dataId: unknown): { values: unknown } | undefined } };
   const restore: (() => void)[] = [];
-  const count = <T extends object>(target: T, key: keyof T & string, bump: () => void) => {
+  const watch: GpuWatch = {
+    dispatches: 0,
+    reads: 0,
+    stop: () => restore.forEach((undo) => undo()),
+  };
+  const count = <T extends object>(
+    target: T,
+    key: keyof T & string,
+    bump: (...a: unknown[]) => void,
+  ) => {
     const original = target[key] as (...a: unknown[]) => unknown;
     (target as Record<string, unknown>)[key] = function (this: unknown, ...a: unknown[]) {
-      bump();
+      bump(...a);
       return original.apply(this, a);
     };
     restore.push(() => (target as Record<string, unknown>)[key] = original);
   };
-  if (onGpu) {
-    count(gpuBackend, "read", () => reads++);
-    count(gpuBackend, "readSync", () => reads++);
-    if (pass) count(pass, "dispatchWorkgroups", () => dispatches++);
-  }
+  const onGpu = (dataId: unknown) => gpuBackend.tensorMap.get(dataId)?.values == null;
+  count(gpuBackend, "read", (dataId) => onGpu(dataId) && watch.reads++);
+  count(gpuBackend, "readSync", (dataId) => onGpu(dataId) && watch.reads++);
+  count(GPUComputePassEncoder.prototype, "dispatchWorkgroups", () => watch.dispatches++);
+  return watch;
+}
+
+/** One training step under `tf.profile`, counting what it runs and, on WebGPU, dispatches and reads. */
+async function profileStep(run: Run, data: PreparedData, backend: string) {
+  const watch = backend === "webgpu" ? watchWebGpu() : undefined;
   let info: Awaited<ReturnType<typeof tf.profile>>;
   try {
     info = await tf.profile(() => run.step(data.train));
   } finally {
-    restore.forEach((undo) => undo());
+    watch?.stop();
   }
   (info.result as tf.Tensor).dispose();
   const timed = info.kernels.every((k) => typeof k.kernelTimeMs === "number");
@@ -151,8 +169,8 @@ async function profileStep(run: Run, data: PreparedData, backend: string) {
   }
   return {
     kernels_per_step: info.kernels.length,
-    dispatches_per_step: onGpu ? dispatches : null,
-    gpu_reads_per_step: onGpu ? reads : null,
+    dispatches_per_step: watch ? watch.dispatches : null,
+    gpu_reads_per_step: watch ? watch.reads : null,
     kernel_ms_products: timed ? +products.toFixed(2) : null,
     kernel_ms_outside_products: timed ? +outside.toFixed(2) : null,
   };
@@ -290,24 +308,13 @@ export async function main(args: string[]): Promise<(BenchResult | SampleBenchRe
         `${ceiling.threads} threads (the ceiling of our matrix products on wasm)`,
     );
   }
-  const results: BenchResult[] = [];
-  const failed: string[] = [];
-  for (const config of runs) {
-    let r: BenchResult;
-    try {
-      r = await benchOne(config, data, values.steps, values.warmup);
-    } catch (e) {
-      // A run the backend cannot do (the MoE models' plain path on WebGPU) does not stop the suite.
-      failed.push(`${config.model_name} on ${config.backend}`);
-      console.error(`${config.model_name} ${config.backend}: failed: ${(e as Error).message}`);
-      continue;
-    }
-    results.push(r);
-    if (values.json) {
-      console.log(JSON.stringify(r));
-    } else {
-      console.log(
-        `${r.model_name.padEnd(24)} ${r.backend.padEnd(6)} median ${
+  return await eachRun(
+    runs,
+    (config) => benchOne(config, data, values.steps, values.warmup),
+    (r) =>
+      values.json
+        ? JSON.stringify(r)
+        : `${r.model_name.padEnd(24)} ${r.backend.padEnd(6)} median ${
           r.ms_per_step_median.toFixed(1).padStart(8)
         } ms/step` +
           `  min ${r.ms_per_step_min.toFixed(1).padStart(8)}  ${
@@ -319,8 +326,32 @@ export async function main(args: string[]): Promise<(BenchResult | SampleBenchRe
             ? ""
             : ` (dispatches ${r.dispatches_per_step}, GPU reads ${r.gpu_reads_per_step})`) +
           `${r.fast_paths ? "" : "  plain"}  (${r.adapter})`,
-      );
+  );
+}
+
+/**
+ * Runs `one` for each config and prints each result's line. A run the
+ * backend cannot do (the MoE models' plain path on WebGPU) is reported and
+ * the rest go on; the failures end it with one error.
+ */
+async function eachRun<R>(
+  runs: TrainConfig[],
+  one: (config: TrainConfig) => Promise<R>,
+  line: (r: R, config: TrainConfig) => string,
+): Promise<R[]> {
+  const results: R[] = [];
+  const failed: string[] = [];
+  for (const config of runs) {
+    let r: R;
+    try {
+      r = await one(config);
+    } catch (e) {
+      failed.push(`${config.model_name} on ${config.backend}`);
+      console.error(`${config.model_name} ${config.backend}: failed: ${(e as Error).message}`);
+      continue;
     }
+    results.push(r);
+    console.log(line(r, config));
   }
   if (failed.length > 0) throw new UserError(`${failed.length} runs failed: ${failed.join(", ")}`);
   return results;
@@ -333,15 +364,14 @@ async function sampleSuite(
   chars: number,
   json: boolean,
 ): Promise<SampleBenchResult[]> {
-  const results: SampleBenchResult[] = [];
-  for (const config of runs) {
-    const r = await benchSample(config, vocabSize, chars);
-    results.push(r);
-    const size = config.model_name === "gptLM"
-      ? ` C${config.n_embd} L${config.n_layer} T${config.block_size}`
-      : "";
-    console.log(
-      json
+  return await eachRun(
+    runs,
+    (config) => benchSample(config, vocabSize, chars),
+    (r, config) => {
+      const size = config.model_name === "gptLM"
+        ? ` C${config.n_embd} L${config.n_layer} T${config.block_size}`
+        : "";
+      return json
         ? JSON.stringify(r)
         : `${(r.model_name + size).padEnd(22)} ${r.backend.padEnd(6)} ${
           r.chars_per_s.toLocaleString("en-US").padStart(7)
@@ -349,10 +379,9 @@ async function sampleSuite(
           r.first_char_ms.toFixed(1).padStart(7)
         } ms  tensors ${r.tensors_before}→${r.tensors_after}${
           r.fast_paths ? "" : "  plain"
-        }  (${r.adapter})`,
-    );
-  }
-  return results;
+        }  (${r.adapter})`;
+    },
+  );
 }
 
 if (import.meta.main) await runMain(() => main(Deno.args));

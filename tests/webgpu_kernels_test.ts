@@ -10,6 +10,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import "@tensorflow/tfjs-backend-webgpu";
+import { watchWebGpu } from "../bench.ts";
 import { Rng } from "../lib/rng.ts";
 import { AdamW } from "../nn/adamw.ts";
 import {
@@ -132,20 +133,18 @@ interface Counts {
 
 /** The kernels and dispatches `f` takes (its tensors freed after). */
 async function count(f: () => tf.TensorContainer): Promise<Counts> {
-  const encoder = GPUComputePassEncoder.prototype;
-  const original = encoder.dispatchWorkgroups;
-  let dispatches = 0;
-  encoder.dispatchWorkgroups = function (...args: Parameters<typeof original>) {
-    dispatches++;
-    return original.apply(this, args);
-  };
+  const watch = watchWebGpu();
   try {
     const info = await tf.profile(() => {
       tf.dispose(f());
     });
-    return { kernels: info.kernels.length, dispatches, names: info.kernels.map((k) => k.name) };
+    return {
+      kernels: info.kernels.length,
+      dispatches: watch.dispatches,
+      names: info.kernels.map((k) => k.name),
+    };
   } finally {
-    encoder.dispatchWorkgroups = original;
+    watch.stop();
   }
 }
 
@@ -235,6 +234,28 @@ function plainBatchNorm(
 }
 
 // ---- tests ----
+
+Deno.test("bench's WebGPU watch counts reads of GPU-held tensors only, and dispatches", async () => {
+  await onWebGPU(async () => {
+    const held = tf.tensor([1, 2, 3]); // tfjs keeps a tensor this small on the CPU
+    const computed = tf.add(tf.tensor(new Float32Array(2048)), 1); // on the GPU
+    const watch = watchWebGpu();
+    try {
+      assert.deepEqual(Array.from(await held.data()), [1, 2, 3]);
+      assert.equal(watch.reads, 0, "a CPU-held tensor is read without the GPU");
+      assert.equal(watch.dispatches, 0);
+      assert.equal((await computed.add(1).data())[0], 2);
+      assert.equal(watch.reads, 1, "one read from the GPU");
+      assert.equal(watch.dispatches, 1, "one Add");
+    } finally {
+      watch.stop();
+      tf.dispose([held, computed]);
+    }
+    const after = watch.reads;
+    tf.dispose(await tf.add(tf.tensor(new Float32Array(2048)), 1).data());
+    assert.equal(watch.reads, after, "stop() stops counting");
+  });
+});
 
 Deno.test("webgpu kernels: the registry object names every kernel exported", () => {
   assert.deepEqual(Object.keys(webgpuFastPaths).sort(), [
