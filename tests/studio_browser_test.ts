@@ -98,7 +98,11 @@ Deno.test("the studio in headless chromium: train, watch, stop, sample, look ins
     await page.waitForFunction(`${points} >= 2`, { timeout: 30_000 });
     const first = await page.$$eval(CURVE_POINTS, (paths) => paths.length);
     await page.waitForFunction(`${points} > ${first}`, { timeout: 30_000 });
-    assert.match(await page.$eval("#p-step", (e) => e.textContent!), /^\d+ \/ 100000$/);
+    // The progress line comes on its own clock (once a second), maybe after the curve's points.
+    await page.waitForFunction(
+      '/^\\d+ \\/ 100000$/.test(document.querySelector("#p-step")?.textContent ?? "")',
+      { timeout: 30_000 },
+    );
 
     // A second start is refused with a message; Stop saves a checkpoint and offers to resume.
     const second = await page.evaluate(async () => {
