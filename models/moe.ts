@@ -19,6 +19,7 @@ import {
   embedding,
   indexAdd,
   linear,
+  logSumExp,
   multiHot,
   normalInit,
   routeToExperts,
@@ -279,7 +280,7 @@ export function loadBalancingLoss(noisy: tf.Tensor2D, indices: tf.Tensor2D): tf.
   const choices = multiHot(indices, E).sum(0); // (E)
   const switchLoss = probability.div(probability.sum()).mul(choices.div(choices.sum())).sum()
     .mul(E);
-  const zLoss = tf.logSumExp(noisy, 1).square().mean();
+  const zLoss = logSumExp(noisy).square().mean();
   return switchLoss.add(zLoss.mul(0.1)) as tf.Scalar;
 }
 
@@ -306,7 +307,7 @@ export function originalAuxLoss(
   const normalise = (x: tf.Tensor) => x.div(tf.maximum(x.sum(0), 1e-12));
   const switchLoss = normalise(probability).mul(normalise(counted)).sum().mul(E);
   const count = noisy.shape[0]!;
-  const zLoss = tf.logSumExp(noisy, -1).square().sum().div(count);
+  const zLoss = logSumExp(noisy).square().sum().div(count);
   return switchLoss.add(zLoss.mul(0.1)) as tf.Scalar;
 }
 

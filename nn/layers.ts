@@ -321,6 +321,23 @@ export function dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor {
 }
 
 /**
+ * PyTorch `torch.logsumexp(x, -1)`: log Σ exp over the last axis, (..., E)
+ * → (...). Its gradient is softmax(x) · dy, as PyTorch computes it; tfjs's
+ * own `logSumExp` differentiates through its max shift, a broadcast `Equal`
+ * that tfjs-backend-wasm runs ~50× slower than an `Add` of the same size.
+ */
+export function logSumExp(x: tf.Tensor): tf.Tensor {
+  const lse = tf.customGrad((input, save) => {
+    (save as tf.GradSaveFunc)([input as tf.Tensor]);
+    return {
+      value: tf.logSumExp(input as tf.Tensor, -1),
+      gradFunc: (dy, [saved]) => tf.softmax(saved).mul((dy as tf.Tensor).expandDims(-1)),
+    };
+  });
+  return lse(x);
+}
+
+/**
  * PyTorch `F.cross_entropy(logits, targets)` with mean reduction.
  * logits (N, V), targets (N) int32 → scalar.
  */
