@@ -15,6 +15,7 @@ import {
   logSumExp,
 } from "../nn/layers.ts";
 import { Rng } from "../lib/rng.ts";
+import { dropoutMaskBits } from "../fast/wasm/dropout_kernel.ts";
 
 /** Largest absolute difference between two tensors' values. */
 async function maxDiff(a: tf.Tensor, b: tf.Tensor): Promise<number> {
@@ -283,6 +284,20 @@ for (const backend of ["wasm", "cpu"]) {
     x.dispose();
   });
 }
+
+Deno.test("dropout's mask as bits, drawn by WebAssembly: the plain draws, bit i of word i / 32, the stream after", () => {
+  for (const n of [1, 31, 32, 33, 1001]) {
+    for (const p of [0.2, 0.5]) {
+      const [wasm, plain] = [new Rng(7), new Rng(7)];
+      wasm.random(); // a stream not at its start
+      plain.random();
+      const expected = new Uint32Array(Math.ceil(n / 32));
+      for (let i = 0; i < n; i++) if (!(plain.random() < p)) expected[i >>> 5] |= 1 << (i & 31);
+      assert.deepEqual(dropoutMaskBits(wasm, n, p), expected, `n ${n}, p ${p}`);
+      assert.equal(wasm.nextUint32(), plain.nextUint32(), `n ${n}, p ${p}: the stream after`);
+    }
+  }
+});
 
 for (const backend of ["cpu", "wasm"]) {
   Deno.test(`${backend}: logSumExp equals tfjs's logSumExp, values and gradients, without a broadcast Equal`, async () => {

@@ -30,7 +30,9 @@ import {
 } from "./asm.ts";
 
 const F64 = 0x7c;
-const [xor, rotl, i32Load, i32Store, store8] = [
+const [or, and, xor, rotl, i32Load, i32Store, store8] = [
+  op([0x72]),
+  op([0x71]),
   op([0x73]),
   op([0x77]),
   (addr: Code, offset: number): Code => [...addr, 0x28, 2, offset],
@@ -50,10 +52,12 @@ const select = (whenTrue: Code, whenFalse: Code, condition: Code): Code => [
 const STATE_BYTES = 16;
 
 /**
- * `maskFloats(dst, n, threshold, keep)` and `maskBytes(dst, n, threshold)`:
- * n draws from the sfc32 state at byte 0 (advanced in place), element i
- * dropped when draw i < threshold (= p·2³², exactly `random() < p`): floats
- * 0 or keep, as `layers.ts`'s dropout; bytes 0x00 or 0xFF, a lane mask.
+ * `maskFloats(dst, n, threshold, keep)`, `maskBytes(dst, n, threshold)` and
+ * `maskBits(dst, n, threshold)`: n draws from the sfc32 state at byte 0
+ * (advanced in place), element i dropped when draw i < threshold (= p·2³²,
+ * exactly `random() < p`): floats 0 or keep, as `layers.ts`'s dropout;
+ * bytes 0x00 or 0xFF, a lane mask; bits, set where kept (bit i % 32 of
+ * 32-bit word i / 32), WebGPU's upload.
  */
 function maskModule(): Uint8Array<ArrayBuffer> {
   const [DST, N, THRESHOLD, KEEP] = [0, 1, 2, 3]; // parameters (KEEP: maskFloats only)
@@ -91,21 +95,38 @@ function maskModule(): Uint8Array<ArrayBuffer> {
       locals: [[5, I32]],
       body: draws(3, 1, (dropped) => store8(get(DST), select(i32(0), i32(0xff), dropped))),
     },
+    {
+      name: "maskBits",
+      params: [I32, I32, F64],
+      locals: [[6, I32]],
+      body: (() => {
+        const I = 8; // the element's index: the locals after draws' five
+        const word = add(get(DST), shl(shr(get(I), i32(5)), i32(2)));
+        const slot = and(get(I), i32(31));
+        return draws(3, 0, (dropped) => {
+          const bit = shl(eqz(dropped), slot);
+          return [
+            // A word's first element starts it afresh; the others add their bit.
+            ...i32Store(word, select(bit, or(i32Load(word, 0), bit), eqz(slot)), 0),
+            ...set(I, add(get(I), i32(1))),
+          ];
+        });
+      })(),
+    },
   ]);
 }
 
 let module: { exports: WebAssembly.Exports; memory: WebAssembly.Memory } | null = null;
 
 /**
- * Draws `n` mask elements of `bytesEach` bytes from `rng` (advancing it) by
- * `draw`, given the module's exports and the threshold; returns the
- * module's memory, the mask at byte STATE_BYTES.
+ * Draws a mask of `bytes` bytes from `rng` (advancing it) by `draw`, given
+ * the module's exports and the threshold; returns the module's memory, the
+ * mask at byte STATE_BYTES.
  */
 function drawMask(
   rng: Rng,
-  n: number,
   p: number,
-  bytesEach: number,
+  bytes: number,
   draw: (exports: WebAssembly.Exports, threshold: number) => void,
 ): WebAssembly.Memory {
   if (!module) {
@@ -117,7 +138,7 @@ function drawMask(
     };
   }
   const { exports, memory } = module;
-  const need = STATE_BYTES + n * bytesEach;
+  const need = STATE_BYTES + bytes;
   if (need > memory.buffer.byteLength) {
     memory.grow(Math.ceil((need - memory.buffer.byteLength) / 65536));
   }
@@ -137,9 +158,8 @@ export function dropoutMaskFloats(rng: Rng, n: number, p: number): Float32Array 
   const keep = 1 / (1 - p);
   const memory = drawMask(
     rng,
-    n,
     p,
-    4,
+    4 * n,
     (e, threshold) => (e.maskFloats as (...a: number[]) => void)(STATE_BYTES, n, threshold, keep),
   );
   return new Float32Array(memory.buffer, STATE_BYTES, n).slice();
@@ -153,12 +173,26 @@ export function dropoutMaskFloats(rng: Rng, n: number, p: number): Float32Array 
 export function dropoutMaskBytes(rng: Rng, n: number, p: number): Uint8Array {
   const memory = drawMask(
     rng,
-    n,
     p,
-    1,
+    n,
     (e, threshold) => (e.maskBytes as (...a: number[]) => void)(STATE_BYTES, n, threshold),
   );
   return new Uint8Array(memory.buffer, STATE_BYTES, n).slice();
+}
+
+/**
+ * The same draws as {@link dropoutMaskFloats}, as bits: bit i % 32 of word
+ * i / 32 set where element i is kept (WebGPU's dropout uploads these).
+ */
+export function dropoutMaskBits(rng: Rng, n: number, p: number): Uint32Array {
+  const words = Math.ceil(n / 32);
+  const memory = drawMask(
+    rng,
+    p,
+    4 * words,
+    (e, threshold) => (e.maskBits as (...a: number[]) => void)(STATE_BYTES, n, threshold),
+  );
+  return new Uint32Array(memory.buffer, STATE_BYTES, words).slice();
 }
 
 /** `layers.ts`'s dropout, its mask drawn by {@link dropoutMaskFloats}: on any backend. */
