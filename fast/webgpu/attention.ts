@@ -20,14 +20,14 @@
  *             dq = Σ_j P(M·dP − D)·s·k_j with dP = dy vᵀ
  *   dK, dV    per key row: dv = Σ_i P·M·dy_i, dk = Σ_i P(M·dP − D)·s·q_i
  *
- * M is dropout's mask on the weights (B, H, T, T) (0 or 1/(1−p)), read
- * where dropout is on, and 1 (not read) where it is off.
+ * M is dropout's mask on the weights (B, H, T, T): 0 or 1/(1−p), read from
+ * one bit a weight where dropout is on, and 1 (not read) where it is off.
  *
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
 import type { DropoutSpec } from "../../nn/fast_paths.ts";
-import { dropout } from "./dropout.ts";
+import { dropoutMaskBits } from "../wasm/dropout_kernel.ts";
 import {
   allocate,
   dispatch,
@@ -70,14 +70,23 @@ fn headBase(bh: u32) -> u32 {
 }
 ${
       dropout
-        ? "fn keep(bh: u32, i: u32, j: u32) -> f32 { return mask[(bh * u.T + i) * u.T + j]; }"
+        ? `fn keep(bh: u32, i: u32, j: u32) -> f32 {
+  let e = (bh * u.T + i) * u.T + j;
+  return select(0.0, u.keep, ((mask[e >> 5u] >> (e & 31u)) & 1u) == 1u);
+}`
         : "fn keep(bh: u32, i: u32, j: u32) -> f32 { return 1.0; }"
     }
 `,
   };
 }
 
-const UNIFORMS: Kernel["uniforms"] = [["T", "u32"], ["H", "u32"], ["CV", "u32"], ["scale", "f32"]];
+const UNIFORMS: Kernel["uniforms"] = [
+  ["T", "u32"],
+  ["H", "u32"],
+  ["CV", "u32"],
+  ["scale", "f32"],
+  ["keep", "f32"], // dropout's 1/(1−p) for a kept weight
+];
 
 /**
  * Stages rows j0…j0+TILE−1 (zeros past T) of two (B, T, C) tensors' head
@@ -100,7 +109,7 @@ function stageTile(a: string, b: string, aTile: string, bTile: string, threads =
 /** The mask's binding, where dropout is on. */
 function maskBinding(dropout: boolean, binding: number): string {
   return dropout
-    ? `@group(0) @binding(${binding}) var<storage, read> mask: array<f32>; // (B, H, T, T)`
+    ? `@group(0) @binding(${binding}) var<storage, read> mask: array<u32>; // (B, H, T, T) bits: kept`
     : "";
 }
 
@@ -334,7 +343,7 @@ fn main(@builtin(local_invocation_index) lid: u32, @builtin(workgroup_id) wid: v
 }
 
 /** Shapes and uniforms shared by the three dispatches. */
-function layout(q: tf.TensorInfo, nHead: number) {
+function layout(q: tf.TensorInfo, nHead: number, keep = 1) {
   const [B, T, C] = q.shape;
   const hs = C / nHead;
   if (!Number.isInteger(hs)) {
@@ -345,7 +354,7 @@ function layout(q: tf.TensorInfo, nHead: number) {
     B,
     T,
     hs,
-    uniforms: [T, nHead, C / vec, hs ** -0.5],
+    uniforms: [T, nHead, C / vec, hs ** -0.5, keep],
     grid: [Math.ceil(T / ROWS), B * nHead, 1] as [number, number, number],
   };
 }
@@ -356,9 +365,9 @@ for (const [kernelName, dropout] of [[FORWARD, false], [FORWARD_DROPOUT, true]] 
     backendName: "webgpu",
     kernelFunc: ({ inputs, attrs, backend }) => {
       const { q, k, v, mask } = inputs as Record<string, tf.TensorInfo>;
-      const { nHead } = attrs as unknown as { nHead: number };
+      const { nHead, keep } = attrs as unknown as { nHead: number; keep?: number };
       const gpu = internals(backend);
-      const { B, T, hs, uniforms, grid } = layout(q, nHead);
+      const { B, T, hs, uniforms, grid } = layout(q, nHead, keep);
       const y = allocate(gpu, q.shape);
       const stats = allocate(gpu, [B, nHead, T, 2]);
       const buffers = [q, k, v, y, stats, ...(dropout ? [mask] : [])];
@@ -390,9 +399,9 @@ tf.registerKernel({
   backendName: "webgpu",
   kernelFunc: ({ inputs, attrs, backend }) => {
     const { q, k, v, y, stats, dy, mask } = inputs as Record<string, tf.TensorInfo>;
-    const { nHead } = attrs as unknown as { nHead: number };
+    const { nHead, keep } = attrs as unknown as { nHead: number; keep?: number };
     const gpu = internals(backend);
-    const { hs, uniforms, grid } = layout(q, nHead);
+    const { hs, uniforms, grid } = layout(q, nHead, keep);
     const dropout = mask !== undefined;
     const masks = dropout ? [mask] : [];
     const dq = allocate(gpu, q.shape);
@@ -422,9 +431,9 @@ tf.registerKernel({
  * `softmax(q kᵀ / √hs + causal mask) v` for every head, heads side by
  * side, with its gradient: q, k, v (B, T, C), head h in columns
  * h·hs…(h+1)·hs → (B, T, C). `weightsDropout`, given in training with
- * dropout, is dropout on the (B, H, T, T) weights: a mask multiplied into
- * them, drawn here as dropout of ones, from the run's stream as the plain
- * layer's call draws it.
+ * dropout, is dropout on the (B, H, T, T) weights: a mask of bits, one a
+ * weight, drawn from the run's stream as the plain layer's call draws it;
+ * the kernels multiply a kept weight by 1/(1−p).
  */
 export function causalSelfAttention(
   q: tf.Tensor,
@@ -435,9 +444,10 @@ export function causalSelfAttention(
 ): tf.Tensor {
   if (!weightsDropout) return runKernelForResult(FORWARD, { q, k, v }, { nHead }); // (B, T, C)
   const [B, T] = q.shape;
-  const ones = tf.fill([B, nHead, T, T], 1); // filled on the GPU, not uploaded
-  const mask = dropout(ones, weightsDropout.p, weightsDropout.rng); // (B, H, T, T): 0 or 1/(1−p)
-  const y = runKernelForResult(FORWARD_DROPOUT, { q, k, v, mask }, { nHead }); // (B, T, C)
-  tf.dispose([ones, mask]); // the gradient keeps its own reference to the mask
+  const { p, rng } = weightsDropout;
+  const bits = dropoutMaskBits(rng, B * nHead * T * T, p); // (B, H, T, T) bits
+  const mask = tf.tensor1d(new Int32Array(bits.buffer), "int32");
+  const y = runKernelForResult(FORWARD_DROPOUT, { q, k, v, mask }, { nHead, keep: 1 / (1 - p) }); // (B, T, C)
+  mask.dispose(); // the gradient keeps its own reference to the mask
   return y;
 }
