@@ -34,7 +34,7 @@ ours default --model_name=gptLM --steps=$SD --warmup=$WD
 ours tiny --batch_size=2 --block_size=16 --steps=$S --warmup=$W
 ours suite_plain --plain --steps=$S --warmup=$W
 ours tiny_plain --plain --batch_size=2 --block_size=16 --steps=$S --warmup=$W
-ours default_plain --plain --model_name=gptLM --steps=$SD --warmup=$WD
+ours default_plain --plain --model_name=gptLM --steps=2 --warmup=1 # over 10 s a step on the H200
 ours sample --sample=200
 ours sample_plain --plain --sample=200
 stamp "done"
