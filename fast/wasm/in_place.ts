@@ -94,7 +94,11 @@ function readSlicesInPlace(): void {
   });
 }
 
-/** The block of x at `from` of shape `size`, copied row by row from the heap. */
+/**
+ * The block of x at `from` of shape `size`, copied from the heap in runs:
+ * the trailing axes the block spans whole are contiguous with the axis
+ * before them (a block of whole rows is one run).
+ */
 function slice(backend: Backend, x: tf.TensorInfo, from: number[], size: number[]): tf.TensorInfo {
   const out = backend.makeOutput(size, x.dtype);
   // Viewed after makeOutput, which may have grown the heap.
@@ -102,13 +106,19 @@ function slice(backend: Backend, x: tf.TensorInfo, from: number[], size: number[
   const target = backend.typedArrayFromHeap(out);
   const rank = x.shape.length; // ≥ 1: tfjs does not slice scalars
   const strides = [...tf.util.computeStrides(x.shape), 1];
-  const run = size[rank - 1]; // contiguous values along the last axis
-  const at = new Array(rank - 1).fill(0); // index of the current run among the outer axes
+  let inner = rank - 1; // the run: axes inner… of the block
+  while (inner > 0 && size[inner] === x.shape[inner]) inner--;
+  const run = size.slice(inner).reduce((a, b) => a * b, 1);
+  const at = new Array(inner).fill(0); // index of the current run among the outer axes
   for (let written = 0; written < target.length; written += run) {
-    let offset = from[rank - 1];
-    for (let d = 0; d < rank - 1; d++) offset += (from[d] + at[d]) * strides[d];
-    target.set(source.subarray(offset, offset + run), written);
-    for (let d = rank - 2; d >= 0 && ++at[d] === size[d]; d--) at[d] = 0;
+    let offset = from[inner] * strides[inner];
+    for (let d = 0; d < inner; d++) offset += (from[d] + at[d]) * strides[d];
+    if (run < 16) { // a typed array per run would cost more than the copy
+      for (let i = 0; i < run; i++) target[written + i] = source[offset + i];
+    } else {
+      target.set(source.subarray(offset, offset + run), written);
+    }
+    for (let d = inner - 1; d >= 0 && ++at[d] === size[d]; d--) at[d] = 0;
   }
   return out;
 }
