@@ -6,7 +6,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import type { AdamWStep } from "../nn/fast_paths.ts";
+import type { AdamWStep, TopkGates } from "../nn/fast_paths.ts";
 
 /**
  * `nn.Embedding` as row copies: the WASM backend has no `UnsortedSegmentSum`
@@ -157,4 +157,107 @@ export function adamwUpdateCpu(tensors: tf.Tensor[], step: AdamWStep): void {
     const vi = v[i] = beta2 * v[i] + (1 - beta2) * gi * gi;
     p[i] = p[i] * decay - (stepSize * mi) / (Math.sqrt(vi) / bc2Sqrt + eps);
   }
+}
+
+/**
+ * `topkGates` as one pass over each row: its k largest scores (ties: the
+ * lower column first, as tfjs's top-k) and a softmax over them; the
+ * gradient is that softmax's, on the chosen columns only.
+ */
+export function topkGatesHost(noisy: tf.Tensor2D, k: number): TopkGates {
+  const [N, E] = noisy.shape;
+  const scores = noisy.dataSync() as Float32Array; // (N, E)
+  const chosen = new Int32Array(N * k); // (N, k)
+  const gates = new Float32Array(N * E); // (N, E)
+  const taken = new Uint8Array(E);
+  for (let n = 0; n < N; n++) {
+    const row = n * E;
+    taken.fill(0);
+    for (let j = 0; j < k; j++) {
+      let best = -1;
+      for (let e = 0; e < E; e++) {
+        if (!taken[e] && (best < 0 || scores[row + e] > scores[row + best])) best = e;
+      }
+      taken[best] = 1;
+      chosen[n * k + j] = best;
+    }
+    const top = scores[row + chosen[n * k]];
+    let sum = 0;
+    for (let j = 0; j < k; j++) sum += Math.exp(scores[row + chosen[n * k + j]] - top);
+    for (let j = 0; j < k; j++) {
+      const e = chosen[n * k + j];
+      gates[row + e] = Math.exp(scores[row + e] - top) / sum;
+    }
+  }
+  const softmaxOfChosen = tf.customGrad((_input) => ({
+    value: tf.tensor2d(gates, [N, E]),
+    gradFunc: (dy) => {
+      const dGates = (dy as tf.Tensor).dataSync() as Float32Array; // (N, E)
+      const dScores = new Float32Array(N * E); // 0 off the choices
+      for (let n = 0; n < N; n++) {
+        const row = n * E;
+        let dot = 0;
+        for (let j = 0; j < k; j++) {
+          const e = chosen[n * k + j];
+          dot += gates[row + e] * dGates[row + e];
+        }
+        for (let j = 0; j < k; j++) {
+          const e = chosen[n * k + j];
+          dScores[row + e] = gates[row + e] * (dGates[row + e] - dot);
+        }
+      }
+      return tf.tensor2d(dScores, [N, E]);
+    },
+  }));
+  return {
+    gates: softmaxOfChosen(noisy) as tf.Tensor2D,
+    indices: tf.tensor2d(chosen, [N, k], "int32"),
+  };
+}
+
+/**
+ * `loadBalancingLoss` (Switch Transformer's loss plus 0.1 × the router
+ * z-loss) as one pass over the rows of `noisy` (N, E), in float64: with p
+ * each row's softmax, P its column sums, c the choices per expert, it is
+ * E·Σₑ (Pₑ/ΣP)(cₑ/Σc) + 0.1·mean(lse²); the gradient by the same pass.
+ */
+export function loadBalancingLossHost(noisy: tf.Tensor2D, indices: tf.Tensor2D): tf.Scalar {
+  const [N, E] = noisy.shape;
+  const scores = noisy.dataSync() as Float32Array; // (N, E)
+  const picked = indices.dataSync(); // (N, k)
+  const p = new Float64Array(N * E); // each row's softmax
+  const lse = new Float64Array(N);
+  const P = new Float64Array(E); // Σₙ p[n, e]
+  for (let n = 0; n < N; n++) {
+    const row = n * E;
+    let max = -Infinity;
+    for (let e = 0; e < E; e++) max = Math.max(max, scores[row + e]);
+    let sum = 0;
+    for (let e = 0; e < E; e++) sum += p[row + e] = Math.exp(scores[row + e] - max);
+    lse[n] = max + Math.log(sum);
+    for (let e = 0; e < E; e++) P[e] += p[row + e] /= sum;
+  }
+  const share = new Float64Array(E); // E·cₑ/Σc
+  for (const e of picked) share[e] += E / picked.length;
+  const total = P.reduce((a, b) => a + b, 0);
+  let switchLoss = 0;
+  for (let e = 0; e < E; e++) switchLoss += share[e] * P[e] / total;
+  const zLoss = lse.reduce((a, l) => a + l * l, 0) / N;
+  const loss = tf.customGrad((_input) => ({
+    value: tf.scalar(switchLoss + 0.1 * zLoss),
+    gradFunc: (dy) => {
+      const g = (dy as tf.Tensor).dataSync()[0];
+      const w = share.map((s) => (s - switchLoss) / total); // ∂switch/∂Pₑ
+      const dScores = new Float32Array(N * E);
+      for (let n = 0; n < N; n++) {
+        const row = n * E;
+        let mean = 0; // Σₑ wₑ p[n, e]
+        for (let e = 0; e < E; e++) mean += w[e] * p[row + e];
+        const z = 0.1 * 2 * lse[n] / N; // ∂(0.1·z)/∂lse[n]
+        for (let e = 0; e < E; e++) dScores[row + e] = g * p[row + e] * (w[e] - mean + z);
+      }
+      return tf.tensor2d(dScores, [N, E]);
+    },
+  }));
+  return loss(noisy) as tf.Scalar;
 }

@@ -25,7 +25,14 @@ import * as tf from "@tensorflow/tfjs";
 import { type AdamWStep, type FastPaths, registerFastPaths } from "../nn/fast_paths.ts";
 import { bigramLossHost } from "./bigram_loss.ts";
 import { routeToAllExperts } from "./expert_groups.ts";
-import { adamwUpdateCpu, concatColumnsHost, embeddingHost, layerNormHost } from "./host.ts";
+import {
+  adamwUpdateCpu,
+  concatColumnsHost,
+  embeddingHost,
+  layerNormHost,
+  loadBalancingLossHost,
+  topkGatesHost,
+} from "./host.ts";
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
 import { cachedAttentionWasm } from "./wasm/cached_attention.ts";
@@ -70,6 +77,8 @@ export function installFastPaths(backend: string): void {
     dropout: dropoutWasmMask,
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
+    topkGates: topkGatesHost,
+    loadBalancingLoss: loadBalancingLossHost,
     adamwUpdate: eachParameter(adamwUpdateWasm),
   });
   registerFastPaths("cpu", {
@@ -77,6 +86,8 @@ export function installFastPaths(backend: string): void {
     layerNorm: layerNormHost,
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
+    topkGates: topkGatesHost,
+    loadBalancingLoss: loadBalancingLossHost,
     adamwUpdate: eachParameter(adamwUpdateCpu),
     dropout: dropoutWasmMask,
   });

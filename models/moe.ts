@@ -23,9 +23,10 @@ import {
   multiHot,
   normalInit,
   routeToExperts,
-  topkIndices,
+  topkGates,
   uniformInit,
 } from "../nn/layers.ts";
+import { fastPath } from "../nn/fast_paths.ts";
 import type { ExpertLoad, ExpertRouting, Mode, ModelConfig } from "./model.ts";
 import type { Matrix, ParamList, Vector } from "./transformer.ts";
 
@@ -151,10 +152,7 @@ export function noisyTopkRouter(
     const scale = tf.softplus(linear(u, p.noiseW, p.noiseB)); // (N, E)
     noisy = logits.add(tf.tensor2d(noise.normals(N * E, 1), [N, E]).mul(scale));
   }
-  const indices = topkIndices(noisy, topK) as tf.Tensor2D; // (N, k)
-  // scatter of the top-k logits into a row of -inf, then softmax: 0 off the top-k.
-  const chosen = multiHot(indices, E).cast("bool"); // (N, E)
-  const gates = tf.softmax(tf.where(chosen, noisy, tf.fill([N, E], -Infinity))) as tf.Tensor2D;
+  const { gates, indices } = topkGates(noisy, topK); // (N, E) softmax over the top-k, (N, k)
   return { noisy, gates, indices };
 }
 
@@ -275,6 +273,8 @@ export function expertCapacity(config: ModelConfig, tokens: number): number | un
  * + 0.1 · mean over tokens of logsumexp(logits)².
  */
 export function loadBalancingLoss(noisy: tf.Tensor2D, indices: tf.Tensor2D): tf.Scalar {
+  const fast = fastPath("loadBalancingLoss"); // one pass over the rows instead of ~120 small kernels
+  if (fast) return fast(noisy, indices);
   const E = noisy.shape[1];
   const probability = tf.softmax(noisy).sum(0); // (E)
   const choices = multiHot(indices, E).sum(0); // (E)

@@ -50,6 +50,14 @@ export interface BatchNormState {
  * A mixture of experts' choices grouped by expert (`layers.ts`
  * `routeToExperts`): M entries, expert by expert, each a (token, slot) pair.
  */
+/** A router's choices: each row's k largest scores and a softmax over them alone. */
+export interface TopkGates {
+  /** (N, E): the softmax over the row's chosen scores, 0 elsewhere. */
+  gates: tf.Tensor2D;
+  /** (N, k) int32: the chosen columns, largest score first. */
+  indices: tf.Tensor2D;
+}
+
 export interface ExpertGroups {
   /** (M) int32: the token (row of the layer's input) of each entry. */
   rows: tf.Tensor1D;
@@ -107,6 +115,10 @@ export interface FastPaths {
   concatColumns(parts: tf.Tensor2D[]): tf.Tensor2D;
   /** A mixture of experts' choices grouped by expert: see `routeToExperts`. */
   routeToExperts(indices: tf.Tensor2D, numExperts: number, capacity?: number): ExpertGroups;
+  /** A router's top-k choices and their gates: see `topkGates`. */
+  topkGates(noisy: tf.Tensor2D, k: number): TopkGates;
+  /** A router's load-balancing loss: see `loadBalancingLoss` in `models/moe.ts`. */
+  loadBalancingLoss(noisy: tf.Tensor2D, indices: tf.Tensor2D): tf.Scalar;
   /** One AdamW update of every [param, grad, expAvg, expAvgSq], in place: see `nn/adamw.ts`. */
   adamwUpdate(updates: AdamWTensors[], step: AdamWStep): void;
 }

@@ -20,6 +20,7 @@ import {
   type DropoutSpec,
   type ExpertGroups,
   fastPath,
+  type TopkGates,
 } from "./fast_paths.ts";
 
 /**
@@ -223,6 +224,22 @@ export function topkIndices(x: tf.Tensor, k: number): tf.Tensor {
     gradFunc: () => tf.zeros(shape),
   }));
   return choose(x);
+}
+
+/**
+ * A router's choices (the original's `NoisyTopkRouter` after its noise):
+ * the k largest scores of each row of `noisy` (N, E), and a softmax over
+ * them alone: the top-k scores scattered into a row of −∞, then softmax.
+ * → gates (N, E), 0 off the choices; indices (N, k) int32.
+ */
+export function topkGates(noisy: tf.Tensor2D, k: number): TopkGates {
+  const fast = fastPath("topkGates");
+  if (fast) return fast(noisy, k);
+  const [N, E] = noisy.shape;
+  const indices = topkIndices(noisy, k) as tf.Tensor2D; // (N, k)
+  const chosen = multiHot(indices, E).cast("bool"); // (N, E)
+  const gates = tf.softmax(tf.where(chosen, noisy, tf.fill([N, E], -Infinity))) as tf.Tensor2D;
+  return { gates, indices };
 }
 
 /**

@@ -6,6 +6,8 @@ import { routeToAllExperts } from "../fast/expert_groups.ts";
 import { countParams, disposeModel, type LanguageModel, type Mode } from "../models/model.ts";
 import { createModel } from "../models/registry.ts";
 import { registerFastPaths } from "../nn/fast_paths.ts";
+import { topkGates } from "../nn/layers.ts";
+import { loadBalancingLoss } from "../models/moe.ts";
 import { parseTrainConfig } from "../run/config.ts";
 import { startBackend } from "../run/start.ts";
 import { expertLoadReport, trainStep } from "../run/training.ts";
@@ -424,6 +426,53 @@ Deno.test("WebGPU's expert groups (every expert on every token) give the grouped
     assert.ok(Math.abs(l - dense[i]) < 1e-4 * l, `step ${i}: ${l} vs ${dense[i]}`)
   );
 });
+
+for (const backend of ["cpu", "wasm"]) {
+  Deno.test(`${backend}: a router's top-k gates and load-balancing loss in one pass equal the plain composition, values and gradients`, async () => {
+    await startBackend(backend);
+    const rng = new Rng(3);
+    // 8 experts top 2, 4 experts top 3; a row with a tie (the lower column first) and one that is all equal.
+    for (const [N, E, k] of [[13, 8, 2], [6, 4, 3]]) {
+      const values = rng.normals(N * E, 2);
+      values.set([1, 3, 3, 0].slice(0, E), 0);
+      values.fill(0.5, E, 2 * E);
+      const noisy = tf.tensor2d(values, [N, E]);
+      const dGates = tf.tensor2d(rng.normals(N * E, 1), [N, E]);
+      const run = async () => {
+        const { gates, indices } = topkGates(noisy, k);
+        const gatesGrad = tf.grad((x: tf.Tensor) =>
+          topkGates(x as tf.Tensor2D, k).gates.mul(dGates).sum()
+        )(noisy);
+        const loss = loadBalancingLoss(noisy, indices);
+        const lossGrad = tf.grad((x: tf.Tensor) => loadBalancingLoss(x as tf.Tensor2D, indices))(
+          noisy,
+        );
+        const read = async (t: tf.Tensor) => Array.from(await t.data());
+        const out = {
+          gates: await read(gates),
+          indices: await read(indices),
+          gatesGrad: await read(gatesGrad),
+          loss: await read(loss),
+          lossGrad: await read(lossGrad),
+        };
+        tf.dispose([gates, indices, gatesGrad, loss, lossGrad]);
+        return out;
+      };
+      const fast = await withFastPaths(true, run);
+      const plain = await withFastPaths(false, run);
+      assert.deepEqual(fast.indices, plain.indices, `${[N, E, k]}: indices`);
+      for (const key of ["gates", "gatesGrad", "loss", "lossGrad"] as const) {
+        const worst = Math.max(...fast[key].map((v, i) => Math.abs(v - plain[key][i])));
+        assert.ok(worst < 1e-5, `${[N, E, k]} ${key}: off by ${worst}`);
+      }
+      assert.ok(
+        fast.lossGrad.some((v) => Math.abs(v) > 1e-4),
+        "the loss's gradient is not all zero",
+      );
+      tf.dispose([noisy, dGates]);
+    }
+  });
+}
 
 Deno.test("moa_moeLM: gradients (aux loss included) match finite differences", async () => {
   await startBackend("cpu");
