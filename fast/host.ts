@@ -261,3 +261,28 @@ export function loadBalancingLossHost(noisy: tf.Tensor2D, indices: tf.Tensor2D):
   }));
   return loss(noisy) as tf.Scalar;
 }
+
+/**
+ * `chosenGates` as a gather: out[n, j] = gates[n, indices[n, j]]; its
+ * gradient adds dy[n, j] back at (n, indices[n, j]).
+ */
+export function chosenGatesHost(gates: tf.Tensor2D, indices: tf.Tensor2D): tf.Tensor2D {
+  const [N, E] = gates.shape;
+  const k = indices.shape[1];
+  const columns = indices.dataSync(); // (N, k)
+  const gather = tf.customGrad((input) => {
+    const values = (input as tf.Tensor).dataSync() as Float32Array; // (N, E)
+    const out = new Float32Array(N * k);
+    for (let i = 0; i < N * k; i++) out[i] = values[Math.floor(i / k) * E + columns[i]];
+    return {
+      value: tf.tensor2d(out, [N, k]),
+      gradFunc: (dy) => {
+        const dOut = (dy as tf.Tensor).dataSync() as Float32Array; // (N, k)
+        const dGates = new Float32Array(N * E);
+        for (let i = 0; i < N * k; i++) dGates[Math.floor(i / k) * E + columns[i]] += dOut[i];
+        return tf.tensor2d(dGates, [N, E]);
+      },
+    };
+  });
+  return gather(gates) as tf.Tensor2D;
+}

@@ -27,6 +27,7 @@ import { bigramLossHost } from "./bigram_loss.ts";
 import { routeToAllExperts } from "./expert_groups.ts";
 import {
   adamwUpdateCpu,
+  chosenGatesHost,
   concatColumnsHost,
   embeddingHost,
   layerNormHost,
@@ -78,6 +79,7 @@ export function installFastPaths(backend: string): void {
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
     topkGates: topkGatesHost,
+    chosenGates: chosenGatesHost,
     loadBalancingLoss: loadBalancingLossHost,
     adamwUpdate: eachParameter(adamwUpdateWasm),
   });
@@ -87,6 +89,7 @@ export function installFastPaths(backend: string): void {
     bigramLoss: bigramLossHost,
     concatColumns: concatColumnsHost,
     topkGates: topkGatesHost,
+    chosenGates: chosenGatesHost,
     loadBalancingLoss: loadBalancingLossHost,
     adamwUpdate: eachParameter(adamwUpdateCpu),
     dropout: dropoutWasmMask,

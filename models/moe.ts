@@ -158,6 +158,8 @@ export function noisyTopkRouter(
 
 /** `gates[n, indices[n, j]]`: gates (N, E), indices (N, k) → (N, k), each choice's gate. */
 export function chosenGates(gates: tf.Tensor2D, indices: tf.Tensor2D): tf.Tensor2D {
+  const fast = fastPath("chosenGates"); // a gather of k values a row
+  if (fast) return fast(gates, indices);
   const E = gates.shape[1];
   const choices = tf.oneHot(indices, E).cast("float32"); // (N, k, E)
   return gates.expandDims(1).mul(choices).sum(2) as tf.Tensor2D; // (N, k)

@@ -117,6 +117,8 @@ export interface FastPaths {
   routeToExperts(indices: tf.Tensor2D, numExperts: number, capacity?: number): ExpertGroups;
   /** A router's top-k choices and their gates: see `topkGates`. */
   topkGates(noisy: tf.Tensor2D, k: number): TopkGates;
+  /** `gates[n, indices[n, j]]`: see `chosenGates` in `models/moe.ts`. */
+  chosenGates(gates: tf.Tensor2D, indices: tf.Tensor2D): tf.Tensor2D;
   /** A router's load-balancing loss: see `loadBalancingLoss` in `models/moe.ts`. */
   loadBalancingLoss(noisy: tf.Tensor2D, indices: tf.Tensor2D): tf.Scalar;
   /** One AdamW update of every [param, grad, expAvg, expAvgSq], in place: see `nn/adamw.ts`. */

@@ -7,7 +7,7 @@ import { countParams, disposeModel, type LanguageModel, type Mode } from "../mod
 import { createModel } from "../models/registry.ts";
 import { registerFastPaths } from "../nn/fast_paths.ts";
 import { topkGates } from "../nn/layers.ts";
-import { loadBalancingLoss } from "../models/moe.ts";
+import { chosenGates, loadBalancingLoss } from "../models/moe.ts";
 import { parseTrainConfig } from "../run/config.ts";
 import { startBackend } from "../run/start.ts";
 import { expertLoadReport, trainStep } from "../run/training.ts";
@@ -428,7 +428,7 @@ Deno.test("WebGPU's expert groups (every expert on every token) give the grouped
 });
 
 for (const backend of ["cpu", "wasm"]) {
-  Deno.test(`${backend}: a router's top-k gates and load-balancing loss in one pass equal the plain composition, values and gradients`, async () => {
+  Deno.test(`${backend}: a router's top-k gates, chosen gates and load-balancing loss in one pass equal the plain composition, values and gradients`, async () => {
     await startBackend(backend);
     const rng = new Rng(3);
     // 8 experts top 2, 4 experts top 3; a row with a tie (the lower column first) and one that is all equal.
@@ -447,6 +447,11 @@ for (const backend of ["cpu", "wasm"]) {
         const lossGrad = tf.grad((x: tf.Tensor) => loadBalancingLoss(x as tf.Tensor2D, indices))(
           noisy,
         );
+        const dChosen = dGates.slice([0, 0], [N, k]);
+        const chosen = chosenGates(gates, indices);
+        const chosenGrad = tf.grad((x: tf.Tensor) =>
+          chosenGates(x as tf.Tensor2D, indices).mul(dChosen).sum()
+        )(noisy);
         const read = async (t: tf.Tensor) => Array.from(await t.data());
         const out = {
           gates: await read(gates),
@@ -454,14 +459,18 @@ for (const backend of ["cpu", "wasm"]) {
           gatesGrad: await read(gatesGrad),
           loss: await read(loss),
           lossGrad: await read(lossGrad),
+          chosen: await read(chosen),
+          chosenGrad: await read(chosenGrad),
         };
-        tf.dispose([gates, indices, gatesGrad, loss, lossGrad]);
+        tf.dispose([gates, indices, gatesGrad, loss, lossGrad, dChosen, chosen, chosenGrad]);
         return out;
       };
       const fast = await withFastPaths(true, run);
       const plain = await withFastPaths(false, run);
       assert.deepEqual(fast.indices, plain.indices, `${[N, E, k]}: indices`);
-      for (const key of ["gates", "gatesGrad", "loss", "lossGrad"] as const) {
+      for (
+        const key of ["gates", "gatesGrad", "loss", "lossGrad", "chosen", "chosenGrad"] as const
+      ) {
         const worst = Math.max(...fast[key].map((v, i) => Math.abs(v - plain[key][i])));
         assert.ok(worst < 1e-5, `${[N, E, k]} ${key}: off by ${worst}`);
       }
