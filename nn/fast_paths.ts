@@ -46,10 +46,6 @@ export interface BatchNormState {
   numBatchesTracked: tf.Variable;
 }
 
-/**
- * A mixture of experts' choices grouped by expert (`layers.ts`
- * `routeToExperts`): M entries, expert by expert, each a (token, slot) pair.
- */
 /** A router's choices: each row's k largest scores and a softmax over them alone. */
 export interface TopkGates {
   /** (N, E): the softmax over the row's chosen scores, 0 elsewhere. */
@@ -58,6 +54,10 @@ export interface TopkGates {
   indices: tf.Tensor2D;
 }
 
+/**
+ * A mixture of experts' choices grouped by expert (`layers.ts`
+ * `routeToExperts`): M entries, expert by expert, each a (token, slot) pair.
+ */
 export interface ExpertGroups {
   /** (M) int32: the token (row of the layer's input) of each entry. */
   rows: tf.Tensor1D;

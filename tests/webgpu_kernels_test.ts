@@ -244,7 +244,9 @@ Deno.test("bench's WebGPU watch counts reads of GPU-held tensors only, and dispa
       assert.deepEqual(Array.from(await held.data()), [1, 2, 3]);
       assert.equal(watch.reads, 0, "a CPU-held tensor is read without the GPU");
       assert.equal(watch.dispatches, 0);
-      assert.equal((await computed.add(1).data())[0], 2);
+      const plusOne = computed.add(1);
+      assert.equal((await plusOne.data())[0], 2);
+      plusOne.dispose();
       assert.equal(watch.reads, 1, "one read from the GPU");
       assert.equal(watch.dispatches, 1, "one Add");
     } finally {
@@ -252,7 +254,9 @@ Deno.test("bench's WebGPU watch counts reads of GPU-held tensors only, and dispa
       tf.dispose([held, computed]);
     }
     const after = watch.reads;
-    tf.dispose(await tf.add(tf.tensor(new Float32Array(2048)), 1).data());
+    const later = tf.add(tf.tensor(new Float32Array(2048)), 1);
+    await later.data();
+    later.dispose();
     assert.equal(watch.reads, after, "stop() stops counting");
   });
 });

@@ -27,7 +27,7 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import type { DropoutSpec } from "../../nn/fast_paths.ts";
-import { dropoutMaskBits } from "../wasm/dropout_kernel.ts";
+import { keptBits } from "./dropout.ts";
 import {
   allocate,
   dispatch,
@@ -445,8 +445,7 @@ export function causalSelfAttention(
   if (!weightsDropout) return runKernelForResult(FORWARD, { q, k, v }, { nHead }); // (B, T, C)
   const [B, T] = q.shape;
   const { p, rng } = weightsDropout;
-  const bits = dropoutMaskBits(rng, B * nHead * T * T, p); // (B, H, T, T) bits
-  const mask = tf.tensor1d(new Int32Array(bits.buffer), "int32");
+  const mask = keptBits(rng, B * nHead * T * T, p); // (B, H, T, T) bits
   const y = runKernelForResult(FORWARD_DROPOUT, { q, k, v, mask }, { nHead, keep: 1 / (1 - p) }); // (B, T, C)
   mask.dispose(); // the gradient keeps its own reference to the mask
   return y;

@@ -68,14 +68,22 @@ tf.registerGradient({
 });
 
 /**
+ * Dropout's mask for `n` elements as a tensor of bits, bit i % 32 of word
+ * i / 32 set where element i is kept: the plain layer's draws from `rng`,
+ * made in WebAssembly (~226M a step at gptLM's defaults).
+ */
+export function keptBits(rng: Rng, n: number, p: number): tf.Tensor1D {
+  return tf.tensor1d(new Int32Array(dropoutMaskBits(rng, n, p).buffer), "int32");
+}
+
+/**
  * Inverted dropout: each element of x zeroed with probability `p`, the
  * rest scaled by 1/(1−p), one draw of `rng` per element in order, as the
  * plain layer.
  */
 export function dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor {
   const keep = 1 / (1 - p);
-  const bits = dropoutMaskBits(rng, x.size, p); // drawn in WebAssembly: ~226M a step at gptLM's defaults
-  const mask = tf.tensor1d(new Int32Array(bits.buffer), "int32");
+  const mask = keptBits(rng, x.size, p);
   const y = tf.engine().runKernel(DROPOUT, { x, bits: mask }, { keep }) as tf.Tensor;
   mask.dispose(); // the gradient keeps its own reference
   return y;
