@@ -300,12 +300,13 @@ export async function main(args: string[]): Promise<(BenchResult | SampleBenchRe
     return await sampleSuite(runs, data.vocab.length, values.sample, values.json);
   }
   if (!values.json && fastPaths() && runs.some((c) => c.backend === "wasm")) {
-    const ceiling = wasmProductCeiling();
+    const { gflopsPerThread, threads, kernelGflopsPerThread } = wasmProductCeiling();
     console.log(
-      `WebAssembly f32x4 multiply-adds here: ${
-        ceiling.gflopsPerThread.toFixed(1)
-      } GFLOP/s a thread, ` +
-        `${ceiling.threads} threads (the ceiling of our matrix products on wasm)`,
+      `WebAssembly f32x4 multiply-adds here: ${gflopsPerThread.toFixed(1)} GFLOP/s a thread, ` +
+        `${threads} threads (the ceiling of our matrix products on wasm); ` +
+        `our product kernel alone: ${kernelGflopsPerThread.toFixed(1)} a thread (${
+          Math.round(100 * kernelGflopsPerThread / gflopsPerThread)
+        }%)`,
     );
   }
   return await eachRun(

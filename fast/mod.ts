@@ -38,7 +38,7 @@ import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
 import { attentionWasm } from "./wasm/attention.ts";
 import { cachedAttentionWasm } from "./wasm/cached_attention.ts";
 import { dropoutWasmMask } from "./wasm/dropout_kernel.ts";
-import { multiplyAddPeak } from "./wasm/gemm_kernel.ts";
+import { gemmAlonePeak, multiplyAddPeak } from "./wasm/gemm_kernel.ts";
 import { readInPlaceOnWasm } from "./wasm/in_place.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
 import { linearOutInWasm, linearWasm } from "./wasm/linear.ts";
@@ -119,9 +119,18 @@ function onRows(
 
 /**
  * The rate (GFLOP/s) at which one thread here does WebAssembly f32x4
- * multiply-adds with no memory traffic, and how many threads our products
- * use: the ceiling of the products on WASM.
+ * multiply-adds with no memory traffic, how many threads our products use
+ * (the ceiling of the products on WASM), and the rate one thread reaches
+ * with our product kernel alone on hot data.
  */
-export function wasmProductCeiling(): { gflopsPerThread: number; threads: number } {
-  return { gflopsPerThread: multiplyAddPeak(), threads: sharedPool().threads };
+export function wasmProductCeiling(): {
+  gflopsPerThread: number;
+  threads: number;
+  kernelGflopsPerThread: number;
+} {
+  return {
+    gflopsPerThread: multiplyAddPeak(),
+    threads: sharedPool().threads,
+    kernelGflopsPerThread: gemmAlonePeak(),
+  };
 }

@@ -1,7 +1,7 @@
 import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { startBackend } from "../run/start.ts";
-import { multiplyAddPeak } from "../fast/wasm/gemm_kernel.ts";
+import { gemmAlonePeak, multiplyAddPeak } from "../fast/wasm/gemm_kernel.ts";
 import { matMulAddBias, matMulWasm } from "../fast/wasm/matmul.ts";
 import { THIN_ROWS } from "../fast/wasm/thin_product.ts";
 import { Rng } from "../lib/rng.ts";
@@ -133,7 +133,10 @@ Deno.test("matMulWasm: mismatched shapes are refused, not read past", async () =
   tf.dispose([a, b]);
 });
 
-Deno.test("multiplyAddPeak: the bench's ceiling figure is a finite, positive rate", () => {
+Deno.test("multiplyAddPeak, gemmAlonePeak: the bench's ceiling and kernel figures are finite, positive rates, the kernel's under the ceiling", () => {
   const peak = multiplyAddPeak();
   assert.ok(Number.isFinite(peak) && peak > 0.1, `GFLOP/s: ${peak}`);
+  const kernel = gemmAlonePeak();
+  // Loads and all, the kernel cannot outrun multiply-adds with none (a margin for timer noise).
+  assert.ok(Number.isFinite(kernel) && kernel > 0.1 && kernel < 1.5 * peak, `${kernel} vs ${peak}`);
 });

@@ -385,6 +385,33 @@ export function multiplyAddPeak(): number {
   return best;
 }
 
+/**
+ * The GFLOP/s one thread reaches with `gemm` itself on hot data, at a gptLM
+ * feed-forward shape (768 × 128 @ 128 × 512, a row-major A and a packed B):
+ * the kernel's own rate, its loads included, to set against
+ * {@link multiplyAddPeak}. Best of the runs of ~0.2 s, the first ones
+ * unoptimized (V8 compiles the optimized code in the background).
+ */
+export function gemmAlonePeak(): number {
+  const [m, k, n] = [768, 128, 512];
+  const memory = new WebAssembly.Memory({
+    initial: MEMORY_PAGES.initial,
+    maximum: MEMORY_PAGES.initial,
+    shared: true,
+  });
+  const { gemm } = kernelsOf(new WebAssembly.Instance(compileGemm(), { env: { memory } }));
+  const [a, b] = [CONTROL_BYTES, CONTROL_BYTES + m * k * 4];
+  const c = b + k * n * 4;
+  new Float32Array(memory.buffer, a, m * k + k * n).fill(0.5);
+  let best = 0;
+  for (const end = performance.now() + 200; performance.now() < end;) {
+    const start = performance.now();
+    gemm(a, b, c, 0, m, k, n, k * 4, 4, ROW_BLOCK * k * 4, n * 4, k * 4 * COL_BLOCK, 0);
+    best = Math.max(best, (2 * m * k * n) / ((performance.now() - start) * 1e6));
+  }
+  return best;
+}
+
 /** Memory limits of the shared memory, in 64 KiB pages. */
 export const MEMORY_PAGES = { initial: 256, maximum: 32768 } as const;
 
