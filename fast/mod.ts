@@ -43,6 +43,7 @@ import { readInPlaceOnWasm } from "./wasm/in_place.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
 import { linearOutInWasm, linearWasm } from "./wasm/linear.ts";
 import { matMulWasm, sharedPool } from "./wasm/matmul.ts";
+import { embeddingWasm, embeddingWasmFits, indexAddWasm } from "./wasm/rows_kernel.ts";
 import { webgpuFastPaths } from "./webgpu/mod.ts";
 
 let installed = false;
@@ -64,7 +65,9 @@ export function installFastPaths(backend: string): void {
     matMul: matMulWasm,
     linear: onRows(linearWasm),
     linearOutIn: linearOutInWasm,
-    embedding: embeddingHost,
+    embedding: (table, ids) =>
+      embeddingWasmFits(ids) ? embeddingWasm(table, ids) : embeddingHost(table, ids),
+    indexAdd: indexAddWasm,
     layerNorm: (x, w, b, eps) =>
       layerNormWasmFits(x.shape[x.shape.length - 1])
         ? layerNormWasm(eps)(x, w, b)

@@ -85,6 +85,8 @@ export interface FastPaths {
   linearOutIn(x: tf.Tensor2D, w: tf.Tensor2D, b: tf.Tensor1D, inputIsData: boolean): tf.Tensor2D;
   /** Rows of `table` (V, C) picked by `ids`: see `embedding`. */
   embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor;
+  /** Rows of `values` (M, C) added into n rows at `rows`: see `indexAdd`. */
+  indexAdd(values: tf.Tensor2D, rows: tf.Tensor1D, n: number): tf.Tensor2D;
   /** LayerNorm over the last axis: see `layerNorm`. */
   layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor;
   /** Causal attention of every head, dropout on its weights if given: see `causalSelfAttention`. */

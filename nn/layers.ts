@@ -259,6 +259,8 @@ export function multiHot(indices: tf.Tensor2D, depth: number): tf.Tensor2D {
  * `x[rows]`).
  */
 export function indexAdd(values: tf.Tensor2D, rows: tf.Tensor1D, n: number): tf.Tensor2D {
+  const fast = fastPath("indexAdd");
+  if (fast) return fast(values, rows, n);
   const scatter = tf.customGrad((input, picked, save) => {
     const [v, at] = [input as tf.Tensor2D, picked as tf.Tensor1D];
     (save as tf.GradSaveFunc)([at]);

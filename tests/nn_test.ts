@@ -9,6 +9,7 @@ import {
   crossEntropy,
   dropout,
   embedding,
+  indexAdd,
   layerNorm,
   linear,
   linearOutIn,
@@ -202,6 +203,42 @@ Deno.test("wasm: causal self-attention's kernels equal the plain tfjs compositio
     }
     tf.dispose([q, k, v, dy, maskBias]);
   }
+});
+
+Deno.test("wasm: rows picked and rows added by index (embedding, indexAdd) equal the plain composition, values and gradients", async () => {
+  await startBackend("wasm");
+  const rng = new Rng(11);
+  // C = 1 and 3 run the one-float loop alone, 8 the vector loop alone, 14 both; ids repeat.
+  for (const C of [1, 3, 8, 14]) {
+    const table = randomTensor([9, C], rng) as tf.Tensor2D;
+    const ids = tf.tensor1d([3, 0, 8, 3, 3, 5, 0], "int32");
+    const dOut = randomTensor([7, C], rng);
+    const values = randomTensor([7, C], rng) as tf.Tensor2D;
+    const dSum = randomTensor([9, C], rng);
+    const [fast, plain] = fastAndPlain(() => [
+      embedding(table, ids),
+      tf.grad((t: tf.Tensor) => embedding(t as tf.Tensor2D, ids).mul(dOut).sum())(table),
+      indexAdd(values, ids, 9),
+      tf.grad((v: tf.Tensor) => indexAdd(v as tf.Tensor2D, ids, 9).mul(dSum).sum())(values),
+    ]);
+    const what = ["embedding", "its gradient", "indexAdd", "its gradient"];
+    for (let i = 0; i < 4; i++) {
+      assert.ok(await maxDiff(fast[i], plain[i]) < 1e-6, `C ${C}: ${what[i]}`);
+    }
+    // The scatter-add zeroes what no id names: row 1 of indexAdd is 0.
+    assert.deepEqual(Array.from(await fast[2].slice([1, 0], [1, C]).data()), new Array(C).fill(0));
+  }
+  // No rows at all (an expert left with no tokens): zeros, and no read of the empty tensors.
+  const none = tf.tensor1d([], "int32");
+  assert.deepEqual(embedding(randomTensor([4, 3], rng) as tf.Tensor2D, none).shape, [0, 3]);
+  assert.ok(
+    await maxDiff(indexAdd(tf.zeros([0, 3]) as tf.Tensor2D, none, 4), tf.zeros([4, 3])) === 0,
+  );
+  // An id outside the table is refused, not read past.
+  assert.throws(
+    () => embedding(randomTensor([4, 3], rng) as tf.Tensor2D, tf.tensor1d([1, 4], "int32")),
+    /embedding: id 4 at 1 is outside the table's 4 rows/,
+  );
 });
 
 Deno.test("wasm: cached self-attention's kernel equals the plain tfjs composition", async () => {

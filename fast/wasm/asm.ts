@@ -60,6 +60,8 @@ export const f32 = (x: number): Code => [0x43, ...new Uint8Array(new Float32Arra
 /** f32.convert_i32_u. */
 export const f32FromU32 = op([0xb3]);
 export const f32Load = (addr: Code): Code => [...addr, 0x2a, 2, 0];
+/** i32.load, align 4, offset 0. */
+export const i32Load = (addr: Code): Code => [...addr, 0x28, 2, 0];
 export const f32Store = (addr: Code, value: Code): Code => [...addr, ...value, 0x38, 2, 0];
 export const [f32Sqrt, f32Add, f32Sub, f32Mul, f32Div] = [
   op([0x91]),

@@ -1,0 +1,214 @@
+/**
+ * Rows picked by index on WASM, and rows added by index, as WebAssembly SIMD
+ * loops on tfjs-backend-wasm's heap: `embedding` (table rows by id), whose
+ * gradient is the rows' sums by id (a scatter-add), and `indexAdd` (that
+ * scatter-add), whose gradient is a pick. The MoE models gather each
+ * expert's tokens and scatter their outputs back this way, several times a
+ * layer; a JavaScript loop would first copy the whole table out of the heap
+ * and its result back in, and tfjs-backend-wasm's `ScatterNd` is ~4× slower.
+ *
+ *   out[n] = table[ids[n]]          dTable[v] = Σ_{n : ids[n] = v} dOut[n]
+ *
+ * @module
+ */
+import * as tf from "@tensorflow/tfjs";
+import {
+  add,
+  assemble,
+  type Code,
+  eqz,
+  get,
+  geU,
+  I32,
+  i32,
+  i32Load,
+  type Lanes,
+  mul,
+  SCALAR,
+  set,
+  shl,
+  shr,
+  sub,
+  uleb,
+  VECTOR,
+  whileNot,
+} from "./asm.ts";
+import { heapAddress, onHeap, type WasmBackendInternals } from "./heap.ts";
+
+const GATHER = "SimpleLMGatherRows";
+const SCATTER_ADD = "SimpleLMScatterAddRows";
+
+/**
+ * Rows of `table` (V, C) picked by int32 `ids` (...) → (..., C), on WASM;
+ * its gradient adds each row's gradient to its id's row (ids get none).
+ */
+export const embeddingWasm = tf.customGrad((table, ids, save) => {
+  const [t, at] = [table as tf.Tensor2D, ids as tf.Tensor];
+  (save as tf.GradSaveFunc)([at]);
+  return {
+    value: tf.engine().runKernel(GATHER, { table: t, ids: at }) as tf.Tensor, // (..., C)
+    gradFunc: (dy, saved) => {
+      const savedIds = saved[0] as tf.Tensor;
+      const dTable = tf.engine().runKernel(
+        SCATTER_ADD,
+        { values: dy as tf.Tensor, ids: savedIds },
+        {
+          rows: t.shape[0],
+        },
+      ) as tf.Tensor; // (V, C)
+      return [dTable, tf.zeros(savedIds.shape)];
+    },
+  };
+}) as (table: tf.Tensor2D, ids: tf.Tensor) => tf.Tensor;
+
+/**
+ * `indexAdd` on WASM: values (M, C) added into n rows at int32 `rows` (M)
+ * → (n, C), in order; its gradient picks the output gradient's rows.
+ */
+export function indexAddWasm(values: tf.Tensor2D, rows: tf.Tensor1D, n: number): tf.Tensor2D {
+  if (rows.dtype !== "int32") throw new Error(`indexAdd: rows must be int32, not ${rows.dtype}`);
+  const op = tf.customGrad((input, picked, save) => {
+    const [v, at] = [input as tf.Tensor2D, picked as tf.Tensor1D];
+    (save as tf.GradSaveFunc)([at]);
+    return {
+      value: tf.engine().runKernel(SCATTER_ADD, { values: v, ids: at }, { rows: n }) as tf.Tensor,
+      gradFunc: (dy, saved) => {
+        const savedRows = saved[0] as tf.Tensor;
+        return [embeddingWasm(dy as tf.Tensor2D, savedRows), tf.zeros(savedRows.shape)];
+      },
+    };
+  });
+  return op(values, rows) as tf.Tensor2D; // (n, C)
+}
+
+/** Whether {@link embeddingWasm} takes these ids: int32 (the kernels read them as such). */
+export function embeddingWasmFits(ids: tf.Tensor): boolean {
+  return ids.dtype === "int32";
+}
+
+const kernels = onHeap(rowsModule);
+
+/** The ids' values on the heap, checked against [0, rows): the loops trust them. */
+function checkedIds(wasm: WasmBackendInternals, ids: tf.TensorInfo, rows: number): number {
+  const count = ids.shape.reduce((a, b) => a * b, 1);
+  if (count === 0) return 0; // nothing on the heap to point at, nothing read
+  const at = heapAddress(wasm, ids);
+  const values = new Int32Array(wasm.wasm.asm.memory.buffer, at, count);
+  for (let n = 0; n < count; n++) {
+    if (!(values[n] >= 0 && values[n] < rows)) {
+      throw new Error(`embedding: id ${values[n]} at ${n} is outside the table's ${rows} rows`);
+    }
+  }
+  return at;
+}
+
+tf.registerKernel({
+  kernelName: GATHER,
+  backendName: "wasm",
+  kernelFunc: ({ inputs, backend }) => {
+    const wasm = backend as unknown as WasmBackendInternals; // the "wasm" backend: this kernel's
+    const { table, ids } = inputs as { table: tf.TensorInfo; ids: tf.TensorInfo };
+    const [V, C] = table.shape;
+    const at = checkedIds(wasm, ids, V);
+    const out = wasm.makeOutput([...ids.shape, C], "float32"); // (..., C)
+    const n = ids.shape.reduce((a, b) => a * b, 1);
+    if (n * C === 0) return out; // nothing to copy
+    const gather = kernels().gatherRows as (...args: number[]) => void;
+    gather(heapAddress(wasm, table), at, heapAddress(wasm, out), n, C);
+    return out;
+  },
+});
+
+tf.registerKernel({
+  kernelName: SCATTER_ADD,
+  backendName: "wasm",
+  kernelFunc: ({ inputs, attrs, backend }) => {
+    const wasm = backend as unknown as WasmBackendInternals;
+    const { values, ids } = inputs as { values: tf.TensorInfo; ids: tf.TensorInfo };
+    const { rows } = attrs as unknown as { rows: number };
+    const C = values.shape[values.shape.length - 1];
+    const at = checkedIds(wasm, ids, rows);
+    const out = wasm.makeOutput([rows, C], "float32"); // (V, C)
+    if (rows * C === 0) return out; // nothing to add to
+    const scatterAdd = kernels().scatterAddRows as (...args: number[]) => void;
+    const n = ids.shape.reduce((a, b) => a * b, 1);
+    const from = n === 0 ? 0 : heapAddress(wasm, values); // no rows: none read
+    scatterAdd(from, at, heapAddress(wasm, out), n, rows * C, C);
+    return out;
+  },
+});
+
+/**
+ * `gatherRows(table, ids, out, n, C)`: out's n rows of C floats are
+ * table's rows ids[0…n−1]. `scatterAddRows(values, ids, out, n, outFloats,
+ * C)`: out (outFloats floats) is zeroed, then values' row i added to out's
+ * row ids[i], in order. Rows go four floats at a time, then one.
+ */
+function rowsModule(): Uint8Array<ArrayBuffer> {
+  /** `step` over a row's bytes OFF = 0…END−1: four floats at a time up to VECTOR_END, then one. */
+  const overRow = (
+    OFF: number,
+    VECTOR_END: number,
+    END: number,
+    step: (ops: Lanes) => Code[],
+  ): Code => [
+    ...set(OFF, i32(0)),
+    ...whileNot(geU(get(OFF), get(VECTOR_END)), ...step(VECTOR), set(OFF, add(get(OFF), i32(16)))),
+    ...whileNot(geU(get(OFF), get(END)), ...step(SCALAR), set(OFF, add(get(OFF), i32(4)))),
+  ];
+  /** 16·⌊floats/4⌋: the bytes the vector loop covers. */
+  const vectorBytes = (floats: Code) => shl(shl(shr(floats, i32(2)), i32(2)), i32(2));
+
+  // gatherRows: parameters, then i32 locals.
+  const [TABLE, IDS, OUT, N, C] = [0, 1, 2, 3, 4];
+  const [ROW_BYTES, VECTOR_END, OFF, SRC] = [5, 6, 7, 8];
+  const gather: Code = [
+    ...set(ROW_BYTES, shl(get(C), i32(2))),
+    ...set(VECTOR_END, vectorBytes(get(C))),
+    ...whileNot(
+      eqz(get(N)),
+      set(SRC, add(get(TABLE), mul(i32Load(get(IDS)), get(ROW_BYTES)))),
+      overRow(OFF, VECTOR_END, ROW_BYTES, (ops) => [
+        ops.store(add(get(OUT), get(OFF)), ops.load(add(get(SRC), get(OFF)))),
+      ]),
+      set(IDS, add(get(IDS), i32(4))),
+      set(OUT, add(get(OUT), get(ROW_BYTES))),
+      set(N, sub(get(N), i32(1))),
+    ),
+  ];
+
+  // scatterAddRows: parameters, then i32 locals.
+  const [VALUES, S_IDS, S_OUT, S_N, OUT_FLOATS, S_C] = [0, 1, 2, 3, 4, 5];
+  const [S_ROW_BYTES, S_VECTOR_END, S_OFF, DST, OUT_BYTES, OUT_VECTOR_END] = [6, 7, 8, 9, 10, 11];
+  const scatterAdd: Code = [
+    ...set(OUT_BYTES, shl(get(OUT_FLOATS), i32(2))),
+    ...set(OUT_VECTOR_END, vectorBytes(get(OUT_FLOATS))),
+    ...overRow(S_OFF, OUT_VECTOR_END, OUT_BYTES, (ops) => [
+      ops.store(add(get(S_OUT), get(S_OFF)), ops.constant(0)),
+    ]),
+    ...set(S_ROW_BYTES, shl(get(S_C), i32(2))),
+    ...set(S_VECTOR_END, vectorBytes(get(S_C))),
+    ...whileNot(
+      eqz(get(S_N)),
+      set(DST, add(get(S_OUT), mul(i32Load(get(S_IDS)), get(S_ROW_BYTES)))),
+      overRow(S_OFF, S_VECTOR_END, S_ROW_BYTES, (ops) => [
+        ops.store(
+          add(get(DST), get(S_OFF)),
+          ops.add(ops.load(add(get(DST), get(S_OFF))), ops.load(add(get(VALUES), get(S_OFF)))),
+        ),
+      ]),
+      set(S_IDS, add(get(S_IDS), i32(4))),
+      set(VALUES, add(get(VALUES), get(S_ROW_BYTES))),
+      set(S_N, sub(get(S_N), i32(1))),
+    ),
+  ];
+  return assemble([0x00, ...uleb(0)], [ // tfjs's memory: not shared
+    { name: "gatherRows", params: new Array(5).fill(I32), locals: [[4, I32]], body: gather },
+    {
+      name: "scatterAddRows",
+      params: new Array(6).fill(I32),
+      locals: [[6, I32]],
+      body: scatterAdd,
+    },
+  ]);
+}
