@@ -5,8 +5,9 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { matMulAddBias, matMulWasm } from "./matmul.ts";
+import { reluWasm } from "./relu_kernel.ts";
 
-/** `nn.Linear` (+ ReLU): one product whose sums start from the bias. x (N, in), w (in, out) → (N, out). */
+/** `nn.Linear` (+ ReLU, differentiated by one kernel): one product whose sums start from the bias. x (N, in), w (in, out) → (N, out). */
 export function linearWasm(
   x: tf.Tensor2D,
   w: tf.Tensor2D,
@@ -14,7 +15,7 @@ export function linearWasm(
   activation?: "relu",
 ): tf.Tensor2D {
   const y = (b ? matMulAddBias(x, w, b) : matMulWasm(x, w)) as tf.Tensor2D; // (N, out)
-  return activation === "relu" ? y.relu() : y;
+  return activation === "relu" ? reluWasm(y) as tf.Tensor2D : y;
 }
 
 /**
