@@ -114,6 +114,8 @@ function onRows(
   linear: (x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D, activation?: "relu") => tf.Tensor2D,
 ): FastPaths["linear"] {
   return (x, w, b, activation) => {
+    // Rows as they are: a reshape is a kernel (and, taped, a saved copy) even when it changes nothing.
+    if (x.rank === 2) return linear(x as tf.Tensor2D, w, b, activation); // (N, out)
     const [inFeatures, outFeatures] = w.shape;
     const y = linear(x.reshape([-1, inFeatures]) as tf.Tensor2D, w, b, activation); // (N, out)
     return y.reshape([...x.shape.slice(0, -1), outFeatures]); // (..., out)
