@@ -43,7 +43,12 @@ import { readInPlaceOnWasm } from "./wasm/in_place.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
 import { linearOutInWasm, linearWasm } from "./wasm/linear.ts";
 import { matMulWasm, sharedPool } from "./wasm/matmul.ts";
-import { embeddingWasm, embeddingWasmFits, indexAddWasm } from "./wasm/rows_kernel.ts";
+import {
+  embeddingWasm,
+  embeddingWasmFits,
+  indexAddWasm,
+  scaleRowsWasm,
+} from "./wasm/rows_kernel.ts";
 import { webgpuFastPaths } from "./webgpu/mod.ts";
 
 let installed = false;
@@ -68,6 +73,7 @@ export function installFastPaths(backend: string): void {
     embedding: (table, ids) =>
       embeddingWasmFits(ids) ? embeddingWasm(table, ids) : embeddingHost(table, ids),
     indexAdd: indexAddWasm,
+    scaleRows: scaleRowsWasm,
     layerNorm: (x, w, b, eps) =>
       layerNormWasmFits(x.shape[x.shape.length - 1])
         ? layerNormWasm(eps)(x, w, b)

@@ -30,6 +30,7 @@ import {
   matMul,
   normalInit,
   routeToExperts,
+  scaleRows,
   uniformInit,
 } from "../nn/layers.ts";
 import type { LanguageModel, Mode, ModelConfig, ModelDefinition, ModelSizes } from "./model.ts";
@@ -214,7 +215,7 @@ function create(config: ModelConfig, rng: Rng): LanguageModel {
       ? routing.gates.reshape([N * E]).slice(0, N * K)
       : chosenGates(routing.gates, routing.indices).reshape([N * K]);
     const entryGates = embedding(gates.reshape([N * K, 1]) as tf.Tensor2D, groups.slots); // (M, 1): each entry's gate
-    const y = indexAdd(projected.mul(entryGates) as tf.Tensor2D, groups.rows, N); // (N, C)
+    const y = indexAdd(scaleRows(projected, entryGates as tf.Tensor2D), groups.rows, N); // (N, C)
     return drop(y.add(blk.reduceBias).reshape([B, T, C]), mode);
   }
 

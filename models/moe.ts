@@ -23,6 +23,7 @@ import {
   multiHot,
   normalInit,
   routeToExperts,
+  scaleRows,
   topkGates,
   uniformInit,
 } from "../nn/layers.ts";
@@ -239,7 +240,7 @@ export function sparseMoE(
   });
   let entryGates = embedding(gates.reshape([N * k, 1]) as tf.Tensor2D, groups.slots); // (M, 1)
   if (groups.weights) entryGates = entryGates.mul(groups.weights.reshape([-1, 1]));
-  let weighted = tf.concat(outputs).mul(entryGates) as tf.Tensor2D; // (M, C)
+  let weighted = scaleRows(tf.concat(outputs) as tf.Tensor2D, entryGates as tf.Tensor2D); // (M, C)
   if (options.drop) {
     // Each (token, chosen expert) its own Dropout mask, drawn in slot order whatever the grouping.
     const slotMasks = options.drop(tf.ones([N * k, C])) as tf.Tensor2D; // (N·k, C)

@@ -87,6 +87,8 @@ export interface FastPaths {
   embedding(table: tf.Tensor2D, ids: tf.Tensor): tf.Tensor;
   /** Rows of `values` (M, C) added into n rows at `rows`: see `indexAdd`. */
   indexAdd(values: tf.Tensor2D, rows: tf.Tensor1D, n: number): tf.Tensor2D;
+  /** Each row of x (M, C) times its own number, scale (M, 1): see `scaleRows`. */
+  scaleRows(x: tf.Tensor2D, scale: tf.Tensor2D): tf.Tensor2D;
   /** LayerNorm over the last axis: see `layerNorm`. */
   layerNorm(x: tf.Tensor, weight: tf.Tensor, bias: tf.Tensor, eps: number): tf.Tensor;
   /** Causal attention of every head, dropout on its weights if given: see `causalSelfAttention`. */

@@ -252,6 +252,17 @@ export function multiHot(indices: tf.Tensor2D, depth: number): tf.Tensor2D {
 }
 
 /**
+ * x (M, C) · scale (M, 1): each row times its own number (a mixture's
+ * entries times their gates). Its gradient: dx = dy · scale, and dscale
+ * the sum over each row of dy · x.
+ */
+export function scaleRows(x: tf.Tensor2D, scale: tf.Tensor2D): tf.Tensor2D {
+  const fast = fastPath("scaleRows");
+  if (fast) return fast(x, scale);
+  return x.mul(scale);
+}
+
+/**
  * PyTorch `torch.zeros(n, C).index_add_(0, rows, values)`: values (M, C),
  * rows (M) int32 → (n, C), row `rows[m]` plus `values[m]`; rows named twice
  * add up. Its gradient is the output's gradient at `rows`: the rows

@@ -14,6 +14,7 @@ import {
   linear,
   linearOutIn,
   logSumExp,
+  scaleRows,
 } from "../nn/layers.ts";
 import { Rng } from "../lib/rng.ts";
 import { dropoutMaskBits } from "../fast/wasm/dropout_kernel.ts";
@@ -205,7 +206,7 @@ Deno.test("wasm: causal self-attention's kernels equal the plain tfjs compositio
   }
 });
 
-Deno.test("wasm: rows picked and rows added by index (embedding, indexAdd) equal the plain composition, values and gradients", async () => {
+Deno.test("wasm: rows picked, added and scaled (embedding, indexAdd, scaleRows) equal the plain composition, values and gradients", async () => {
   await startBackend("wasm");
   const rng = new Rng(11);
   // C = 1 and 3 run the one-float loop alone, 8 the vector loop alone, 14 both; ids repeat.
@@ -215,14 +216,27 @@ Deno.test("wasm: rows picked and rows added by index (embedding, indexAdd) equal
     const dOut = randomTensor([7, C], rng);
     const values = randomTensor([7, C], rng) as tf.Tensor2D;
     const dSum = randomTensor([9, C], rng);
+    const scale = randomTensor([7, 1], rng) as tf.Tensor2D;
     const [fast, plain] = fastAndPlain(() => [
       embedding(table, ids),
       tf.grad((t: tf.Tensor) => embedding(t as tf.Tensor2D, ids).mul(dOut).sum())(table),
       indexAdd(values, ids, 9),
       tf.grad((v: tf.Tensor) => indexAdd(v as tf.Tensor2D, ids, 9).mul(dSum).sum())(values),
+      scaleRows(values, scale),
+      ...tf.grads((v: tf.Tensor, g: tf.Tensor) =>
+        scaleRows(v as tf.Tensor2D, g as tf.Tensor2D).mul(dOut).sum()
+      )([values, scale]),
     ]);
-    const what = ["embedding", "its gradient", "indexAdd", "its gradient"];
-    for (let i = 0; i < 4; i++) {
+    const what = [
+      "embedding",
+      "its gradient",
+      "indexAdd",
+      "its gradient",
+      "scaleRows",
+      "its gradient for x",
+      "its gradient for the scale",
+    ];
+    for (let i = 0; i < what.length; i++) {
       assert.ok(await maxDiff(fast[i], plain[i]) < 1e-6, `C ${C}: ${what[i]}`);
     }
     // The scatter-add zeroes what no id names: row 1 of indexAdd is 0.

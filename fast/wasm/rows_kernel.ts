@@ -17,6 +17,10 @@ import {
   assemble,
   type Code,
   eqz,
+  F32,
+  f32Add,
+  f32Load,
+  f32Store,
   get,
   geU,
   I32,
@@ -30,13 +34,18 @@ import {
   shr,
   sub,
   uleb,
+  V128,
   VECTOR,
+  vLaneSum,
+  vSplat,
   whileNot,
 } from "./asm.ts";
 import { heapAddress, onHeap, type WasmBackendInternals } from "./heap.ts";
 
 const GATHER = "SimpleLMGatherRows";
 const SCATTER_ADD = "SimpleLMScatterAddRows";
+const SCALE = "SimpleLMScaleRows";
+const SCALE_GRAD = "SimpleLMScaleRowsGrad";
 
 /**
  * Rows of `table` (V, C) picked by int32 `ids` (...) → (..., C), on WASM;
@@ -80,6 +89,29 @@ export function indexAddWasm(values: tf.Tensor2D, rows: tf.Tensor1D, n: number):
   });
   return op(values, rows) as tf.Tensor2D; // (n, C)
 }
+
+/**
+ * `scaleRows` on WASM: x (M, C) · scale (M, 1), each row times its number,
+ * in one pass; its gradient in one more (tfjs's broadcast multiply
+ * differentiates as two multiplies, a row sum and a cast):
+ *
+ *   dx[m] = dy[m] · scale[m]      dscale[m] = Σ_c dy[m, c] · x[m, c]
+ */
+export const scaleRowsWasm = tf.customGrad((x, scale, save) => {
+  const inputs = { x: x as tf.Tensor2D, scale: scale as tf.Tensor2D };
+  (save as tf.GradSaveFunc)([inputs.x, inputs.scale]);
+  return {
+    value: tf.engine().runKernel(SCALE, inputs) as tf.Tensor2D, // (M, C)
+    gradFunc: (dy, saved) => {
+      const [xs, ss] = saved as tf.Tensor[];
+      return tf.engine().runKernel(SCALE_GRAD, {
+        dy: dy as tf.Tensor,
+        x: xs,
+        scale: ss,
+      }) as tf.Tensor[]; // dx (M, C), dscale (M, 1)
+    },
+  };
+}) as (x: tf.Tensor2D, scale: tf.Tensor2D) => tf.Tensor2D;
 
 /** Whether {@link embeddingWasm} takes these ids: int32 (the kernels read them as such). */
 export function embeddingWasmFits(ids: tf.Tensor): boolean {
@@ -135,6 +167,40 @@ tf.registerKernel({
     const from = n === 0 ? 0 : heapAddress(wasm, values); // no rows: none read
     scatterAdd(from, at, heapAddress(wasm, out), n, rows * C, C);
     return out;
+  },
+});
+
+tf.registerKernel({
+  kernelName: SCALE,
+  backendName: "wasm",
+  kernelFunc: ({ inputs, backend }) => {
+    const wasm = backend as unknown as WasmBackendInternals;
+    const { x, scale } = inputs as { x: tf.TensorInfo; scale: tf.TensorInfo };
+    const [M, C] = x.shape;
+    const y = wasm.makeOutput([M, C], "float32");
+    if (M * C === 0) return y;
+    const at = (t: tf.TensorInfo) => heapAddress(wasm, t);
+    (kernels().scaleRows as (...args: number[]) => void)(at(x), at(scale), at(y), M, C);
+    return y;
+  },
+});
+
+tf.registerKernel({
+  kernelName: SCALE_GRAD,
+  backendName: "wasm",
+  kernelFunc: ({ inputs, backend }) => {
+    const wasm = backend as unknown as WasmBackendInternals;
+    const { dy, x, scale } = inputs as Record<string, tf.TensorInfo>;
+    const [M, C] = x.shape;
+    const outputs = [[M, C], [M, 1]].map((s) => wasm.makeOutput(s, "float32")); // dx, dscale
+    if (M * C === 0) return outputs;
+    const at = (t: tf.TensorInfo) => heapAddress(wasm, t);
+    (kernels().scaleRowsGrad as (...args: number[]) => void)(
+      ...[dy, x, scale, ...outputs].map(at),
+      M,
+      C,
+    );
+    return outputs;
   },
 });
 
@@ -202,7 +268,75 @@ function rowsModule(): Uint8Array<ArrayBuffer> {
       set(S_N, sub(get(S_N), i32(1))),
     ),
   ];
+  // scaleRows(x, scale, y, M, C) and scaleRowsGrad(dy, x, scale, dx, dscale, M, C): parameters, then locals.
+  const [X, SCALE_AT, Y, M, SC] = [0, 1, 2, 3, 4];
+  const [X_ROW_BYTES, X_VECTOR_END, X_OFF] = [5, 6, 7]; // i32
+  const [FACTOR, FACTORS] = [8, 9]; // f32: the row's scale, v128: it in every lane
+  const overRows = (M_: number, SCALE_: number, bases: number[], perRow: Code[]): Code =>
+    whileNot(
+      eqz(get(M_)),
+      ...perRow,
+      ...bases.map((base) => set(base, add(get(base), get(X_ROW_BYTES)))),
+      set(SCALE_, add(get(SCALE_), i32(4))),
+      set(M_, sub(get(M_), i32(1))),
+    );
+  const rowFactor = (scaleAt: number): Code[] => [
+    set(FACTOR, f32Load(get(scaleAt))),
+    set(FACTORS, vSplat(get(FACTOR))),
+  ];
+  const factorIn = (ops: Lanes) => get(ops === VECTOR ? FACTORS : FACTOR);
+  const scale: Code = [
+    ...set(X_ROW_BYTES, shl(get(SC), i32(2))),
+    ...set(X_VECTOR_END, vectorBytes(get(SC))),
+    ...overRows(M, SCALE_AT, [X, Y], [
+      ...rowFactor(SCALE_AT),
+      overRow(X_OFF, X_VECTOR_END, X_ROW_BYTES, (ops) => [
+        ops.store(
+          add(get(Y), get(X_OFF)),
+          ops.mul(ops.load(add(get(X), get(X_OFF))), factorIn(ops)),
+        ),
+      ]),
+    ]),
+  ];
+  const [G_DY, G_X, G_SCALE, G_DX, G_DSCALE, G_M, G_C] = [0, 1, 2, 3, 4, 5, 6];
+  const [G_ROW_BYTES, G_VECTOR_END, G_OFF] = [7, 8, 9]; // i32
+  const [G_FACTOR, G_FACTORS, G_SUMS, G_SUM] = [10, 11, 12, 13]; // f32, v128, v128, f32
+  const scaleGrad: Code = [
+    ...set(G_ROW_BYTES, shl(get(G_C), i32(2))),
+    ...set(G_VECTOR_END, vectorBytes(get(G_C))),
+    ...whileNot(
+      eqz(get(G_M)),
+      set(G_FACTOR, f32Load(get(G_SCALE))),
+      set(G_FACTORS, vSplat(get(G_FACTOR))),
+      set(G_SUMS, VECTOR.constant(0)),
+      set(G_SUM, SCALAR.constant(0)),
+      overRow(G_OFF, G_VECTOR_END, G_ROW_BYTES, (ops) => {
+        const dyAt = ops.load(add(get(G_DY), get(G_OFF)));
+        const [factor, sum] = ops === VECTOR ? [G_FACTORS, G_SUMS] : [G_FACTOR, G_SUM];
+        return [
+          ops.store(add(get(G_DX), get(G_OFF)), ops.mul(dyAt, get(factor))),
+          set(sum, ops.add(get(sum), ops.mul(dyAt, ops.load(add(get(G_X), get(G_OFF)))))),
+        ];
+      }),
+      f32Store(get(G_DSCALE), f32Add(vLaneSum(get(G_SUMS)), get(G_SUM))),
+      ...[G_DY, G_X, G_DX].map((base) => set(base, add(get(base), get(G_ROW_BYTES)))),
+      ...[G_SCALE, G_DSCALE].map((base) => set(base, add(get(base), i32(4)))),
+      set(G_M, sub(get(G_M), i32(1))),
+    ),
+  ];
   return assemble([0x00, ...uleb(0)], [ // tfjs's memory: not shared
+    {
+      name: "scaleRows",
+      params: new Array(5).fill(I32),
+      locals: [[3, I32], [1, F32], [1, V128]],
+      body: scale,
+    },
+    {
+      name: "scaleRowsGrad",
+      params: new Array(7).fill(I32),
+      locals: [[3, I32], [1, F32], [2, V128], [1, F32]],
+      body: scaleGrad,
+    },
     { name: "gatherRows", params: new Array(5).fill(I32), locals: [[4, I32]], body: gather },
     {
       name: "scatterAddRows",
