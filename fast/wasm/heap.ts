@@ -3,7 +3,8 @@
  * tfjs-backend-wasm 4.22 that its kernels use (pinned in deno.json;
  * tests/nn_test.ts and tests/matmul_test.ts fail if they change), and
  * modules instantiated on its memory so they read and write tensors in
- * place. Used by AdamW, LayerNorm and the matrix product's copies.
+ * place. Used by AdamW, LayerNorm, ReLU's gradient, the row kernels and the
+ * matrix product's copies.
  *
  * @module
  */
@@ -44,4 +45,33 @@ export function onHeap(bytes: () => Uint8Array<ArrayBuffer>): () => WebAssembly.
     }
     return exports;
   };
+}
+
+/** What a kernel on the heap gets: its inputs and attributes, the backend, and tensors' addresses. */
+export interface HeapKernelArgs {
+  inputs: Record<string, tf.TensorInfo>;
+  attrs: Record<string, unknown>;
+  wasm: WasmBackendInternals;
+  /** A tensor's byte address in the heap. */
+  at: (t: tf.TensorInfo) => number;
+}
+
+/** Registers kernel `name` on the "wasm" backend, run by `run` on tfjs-backend-wasm's heap. */
+export function registerHeapKernel(
+  name: string,
+  run: (args: HeapKernelArgs) => tf.TensorInfo | tf.TensorInfo[],
+): void {
+  tf.registerKernel({
+    kernelName: name,
+    backendName: "wasm",
+    kernelFunc: ({ inputs, attrs, backend }) => {
+      const wasm = backend as unknown as WasmBackendInternals; // the "wasm" backend: this kernel's
+      return run({
+        inputs: inputs as Record<string, tf.TensorInfo>,
+        attrs: attrs as Record<string, unknown>,
+        wasm,
+        at: (t) => heapAddress(wasm, t),
+      });
+    },
+  });
 }

@@ -43,7 +43,7 @@ import {
   vZero,
   whileNot,
 } from "./asm.ts";
-import { heapAddress, onHeap, type WasmBackendInternals } from "./heap.ts";
+import { onHeap, registerHeapKernel } from "./heap.ts";
 
 const FORWARD = "SimpleLMLayerNorm";
 const BACKWARD = "SimpleLMLayerNormGrad";
@@ -79,35 +79,21 @@ export function layerNormWasm(eps: number) {
 
 const kernels = onHeap(layerNormModule);
 
-tf.registerKernel({
-  kernelName: FORWARD,
-  backendName: "wasm",
-  kernelFunc: ({ inputs, attrs, backend }) => {
-    const wasm = backend as unknown as WasmBackendInternals; // the "wasm" backend: this kernel's
-    const { x, w, b } = inputs as { x: tf.TensorInfo; w: tf.TensorInfo; b: tf.TensorInfo };
-    const C = x.shape[x.shape.length - 1];
-    const rows = x.shape.reduce((p, q) => p * q, 1) / C;
-    const outputs = [x.shape, x.shape, [rows]].map((s) => wasm.makeOutput(s, "float32")); // y, x̂, rstd
-    const at = (t: tf.TensorInfo) => heapAddress(wasm, t);
-    const forward = kernels().forward as (...args: number[]) => void;
-    forward(at(x), at(w), at(b), ...outputs.map(at), rows, C, (attrs as { eps: number }).eps);
-    return outputs;
-  },
+registerHeapKernel(FORWARD, ({ inputs: { x, w, b }, attrs, wasm, at }) => {
+  const C = x.shape[x.shape.length - 1];
+  const rows = x.shape.reduce((p, q) => p * q, 1) / C;
+  const outputs = [x.shape, x.shape, [rows]].map((s) => wasm.makeOutput(s, "float32")); // y, x̂, rstd
+  const forward = kernels().forward as (...args: number[]) => void;
+  forward(at(x), at(w), at(b), ...outputs.map(at), rows, C, attrs.eps as number);
+  return outputs;
 });
 
-tf.registerKernel({
-  kernelName: BACKWARD,
-  backendName: "wasm",
-  kernelFunc: ({ inputs, backend }) => {
-    const wasm = backend as unknown as WasmBackendInternals;
-    const { dy, xHat, rstd, w } = inputs as Record<string, tf.TensorInfo>;
-    const C = dy.shape[dy.shape.length - 1];
-    const outputs = [dy.shape, [C], [C]].map((s) => wasm.makeOutput(s, "float32")); // dx, dw, db
-    const at = (t: tf.TensorInfo) => heapAddress(wasm, t);
-    const backward = kernels().backward as (...args: number[]) => void;
-    backward(at(dy), at(xHat), at(rstd), at(w), ...outputs.map(at), rstd.shape[0], C);
-    return outputs;
-  },
+registerHeapKernel(BACKWARD, ({ inputs: { dy, xHat, rstd, w }, wasm, at }) => {
+  const C = dy.shape[dy.shape.length - 1];
+  const outputs = [dy.shape, [C], [C]].map((s) => wasm.makeOutput(s, "float32")); // dx, dw, db
+  const backward = kernels().backward as (...args: number[]) => void;
+  backward(at(dy), at(xHat), at(rstd), at(w), ...outputs.map(at), rstd.shape[0], C);
+  return outputs;
 });
 
 /**

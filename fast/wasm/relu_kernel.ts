@@ -31,7 +31,7 @@ import {
   vSplat,
   whileNot,
 } from "./asm.ts";
-import { heapAddress, onHeap, type WasmBackendInternals } from "./heap.ts";
+import { onHeap, registerHeapKernel } from "./heap.ts";
 
 const BACKWARD = "SimpleLMReluGrad";
 
@@ -51,19 +51,11 @@ export const reluWasm = tf.customGrad((x, save) => {
 
 const kernels = onHeap(reluModule);
 
-tf.registerKernel({
-  kernelName: BACKWARD,
-  backendName: "wasm",
-  kernelFunc: ({ inputs, backend }) => {
-    const wasm = backend as unknown as WasmBackendInternals; // the "wasm" backend: this kernel's
-    const { dy, y } = inputs as { dy: tf.TensorInfo; y: tf.TensorInfo };
-    const dx = wasm.makeOutput(dy.shape, "float32");
-    const count = dy.shape.reduce((a, b) => a * b, 1);
-    if (count === 0) return dx;
-    const at = (t: tf.TensorInfo) => heapAddress(wasm, t);
-    (kernels().reluGrad as (...args: number[]) => void)(at(dy), at(y), at(dx), count);
-    return dx;
-  },
+registerHeapKernel(BACKWARD, ({ inputs: { dy, y }, wasm, at }) => {
+  const dx = wasm.makeOutput(dy.shape, "float32");
+  const count = dy.shape.reduce((a, b) => a * b, 1);
+  if (count > 0) (kernels().reluGrad as (...args: number[]) => void)(at(dy), at(y), at(dx), count);
+  return dx;
 });
 
 /** f32x4.gt and f32.gt (all ones or 1 where a > b), v128.and, and select. */

@@ -40,7 +40,7 @@ import {
   vSplat,
   whileNot,
 } from "./asm.ts";
-import { heapAddress, onHeap, type WasmBackendInternals } from "./heap.ts";
+import { heapAddress, onHeap, registerHeapKernel, type WasmBackendInternals } from "./heap.ts";
 
 const GATHER = "SimpleLMGatherRows";
 const SCATTER_ADD = "SimpleLMScatterAddRows";
@@ -134,74 +134,43 @@ function checkedIds(wasm: WasmBackendInternals, ids: tf.TensorInfo, rows: number
   return at;
 }
 
-tf.registerKernel({
-  kernelName: GATHER,
-  backendName: "wasm",
-  kernelFunc: ({ inputs, backend }) => {
-    const wasm = backend as unknown as WasmBackendInternals; // the "wasm" backend: this kernel's
-    const { table, ids } = inputs as { table: tf.TensorInfo; ids: tf.TensorInfo };
-    const [V, C] = table.shape;
-    const at = checkedIds(wasm, ids, V);
-    const out = wasm.makeOutput([...ids.shape, C], "float32"); // (..., C)
-    const n = ids.shape.reduce((a, b) => a * b, 1);
-    if (n * C === 0) return out; // nothing to copy
-    const gather = kernels().gatherRows as (...args: number[]) => void;
-    gather(heapAddress(wasm, table), at, heapAddress(wasm, out), n, C);
-    return out;
-  },
+registerHeapKernel(GATHER, ({ inputs: { table, ids }, wasm, at }) => {
+  const [V, C] = table.shape;
+  const idsAt = checkedIds(wasm, ids, V);
+  const out = wasm.makeOutput([...ids.shape, C], "float32"); // (..., C)
+  const n = ids.shape.reduce((a, b) => a * b, 1);
+  if (n * C === 0) return out; // nothing to copy
+  (kernels().gatherRows as (...args: number[]) => void)(at(table), idsAt, at(out), n, C);
+  return out;
 });
 
-tf.registerKernel({
-  kernelName: SCATTER_ADD,
-  backendName: "wasm",
-  kernelFunc: ({ inputs, attrs, backend }) => {
-    const wasm = backend as unknown as WasmBackendInternals;
-    const { values, ids } = inputs as { values: tf.TensorInfo; ids: tf.TensorInfo };
-    const { rows } = attrs as unknown as { rows: number };
-    const C = values.shape[values.shape.length - 1];
-    const at = checkedIds(wasm, ids, rows);
-    const out = wasm.makeOutput([rows, C], "float32"); // (V, C)
-    if (rows * C === 0) return out; // nothing to add to
-    const scatterAdd = kernels().scatterAddRows as (...args: number[]) => void;
-    const n = ids.shape.reduce((a, b) => a * b, 1);
-    const from = n === 0 ? 0 : heapAddress(wasm, values); // no rows: none read
-    scatterAdd(from, at, heapAddress(wasm, out), n, rows * C, C);
-    return out;
-  },
+registerHeapKernel(SCATTER_ADD, ({ inputs: { values, ids }, attrs, wasm, at }) => {
+  const rows = attrs.rows as number;
+  const C = values.shape[values.shape.length - 1];
+  const idsAt = checkedIds(wasm, ids, rows);
+  const out = wasm.makeOutput([rows, C], "float32"); // (V, C)
+  if (rows * C === 0) return out; // nothing to add to
+  const n = ids.shape.reduce((a, b) => a * b, 1);
+  const from = n === 0 ? 0 : at(values); // no rows: none read
+  (kernels().scatterAddRows as (...args: number[]) => void)(from, idsAt, at(out), n, rows * C, C);
+  return out;
 });
 
-tf.registerKernel({
-  kernelName: SCALE,
-  backendName: "wasm",
-  kernelFunc: ({ inputs, backend }) => {
-    const wasm = backend as unknown as WasmBackendInternals;
-    const { x, scale } = inputs as { x: tf.TensorInfo; scale: tf.TensorInfo };
-    const [M, C] = x.shape;
-    const y = wasm.makeOutput([M, C], "float32");
-    if (M * C === 0) return y;
-    const at = (t: tf.TensorInfo) => heapAddress(wasm, t);
-    (kernels().scaleRows as (...args: number[]) => void)(at(x), at(scale), at(y), M, C);
-    return y;
-  },
+registerHeapKernel(SCALE, ({ inputs: { x, scale }, wasm, at }) => {
+  const [M, C] = x.shape;
+  const y = wasm.makeOutput([M, C], "float32");
+  if (M * C === 0) return y;
+  (kernels().scaleRows as (...args: number[]) => void)(at(x), at(scale), at(y), M, C);
+  return y;
 });
 
-tf.registerKernel({
-  kernelName: SCALE_GRAD,
-  backendName: "wasm",
-  kernelFunc: ({ inputs, backend }) => {
-    const wasm = backend as unknown as WasmBackendInternals;
-    const { dy, x, scale } = inputs as Record<string, tf.TensorInfo>;
-    const [M, C] = x.shape;
-    const outputs = [[M, C], [M, 1]].map((s) => wasm.makeOutput(s, "float32")); // dx, dscale
-    if (M * C === 0) return outputs;
-    const at = (t: tf.TensorInfo) => heapAddress(wasm, t);
-    (kernels().scaleRowsGrad as (...args: number[]) => void)(
-      ...[dy, x, scale, ...outputs].map(at),
-      M,
-      C,
-    );
-    return outputs;
-  },
+registerHeapKernel(SCALE_GRAD, ({ inputs: { dy, x, scale }, wasm, at }) => {
+  const [M, C] = x.shape;
+  const outputs = [[M, C], [M, 1]].map((s) => wasm.makeOutput(s, "float32")); // dx, dscale
+  if (M * C === 0) return outputs;
+  const scaleRowsGrad = kernels().scaleRowsGrad as (...args: number[]) => void;
+  scaleRowsGrad(...[dy, x, scale, ...outputs].map(at), M, C);
+  return outputs;
 });
 
 /**
