@@ -248,10 +248,14 @@ Deno.test("wasm: rows picked, added and scaled (embedding, indexAdd, scaleRows) 
   assert.ok(
     await maxDiff(indexAdd(tf.zeros([0, 3]) as tf.Tensor2D, none, 4), tf.zeros([4, 3])) === 0,
   );
-  // An id outside the table is refused, not read past.
+  // An index outside the table (or the output) is refused, not read or written past.
   assert.throws(
     () => embedding(randomTensor([4, 3], rng) as tf.Tensor2D, tf.tensor1d([1, 4], "int32")),
-    /embedding: id 4 at 1 is outside the table's 4 rows/,
+    /embedding: index 4 at 1 is outside its 4 rows/,
+  );
+  assert.throws(
+    () => indexAdd(randomTensor([2, 3], rng) as tf.Tensor2D, tf.tensor1d([-1, 0], "int32"), 4),
+    /indexAdd: index -1 at 0 is outside its 4 rows/,
   );
 });
 

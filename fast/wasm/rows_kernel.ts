@@ -1,9 +1,10 @@
 /**
- * Rows picked by index on WASM, and rows added by index, as WebAssembly SIMD
- * loops on tfjs-backend-wasm's heap: `embedding` (table rows by id), whose
- * gradient is the rows' sums by id (a scatter-add), and `indexAdd` (that
- * scatter-add), whose gradient is a pick. The MoE models gather each
- * expert's tokens and scatter their outputs back this way, several times a
+ * Rows picked, added and scaled by index on WASM, as WebAssembly SIMD loops
+ * on tfjs-backend-wasm's heap: `embedding` (table rows by id), whose
+ * gradient is the rows' sums by id (a scatter-add); `indexAdd` (that
+ * scatter-add), whose gradient is a pick; and `scaleRows` (each row times
+ * its own number). The MoE models gather each expert's tokens, weight its
+ * outputs by their gates and scatter them back this way, several times a
  * layer; a JavaScript loop would first copy the whole table out of the heap
  * and its result back in, and tfjs-backend-wasm's `ScatterNd` is ~4× slower.
  *
@@ -58,14 +59,9 @@ export const embeddingWasm = tf.customGrad((table, ids, save) => {
     value: tf.engine().runKernel(GATHER, { table: t, ids: at }) as tf.Tensor, // (..., C)
     gradFunc: (dy, saved) => {
       const savedIds = saved[0] as tf.Tensor;
-      const dTable = tf.engine().runKernel(
-        SCATTER_ADD,
-        { values: dy as tf.Tensor, ids: savedIds },
-        {
-          rows: t.shape[0],
-        },
-      ) as tf.Tensor; // (V, C)
-      return [dTable, tf.zeros(savedIds.shape)];
+      const inputs = { values: dy as tf.Tensor, ids: savedIds };
+      const dTable = tf.engine().runKernel(SCATTER_ADD, inputs, { rows: t.shape[0] }); // (V, C)
+      return [dTable as tf.Tensor, tf.zeros(savedIds.shape)];
     },
   };
 }) as (table: tf.Tensor2D, ids: tf.Tensor) => tf.Tensor;
@@ -120,15 +116,23 @@ export function embeddingWasmFits(ids: tf.Tensor): boolean {
 
 const kernels = onHeap(rowsModule);
 
-/** The ids' values on the heap, checked against [0, rows): the loops trust them. */
-function checkedIds(wasm: WasmBackendInternals, ids: tf.TensorInfo, rows: number): number {
+/**
+ * The ids' address on the heap, their values checked against [0, rows)
+ * (the loops trust them); `op` names the layer in the error.
+ */
+function checkedIds(
+  wasm: WasmBackendInternals,
+  ids: tf.TensorInfo,
+  rows: number,
+  op: string,
+): number {
   const count = ids.shape.reduce((a, b) => a * b, 1);
   if (count === 0) return 0; // nothing on the heap to point at, nothing read
   const at = heapAddress(wasm, ids);
   const values = new Int32Array(wasm.wasm.asm.memory.buffer, at, count);
   for (let n = 0; n < count; n++) {
     if (!(values[n] >= 0 && values[n] < rows)) {
-      throw new Error(`embedding: id ${values[n]} at ${n} is outside the table's ${rows} rows`);
+      throw new Error(`${op}: index ${values[n]} at ${n} is outside its ${rows} rows`);
     }
   }
   return at;
@@ -136,7 +140,7 @@ function checkedIds(wasm: WasmBackendInternals, ids: tf.TensorInfo, rows: number
 
 registerHeapKernel(GATHER, ({ inputs: { table, ids }, wasm, at }) => {
   const [V, C] = table.shape;
-  const idsAt = checkedIds(wasm, ids, V);
+  const idsAt = checkedIds(wasm, ids, V, "embedding");
   const out = wasm.makeOutput([...ids.shape, C], "float32"); // (..., C)
   const n = ids.shape.reduce((a, b) => a * b, 1);
   if (n * C === 0) return out; // nothing to copy
@@ -147,7 +151,7 @@ registerHeapKernel(GATHER, ({ inputs: { table, ids }, wasm, at }) => {
 registerHeapKernel(SCATTER_ADD, ({ inputs: { values, ids }, attrs, wasm, at }) => {
   const rows = attrs.rows as number;
   const C = values.shape[values.shape.length - 1];
-  const idsAt = checkedIds(wasm, ids, rows);
+  const idsAt = checkedIds(wasm, ids, rows, "indexAdd");
   const out = wasm.makeOutput([rows, C], "float32"); // (V, C)
   if (rows * C === 0) return out; // nothing to add to
   const n = ids.shape.reduce((a, b) => a * b, 1);
