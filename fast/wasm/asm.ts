@@ -60,8 +60,8 @@ export const f32 = (x: number): Code => [0x43, ...new Uint8Array(new Float32Arra
 /** f32.convert_i32_u. */
 export const f32FromU32 = op([0xb3]);
 export const f32Load = (addr: Code): Code => [...addr, 0x2a, 2, 0];
-/** i32.load, align 4, offset 0. */
-export const i32Load = (addr: Code): Code => [...addr, 0x28, 2, 0];
+/** i32.load, align 4, at addr + offset. */
+export const i32Load = (addr: Code, offset = 0): Code => [...addr, 0x28, 2, ...uleb(offset)];
 export const f32Store = (addr: Code, value: Code): Code => [...addr, ...value, 0x38, 2, 0];
 export const [f32Sqrt, f32Add, f32Sub, f32Mul, f32Div] = [
   op([0x91]),
@@ -175,8 +175,15 @@ export const ifElse = (cond: Code, then: Code[], otherwise: Code[]): Code => [
   ...otherwise.flat(),
   0x0b,
 ];
+/** `select`: whenTrue if the i32 condition is not 0, else whenFalse (both evaluated). */
+export const select = (whenTrue: Code, whenFalse: Code, condition: Code): Code => [
+  ...whenTrue,
+  ...whenFalse,
+  ...condition,
+  0x1b,
+];
 /** The smaller of two unsigned i32. */
-export const minU = (x: Code, y: Code): Code => [...x, ...y, ...ltU(x, y), 0x1b]; // select
+export const minU = (x: Code, y: Code): Code => select(x, y, ltU(x, y));
 /** `block (loop (br_if 1 exitWhen) body… (br 0)))`: a while loop. */
 export const whileNot = (exitWhen: Code, ...body: Code[]): Code => [
   ...[0x02, BLOCK_VOID, 0x03, BLOCK_VOID],

@@ -20,7 +20,9 @@ import {
   get,
   I32,
   i32,
+  i32Load,
   op,
+  select,
   set,
   shl,
   shr,
@@ -30,23 +32,15 @@ import {
 } from "./asm.ts";
 
 const F64 = 0x7c;
-const [or, and, xor, rotl, i32Load, i32Store, store8] = [
+const [or, and, xor, rotl, i32Store, store8] = [
   op([0x72]),
   op([0x71]),
   op([0x73]),
   op([0x77]),
-  (addr: Code, offset: number): Code => [...addr, 0x28, 2, offset],
   (addr: Code, value: Code, offset: number): Code => [...addr, ...value, 0x36, 2, offset],
   (addr: Code, value: Code): Code => [...addr, ...value, 0x3a, 0, 0],
 ];
 const [f64FromU32, f64Lt] = [op([0xb8]), op([0x63])];
-/** `select(whenTrue, whenFalse, condition)`. */
-const select = (whenTrue: Code, whenFalse: Code, condition: Code): Code => [
-  ...whenTrue,
-  ...whenFalse,
-  ...condition,
-  0x1b,
-];
 
 /** Bytes at the start of the module's memory that hold the stream's four words. */
 const STATE_BYTES = 16;

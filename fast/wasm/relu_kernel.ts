@@ -22,6 +22,7 @@ import {
   type Lanes,
   op,
   SCALAR,
+  select,
   set,
   shl,
   shr,
@@ -58,14 +59,8 @@ registerHeapKernel(BACKWARD, ({ inputs: { dy, y }, wasm, at }) => {
   return dx;
 });
 
-/** f32x4.gt and f32.gt (all ones or 1 where a > b), v128.and, and select. */
+/** f32x4.gt and f32.gt (all ones or 1 where a > b), and v128.and. */
 const [vGt, sGt, vAnd] = [op([SIMD, 0x44]), op([0x5e]), op([SIMD, 0x4e])];
-const select = (ifTrue: Code, ifFalse: Code, cond: Code): Code => [
-  ...ifTrue,
-  ...ifFalse,
-  ...cond,
-  0x1b,
-];
 
 /** `reluGrad(dy, y, dx, n)`: dx = dy · (y > 0 ? 1 : 0) over n floats, four at a time, then one. */
 function reluModule(): Uint8Array<ArrayBuffer> {
