@@ -43,12 +43,7 @@ import { readInPlaceOnWasm } from "./wasm/in_place.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
 import { linearOutInWasm, linearWasm } from "./wasm/linear.ts";
 import { matMulWasm, sharedPool } from "./wasm/matmul.ts";
-import {
-  embeddingWasm,
-  embeddingWasmFits,
-  indexAddWasm,
-  scaleRowsWasm,
-} from "./wasm/rows_kernel.ts";
+import { embeddingWasm, indexAddWasm, scaleRowsWasm } from "./wasm/rows_kernel.ts";
 import { webgpuFastPaths } from "./webgpu/mod.ts";
 
 let installed = false;
@@ -70,8 +65,7 @@ export function installFastPaths(backend: string): void {
     matMul: matMulWasm,
     linear: onRows(linearWasm),
     linearOutIn: linearOutInWasm,
-    embedding: (table, ids) =>
-      embeddingWasmFits(ids) ? embeddingWasm(table, ids) : embeddingHost(table, ids),
+    embedding: embeddingWasm,
     indexAdd: indexAddWasm,
     scaleRows: scaleRowsWasm,
     layerNorm: (x, w, b, eps) =>

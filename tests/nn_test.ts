@@ -257,6 +257,11 @@ Deno.test("wasm: rows picked, added and scaled (embedding, indexAdd, scaleRows) 
     () => indexAdd(randomTensor([2, 3], rng) as tf.Tensor2D, tf.tensor1d([-1, 0], "int32"), 4),
     /indexAdd: index -1 at 0 is outside its 4 rows/,
   );
+  // Indices that are not int32 are refused, as the plain layers refuse them.
+  assert.throws(
+    () => embedding(randomTensor([4, 3], rng) as tf.Tensor2D, tf.tensor1d([1, 2])),
+    /embedding: indices must be int32, not float32/,
+  );
 });
 
 Deno.test("wasm: cached self-attention's kernel equals the plain tfjs composition", async () => {

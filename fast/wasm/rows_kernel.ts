@@ -71,7 +71,6 @@ export const embeddingWasm = tf.customGrad((table, ids, save) => {
  * → (n, C), in order; its gradient picks the output gradient's rows.
  */
 export function indexAddWasm(values: tf.Tensor2D, rows: tf.Tensor1D, n: number): tf.Tensor2D {
-  if (rows.dtype !== "int32") throw new Error(`indexAdd: rows must be int32, not ${rows.dtype}`);
   const op = tf.customGrad((input, picked, save) => {
     const [v, at] = [input as tf.Tensor2D, picked as tf.Tensor1D];
     (save as tf.GradSaveFunc)([at]);
@@ -109,16 +108,12 @@ export const scaleRowsWasm = tf.customGrad((x, scale, save) => {
   };
 }) as (x: tf.Tensor2D, scale: tf.Tensor2D) => tf.Tensor2D;
 
-/** Whether {@link embeddingWasm} takes these ids: int32 (the kernels read them as such). */
-export function embeddingWasmFits(ids: tf.Tensor): boolean {
-  return ids.dtype === "int32";
-}
-
 const kernels = onHeap(rowsModule);
 
 /**
- * The ids' address on the heap, their values checked against [0, rows)
- * (the loops trust them); `op` names the layer in the error.
+ * The ids' address on the heap, checked to be int32 with values in [0,
+ * rows) (the loops trust them; the plain layers refuse other dtypes too);
+ * `op` names the layer in the error.
  */
 function checkedIds(
   wasm: WasmBackendInternals,
@@ -126,6 +121,7 @@ function checkedIds(
   rows: number,
   op: string,
 ): number {
+  if (ids.dtype !== "int32") throw new Error(`${op}: indices must be int32, not ${ids.dtype}`);
   const count = ids.shape.reduce((a, b) => a * b, 1);
   if (count === 0) return 0; // nothing on the heap to point at, nothing read
   const at = heapAddress(wasm, ids);
