@@ -52,6 +52,8 @@ export const [add, sub, mul, shl, shr] = [
 ];
 export const [eqz, ltU, gtU, geU] = [op([0x45]), op([0x49]), op([0x4b]), op([0x4f])];
 export const [divU, remU] = [op([0x6e]), op([0x70])];
+/** i32.and, and v128.and (bitwise, on all 128 bits). */
+export const [i32And, vAnd] = [op([0x71]), op([SIMD, 0x4e])];
 
 /** f32 scalars: memory is addressed with align 4, offset 0. */
 export const f32Zero: Code = [0x43, 0, 0, 0, 0];

@@ -40,6 +40,7 @@ import {
   gtU,
   I32,
   i32,
+  i32And,
   ifElse,
   type Lanes,
   minU,
@@ -52,6 +53,7 @@ import {
   sub,
   V128,
   vAdd,
+  vAnd,
   vDiv,
   VECTOR,
   vLane,
@@ -330,16 +332,14 @@ function copyRows(): WasmFunction {
   return { name: "copyRows", params: new Array(6).fill(I32), locals: [[3, I32]], body };
 }
 
-const [i32And, i32Load8, i32FromBits] = [
-  op([0x71]),
+const [i32Load8, i32FromBits] = [
   (addr: Code): Code => [...addr, 0x2c, 0, 0], // i32.load8_s
   op([0xbc]), // i32.reinterpret_f32
 ];
-const [vLoad32Zero, vWiden8, vWiden16, vAnd] = [
+const [vLoad32Zero, vWiden8, vWiden16] = [
   (addr: Code): Code => [...addr, SIMD, 0x5c, 2, 0], // v128.load32_zero
   op([SIMD, 0x87, 0x01]), // i16x8.extend_low_i8x16_s
   op([SIMD, 0xa7, 0x01]), // i32x4.extend_low_i16x8_s
-  op([SIMD, 0x4e]), // v128.and
 ];
 
 /**

@@ -20,6 +20,7 @@ import {
   get,
   I32,
   i32,
+  i32And,
   i32Load,
   op,
   select,
@@ -32,9 +33,8 @@ import {
 } from "./asm.ts";
 
 const F64 = 0x7c;
-const [or, and, xor, rotl, i32Store, store8] = [
+const [or, xor, rotl, i32Store, store8] = [
   op([0x72]),
-  op([0x71]),
   op([0x73]),
   op([0x77]),
   (addr: Code, value: Code, offset: number): Code => [...addr, ...value, 0x36, 2, offset],
@@ -96,7 +96,7 @@ function maskModule(): Uint8Array<ArrayBuffer> {
       body: (() => {
         const I = 8; // the element's index: the locals after draws' five
         const word = add(get(DST), shl(shr(get(I), i32(5)), i32(2)));
-        const slot = and(get(I), i32(31));
+        const slot = i32And(get(I), i32(31));
         return draws(3, 0, (dropped) => {
           const bit = shl(eqz(dropped), slot);
           return [

@@ -28,6 +28,7 @@ import {
   shr,
   SIMD,
   uleb,
+  vAnd,
   VECTOR,
   vSplat,
   whileNot,
@@ -59,8 +60,8 @@ registerHeapKernel(BACKWARD, ({ inputs: { dy, y }, wasm, at }) => {
   return dx;
 });
 
-/** f32x4.gt and f32.gt (all ones or 1 where a > b), and v128.and. */
-const [vGt, sGt, vAnd] = [op([SIMD, 0x44]), op([0x5e]), op([SIMD, 0x4e])];
+/** f32x4.gt and f32.gt: all ones, or 1, where a > b. */
+const [vGt, sGt] = [op([SIMD, 0x44]), op([0x5e])];
 
 /** `reluGrad(dy, y, dx, n)`: dx = dy · (y > 0 ? 1 : 0) over n floats, four at a time, then one. */
 function reluModule(): Uint8Array<ArrayBuffer> {
