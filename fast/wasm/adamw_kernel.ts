@@ -12,20 +12,19 @@ import {
   assemble,
   type Code,
   F32,
+  fourThenOne,
   get,
-  geU,
   I32,
   i32,
   type Lanes,
   SCALAR,
   set,
   shl,
-  shr,
   uleb,
   V128,
   VECTOR,
+  vectorBytes,
   vSplat,
-  whileNot,
 } from "./asm.ts";
 import { heapAddress, onHeap, wasmBackend } from "./heap.ts";
 
@@ -97,17 +96,15 @@ function adamwModule(): Uint8Array<ArrayBuffer> {
   const body: Code = [
     ...F32_PARAMS.flatMap((x) => set(lanes(x), vSplat(get(x)))),
     ...set(END, shl(get(N), i32(2))),
-    ...set(VECTOR_END, shl(shl(shr(get(N), i32(2)), i32(2)), i32(2))), // 16·⌊n/4⌋
-    ...set(OFFSET, i32(0)),
-    ...whileNot(
-      geU(get(OFFSET), get(VECTOR_END)),
-      ...update(VECTOR, vector, [GV, MV, VV]),
-      set(OFFSET, add(get(OFFSET), i32(16))),
-    ),
-    ...whileNot(
-      geU(get(OFFSET), get(END)),
-      ...update(SCALAR, scalar, [GS, MS, VS]),
-      set(OFFSET, add(get(OFFSET), i32(4))),
+    ...set(VECTOR_END, vectorBytes(get(N))),
+    ...fourThenOne(
+      OFFSET,
+      VECTOR_END,
+      END,
+      (ops) =>
+        ops === VECTOR
+          ? update(VECTOR, vector, [GV, MV, VV])
+          : update(SCALAR, scalar, [GS, MS, VS]),
     ),
   ];
   return assemble([0x00, ...uleb(0)], [{ // tfjs's memory: not shared, no maximum required

@@ -195,6 +195,25 @@ export const whileNot = (exitWhen: Code, ...body: Code[]): Code => [
   ...[0x0c, 0, 0x0b, 0x0b],
 ];
 
+/** 16·⌊floats/4⌋: the bytes a loop four floats at a time covers of `floats` floats. */
+export const vectorBytes = (floats: Code): Code => shl(shl(shr(floats, i32(2)), i32(2)), i32(2));
+
+/**
+ * `step` at byte offsets OFF = 0, 16, … below VECTOR_END in f32x4 lanes,
+ * then OFF += 4 below END one float at a time (OFF, VECTOR_END and END are
+ * i32 locals): the loop of a kernel written once for both.
+ */
+export const fourThenOne = (
+  OFF: number,
+  VECTOR_END: number,
+  END: number,
+  step: (ops: Lanes) => Code[],
+): Code => [
+  ...set(OFF, i32(0)),
+  ...whileNot(geU(get(OFF), get(VECTOR_END)), ...step(VECTOR), set(OFF, add(get(OFF), i32(16)))),
+  ...whileNot(geU(get(OFF), get(END)), ...step(SCALAR), set(OFF, add(get(OFF), i32(4)))),
+];
+
 /** One function of a module: its parameter types, extra locals and body (without `end`). */
 export interface WasmFunction {
   name: string;

@@ -15,23 +15,21 @@ import {
   assemble,
   type Code,
   f32,
+  fourThenOne,
   get,
-  geU,
   I32,
   i32,
   type Lanes,
   op,
-  SCALAR,
   select,
   set,
   shl,
-  shr,
   SIMD,
   uleb,
   vAnd,
   VECTOR,
+  vectorBytes,
   vSplat,
-  whileNot,
 } from "./asm.ts";
 import { onHeap, registerHeapKernel } from "./heap.ts";
 
@@ -73,13 +71,12 @@ function reluModule(): Uint8Array<ArrayBuffer> {
     ops === VECTOR
       ? vAnd(vGt(ops.load(at(Y)), vSplat(f32(0))), vSplat(f32(1)))
       : select(f32(1), f32(0), sGt(ops.load(at(Y)), f32(0)));
-  const step = (ops: Lanes): Code => ops.store(at(DX), ops.mul(ops.load(at(DY)), keep(ops)));
   const body: Code = [
     ...set(END, shl(get(N), i32(2))),
-    ...set(VECTOR_END, shl(shl(shr(get(N), i32(2)), i32(2)), i32(2))), // 16·⌊n/4⌋
-    ...set(OFF, i32(0)),
-    ...whileNot(geU(get(OFF), get(VECTOR_END)), step(VECTOR), set(OFF, add(get(OFF), i32(16)))),
-    ...whileNot(geU(get(OFF), get(END)), step(SCALAR), set(OFF, add(get(OFF), i32(4)))),
+    ...set(VECTOR_END, vectorBytes(get(N))),
+    ...fourThenOne(OFF, VECTOR_END, END, (ops) => [
+      ops.store(at(DX), ops.mul(ops.load(at(DY)), keep(ops))),
+    ]),
   ];
   return assemble([0x00, ...uleb(0)], [ // tfjs's memory: not shared
     { name: "reluGrad", params: new Array(4).fill(I32), locals: [[3, I32]], body },

@@ -22,21 +22,20 @@ import {
   f32Add,
   f32Load,
   f32Store,
+  fourThenOne,
   get,
-  geU,
   I32,
   i32,
   i32Load,
-  type Lanes,
   mul,
   SCALAR,
   set,
   shl,
-  shr,
   sub,
   uleb,
   V128,
   VECTOR,
+  vectorBytes,
   vLaneSum,
   vSplat,
   whileNot,
@@ -177,23 +176,11 @@ registerHeapKernel(SCALE_GRAD, ({ inputs: { dy, x, scale }, wasm, at }) => {
  * `gatherRows(table, ids, out, n, C)`: out's n rows of C floats are
  * table's rows ids[0…n−1]. `scatterAddRows(values, ids, out, n, outFloats,
  * C)`: out (outFloats floats) is zeroed, then values' row i added to out's
- * row ids[i], in order. Rows go four floats at a time, then one.
+ * row ids[i], in order. `scaleRows(x, scale, y, M, C)`: y's row m is x's
+ * times scale[m]; `scaleRowsGrad(dy, x, scale, dx, dscale, M, C)` its
+ * gradient. Rows go four floats at a time, then one.
  */
 function rowsModule(): Uint8Array<ArrayBuffer> {
-  /** `step` over a row's bytes OFF = 0…END−1: four floats at a time up to VECTOR_END, then one. */
-  const overRow = (
-    OFF: number,
-    VECTOR_END: number,
-    END: number,
-    step: (ops: Lanes) => Code[],
-  ): Code => [
-    ...set(OFF, i32(0)),
-    ...whileNot(geU(get(OFF), get(VECTOR_END)), ...step(VECTOR), set(OFF, add(get(OFF), i32(16)))),
-    ...whileNot(geU(get(OFF), get(END)), ...step(SCALAR), set(OFF, add(get(OFF), i32(4)))),
-  ];
-  /** 16·⌊floats/4⌋: the bytes the vector loop covers. */
-  const vectorBytes = (floats: Code) => shl(shl(shr(floats, i32(2)), i32(2)), i32(2));
-
   // gatherRows: parameters, then i32 locals.
   const [TABLE, IDS, OUT, N, C] = [0, 1, 2, 3, 4];
   const [ROW_BYTES, VECTOR_END, OFF, SRC] = [5, 6, 7, 8];
@@ -203,7 +190,7 @@ function rowsModule(): Uint8Array<ArrayBuffer> {
     ...whileNot(
       eqz(get(N)),
       set(SRC, add(get(TABLE), mul(i32Load(get(IDS)), get(ROW_BYTES)))),
-      overRow(OFF, VECTOR_END, ROW_BYTES, (ops) => [
+      fourThenOne(OFF, VECTOR_END, ROW_BYTES, (ops) => [
         ops.store(add(get(OUT), get(OFF)), ops.load(add(get(SRC), get(OFF)))),
       ]),
       set(IDS, add(get(IDS), i32(4))),
@@ -218,7 +205,7 @@ function rowsModule(): Uint8Array<ArrayBuffer> {
   const scatterAdd: Code = [
     ...set(OUT_BYTES, shl(get(OUT_FLOATS), i32(2))),
     ...set(OUT_VECTOR_END, vectorBytes(get(OUT_FLOATS))),
-    ...overRow(S_OFF, OUT_VECTOR_END, OUT_BYTES, (ops) => [
+    ...fourThenOne(S_OFF, OUT_VECTOR_END, OUT_BYTES, (ops) => [
       ops.store(add(get(S_OUT), get(S_OFF)), ops.constant(0)),
     ]),
     ...set(S_ROW_BYTES, shl(get(S_C), i32(2))),
@@ -226,7 +213,7 @@ function rowsModule(): Uint8Array<ArrayBuffer> {
     ...whileNot(
       eqz(get(S_N)),
       set(DST, add(get(S_OUT), mul(i32Load(get(S_IDS)), get(S_ROW_BYTES)))),
-      overRow(S_OFF, S_VECTOR_END, S_ROW_BYTES, (ops) => [
+      fourThenOne(S_OFF, S_VECTOR_END, S_ROW_BYTES, (ops) => [
         ops.store(
           add(get(DST), get(S_OFF)),
           ops.add(ops.load(add(get(DST), get(S_OFF))), ops.load(add(get(VALUES), get(S_OFF)))),
@@ -237,35 +224,27 @@ function rowsModule(): Uint8Array<ArrayBuffer> {
       set(S_N, sub(get(S_N), i32(1))),
     ),
   ];
-  // scaleRows(x, scale, y, M, C) and scaleRowsGrad(dy, x, scale, dx, dscale, M, C): parameters, then locals.
+  // scaleRows and scaleRowsGrad: parameters, then locals.
   const [X, SCALE_AT, Y, M, SC] = [0, 1, 2, 3, 4];
   const [X_ROW_BYTES, X_VECTOR_END, X_OFF] = [5, 6, 7]; // i32
   const [FACTOR, FACTORS] = [8, 9]; // f32: the row's scale, v128: it in every lane
-  const overRows = (M_: number, SCALE_: number, bases: number[], perRow: Code[]): Code =>
-    whileNot(
-      eqz(get(M_)),
-      ...perRow,
-      ...bases.map((base) => set(base, add(get(base), get(X_ROW_BYTES)))),
-      set(SCALE_, add(get(SCALE_), i32(4))),
-      set(M_, sub(get(M_), i32(1))),
-    );
-  const rowFactor = (scaleAt: number): Code[] => [
-    set(FACTOR, f32Load(get(scaleAt))),
-    set(FACTORS, vSplat(get(FACTOR))),
-  ];
-  const factorIn = (ops: Lanes) => get(ops === VECTOR ? FACTORS : FACTOR);
   const scale: Code = [
     ...set(X_ROW_BYTES, shl(get(SC), i32(2))),
     ...set(X_VECTOR_END, vectorBytes(get(SC))),
-    ...overRows(M, SCALE_AT, [X, Y], [
-      ...rowFactor(SCALE_AT),
-      overRow(X_OFF, X_VECTOR_END, X_ROW_BYTES, (ops) => [
+    ...whileNot(
+      eqz(get(M)),
+      set(FACTOR, f32Load(get(SCALE_AT))),
+      set(FACTORS, vSplat(get(FACTOR))),
+      fourThenOne(X_OFF, X_VECTOR_END, X_ROW_BYTES, (ops) => [
         ops.store(
           add(get(Y), get(X_OFF)),
-          ops.mul(ops.load(add(get(X), get(X_OFF))), factorIn(ops)),
+          ops.mul(ops.load(add(get(X), get(X_OFF))), get(ops === VECTOR ? FACTORS : FACTOR)),
         ),
       ]),
-    ]),
+      ...[X, Y].map((base) => set(base, add(get(base), get(X_ROW_BYTES)))),
+      set(SCALE_AT, add(get(SCALE_AT), i32(4))),
+      set(M, sub(get(M), i32(1))),
+    ),
   ];
   const [G_DY, G_X, G_SCALE, G_DX, G_DSCALE, G_M, G_C] = [0, 1, 2, 3, 4, 5, 6];
   const [G_ROW_BYTES, G_VECTOR_END, G_OFF] = [7, 8, 9]; // i32
@@ -279,7 +258,7 @@ function rowsModule(): Uint8Array<ArrayBuffer> {
       set(G_FACTORS, vSplat(get(G_FACTOR))),
       set(G_SUMS, VECTOR.constant(0)),
       set(G_SUM, SCALAR.constant(0)),
-      overRow(G_OFF, G_VECTOR_END, G_ROW_BYTES, (ops) => {
+      fourThenOne(G_OFF, G_VECTOR_END, G_ROW_BYTES, (ops) => {
         const dyAt = ops.load(add(get(G_DY), get(G_OFF)));
         const [factor, sum] = ops === VECTOR ? [G_FACTORS, G_SUMS] : [G_FACTOR, G_SUM];
         return [
