@@ -35,7 +35,7 @@ import {
   topkGatesHost,
 } from "./host.ts";
 import { adamwUpdateWasm } from "./wasm/adamw_kernel.ts";
-import { attentionWasm } from "./wasm/attention.ts";
+import { attentionWasm, packedAttentionWasm } from "./wasm/attention.ts";
 import { cachedAttentionWasm } from "./wasm/cached_attention.ts";
 import { dropoutWasmMask } from "./wasm/dropout_kernel.ts";
 import { gemmAlonePeak, multiplyAddPeak } from "./wasm/gemm_kernel.ts";
@@ -74,6 +74,8 @@ export function installFastPaths(backend: string): void {
         : layerNormHost(x, w, b, eps),
     causalSelfAttention: (q, k, v, nHead, weightsDropout) =>
       attentionWasm(nHead, weightsDropout)(q, k, v),
+    causalSelfAttentionQKV: (qkv, nHead, weightsDropout) =>
+      packedAttentionWasm(nHead, weightsDropout)(qkv),
     cachedSelfAttention: (q, k, v, nHead) =>
       q.shape[1] === k.shape[1]
         ? attentionWasm(nHead)(q, k, v) // the whole window: causal self-attention

@@ -5,10 +5,11 @@
  * residual) → final LayerNorm → `lm_head`.
  *
  * The original keeps one `key`/`query`/`value` Linear per head; so do the
- * parameters here, under the same names. The forward pass concatenates the
- * heads' queries (and keys, and values) into one (C, C) weight, so all heads
- * share one 2-D product, and runs attention over every (batch, head) at
- * once; autodiff splits the gradient back into the per-head weights.
+ * parameters here, under the same names. The forward pass puts every head's
+ * query, key and value weights side by side in one (C, 3C) weight (as
+ * nanoGPT's `c_attn`), so one 2-D product gives all heads' queries, keys
+ * and values, and runs attention over every (batch, head) at once;
+ * autodiff splits the gradient back into the per-head weights.
  *
  * Sampling keeps each block's keys and values (`decoding.ts`): a new token
  * is one position through every block, attending to the cached ones.
@@ -23,7 +24,7 @@ import * as tf from "@tensorflow/tfjs";
 import { UsageError } from "../cli/errors.ts";
 import {
   cachedSelfAttention,
-  causalSelfAttention,
+  causalSelfAttentionQKV,
   concatColumns,
   crossEntropy,
   dropout,
@@ -61,20 +62,20 @@ interface HeadParams {
   value: Matrix;
 }
 
-/** A block's query, key and value weights for all its h heads, (C, h·hs) each. */
-interface HeadWeights {
-  query: tf.Tensor2D;
-  key: tf.Tensor2D;
-  value: tf.Tensor2D;
-}
+/**
+ * A block's query, key and value weights for all its h heads side by side,
+ * (C, 3·h·hs): every head's query weights, then their keys', then their values'.
+ */
+type HeadWeights = tf.Tensor2D;
 
 /**
- * How attention gets its keys and values: q, k, v (B, T, h·hs) of a block's
- * positions → every head's output side by side, (B, T, h·hs). Training and
- * evaluation attend within the window; sampling adds k and v to a cache
- * and attends to all of it.
+ * How attention gets its keys and values: qkv (B, T, 3·h·hs), the queries,
+ * keys and values of a block's positions side by side → every head's
+ * output side by side, (B, T or 1, h·hs). Training and evaluation attend
+ * within the window; sampling adds the keys and values to a cache and
+ * attends to all of it.
  */
-type Attend = (q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) => tf.Tensor;
+type Attend = (qkv: tf.Tensor) => tf.Tensor;
 
 /** One `Block`'s parameters. Linear weights are (in, out); h heads, FFN width F (gptLM: H and 4C). */
 interface BlockParams {
@@ -179,23 +180,21 @@ export function createGPT(
   /** Receives each layer's attention weights (B, h, T, T), in order, when given to `forward`. */
   type SeeWeights = (weights: tf.Tensor) => void;
 
-  /**
-   * A block's per-head (C, hs) projections side by side, (C, h·hs) each: one
-   * 2-D product serves every head. (One fused (C, 3C) product and a split
-   * measured no faster on WASM.)
-   */
-  const headWeights = (blk: BlockParams): HeadWeights => ({
-    query: concatColumns(blk.heads.map((h) => h.query)),
-    key: concatColumns(blk.heads.map((h) => h.key)),
-    value: concatColumns(blk.heads.map((h) => h.value)),
-  });
+  /** A block's per-head (C, hs) projections side by side: one 2-D product serves every head. */
+  const headWeights = (blk: BlockParams): HeadWeights =>
+    concatColumns([
+      ...blk.heads.map((h) => h.query),
+      ...blk.heads.map((h) => h.key),
+      ...blk.heads.map((h) => h.value),
+    ]); // (C, 3·h·hs)
 
   /**
    * `Block.forward`: x (B, T, C) → (B, T, C), its attention
    * (`MultiHeadAttention` on ln1(x), h·hs wide inside) reading keys and
    * values through `attend`. With `lastOnly`, only the last position's output, (B, 1, C):
-   * its query attends to every position's key and value, and the rest of
-   * the block runs on that one position (all sampling reads of the last block).
+   * `attend` gives that position's heads (its query attends to every
+   * position's key and value), and the rest of the block runs on that one
+   * position (all sampling reads of the last block).
    */
   function block(
     x: tf.Tensor,
@@ -208,7 +207,7 @@ export function createGPT(
     const [B, T] = x.shape;
     const rows = (y: tf.Tensor) => lastOnly ? y.slice([0, T - 1, 0], [B, 1, C]) : y; // (B, T or 1, C)
     const xn = layerNorm(x, blk.ln1W, blk.ln1B); // (B, T, C)
-    const heads = attend(linear(rows(xn), w.query), linear(xn, w.key), linear(xn, w.value)); // every head, side by side: (B, T or 1, h·hs)
+    const heads = attend(linear(xn, w)); // (B, T, 3·h·hs) → every head, side by side: (B, T or 1, h·hs)
     const a = rows(x).add(drop(linear(heads, blk.projW, blk.projB), mode)); // (B, T or 1, C)
     const hidden = linear(layerNorm(a, blk.ln2W, blk.ln2B), blk.fc1W, blk.fc1B, "relu"); // (B, T or 1, F)
     return a.add(drop(linear(hidden, blk.fc2W, blk.fc2B), mode)); // (B, T or 1, C)
@@ -223,8 +222,8 @@ export function createGPT(
       ? { p: config.dropout, rng: mode.rng }
       : undefined;
     /** A block of `nHead` heads attends within the window. */
-    const attend = (nHead: number): Attend => (q, k, v) =>
-      causalSelfAttention(q, k, v, nHead, maskBias, weightsDropout, seeWeights);
+    const attend = (nHead: number): Attend => (qkv) =>
+      causalSelfAttentionQKV(qkv, nHead, maskBias, weightsDropout, seeWeights);
     let h = embedding(tokTable, x).add(pos); // (B, T, C)
     for (const blk of blocks) h = block(h, blk, headWeights(blk), attend(blk.heads.length), mode);
     return linear(layerNorm(h, lnfW, lnfB), lmW, lmB); // (B, T, V)
@@ -248,11 +247,14 @@ export function createGPT(
     const pos = posTable.slice([start, 0], [t, C]); // (t, C)
     let h = embedding(tokTable, ids).add(pos); // (R, t, C)
     blocks.forEach((blk, i) => {
-      const attend: Attend = (q, k, v) => {
+      const lastOnly = i === L - 1;
+      const attend: Attend = (qkv) => {
+        const [q, k, v] = tf.split(qkv, 3, 2); // (R, t, h·hs) each
         const { keys, values } = caches[i].append(k, v); // (R, start + t, h·hs)
-        return cachedSelfAttention(q, keys, values, blk.heads.length); // (R, t or 1, h·hs)
+        const queries = lastOnly ? q.slice([0, t - 1, 0], [R, 1, -1]) : q; // (R, t or 1, h·hs)
+        return cachedSelfAttention(queries, keys, values, blk.heads.length); // (R, t or 1, h·hs)
       };
-      h = block(h, blk, weights[i], attend, { training: false }, i === L - 1); // (R, t, C); (R, 1, C) after the last
+      h = block(h, blk, weights[i], attend, { training: false }, lastOnly); // (R, t, C); (R, 1, C) after the last
     });
     return linear(layerNorm(h.reshape([R, C]), lnfW, lnfB), lmW, lmB) as tf.Tensor2D; // (R, V)
   }
@@ -286,7 +288,7 @@ export function createGPT(
         T0,
         L,
         (ids, start, caches) => forwardCached(ids, start, caches, weights),
-        () => weights.forEach((w) => tf.dispose([w.query, w.key, w.value])),
+        () => tf.dispose(weights),
       );
     },
     tokenEmbeddings: () => tokTable.clone(),

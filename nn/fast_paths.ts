@@ -99,6 +99,8 @@ export interface FastPaths {
     nHead: number,
     weightsDropout?: DropoutSpec,
   ): tf.Tensor;
+  /** The same of q, k, v side by side in one tensor (B, T, 3C): see `causalSelfAttentionQKV`. */
+  causalSelfAttentionQKV(qkv: tf.Tensor, nHead: number, weightsDropout?: DropoutSpec): tf.Tensor;
   /** Inverted dropout, the mask drawn from `rng`: see `dropout`. */
   dropout(x: tf.Tensor, p: number, rng: Rng): tf.Tensor;
   /** Attention of the last positions to cached keys and values: see `cachedSelfAttention`. */

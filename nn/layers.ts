@@ -173,6 +173,24 @@ export function causalSelfAttention(
 }
 
 /**
+ * {@link causalSelfAttention} of queries, keys and values side by side in
+ * one tensor: qkv (B, T, 3C), what one product with every head's query,
+ * key and value weights side by side gives (nanoGPT's `c_attn`) → (B, T, C).
+ */
+export function causalSelfAttentionQKV(
+  qkv: tf.Tensor,
+  nHead: number,
+  maskBias: tf.Tensor,
+  weightsDropout?: DropoutSpec,
+  seeWeights?: (weights: tf.Tensor) => void,
+): tf.Tensor {
+  const fast = fastPath("causalSelfAttentionQKV");
+  if (fast && !seeWeights) return fast(qkv, nHead, weightsDropout);
+  const [q, k, v] = tf.split(qkv, 3, 2); // (B, T, C) each
+  return causalSelfAttention(q, k, v, nHead, maskBias, weightsDropout, seeWeights);
+}
+
+/**
  * {@link causalSelfAttention} of the last t of S positions: queries q
  * (B, t, C) for positions S−t…S−1, keys and values k, v (B, S, C) for all S
  * (a key/value cache and the new positions'), heads side by side → (B, t, C).

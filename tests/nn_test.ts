@@ -5,6 +5,7 @@ import { setFastPaths } from "../nn/fast_paths.ts";
 import {
   cachedSelfAttention,
   causalSelfAttention,
+  causalSelfAttentionQKV,
   concatColumns,
   crossEntropy,
   dropout,
@@ -163,7 +164,7 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
   });
 }
 
-Deno.test("wasm: causal self-attention's kernels equal the plain tfjs composition, values and gradients, with and without dropout", async () => {
+Deno.test("wasm: causal self-attention's kernels equal the plain tfjs composition, values and gradients, with and without dropout, q, k, v apart and packed", async () => {
   await startBackend("wasm");
   const rng = new Rng(7);
   // gptLM's CPU shape; rows and heads that fill no block (T = 13 = 6 + 6 + 1,
@@ -200,7 +201,23 @@ Deno.test("wasm: causal self-attention's kernels equal the plain tfjs compositio
         );
       }
       assert.equal(streams[0].random(), streams[1].random(), `${what}: the streams moved alike`);
-      tf.dispose([...fast, ...plain]);
+      // Packed: q, k, v side by side in one (B, T, 3C), one gradient of it.
+      const qkv = tf.concat([q, k, v], 2);
+      const [packedFast, packedPlain] = fastAndPlain(() => {
+        const drop = p > 0 ? { p, rng: new Rng(11) } : undefined;
+        const f = (x: tf.Tensor) => causalSelfAttentionQKV(x, H, maskBias, drop).mul(dy).sum();
+        return [causalSelfAttentionQKV(qkv, H, maskBias, drop), tf.grad(f)(qkv)];
+      });
+      const dqkv = tf.concat(plain.slice(1), 2);
+      for (const [i, name] of ["value", "dqkv"].entries()) {
+        assert.ok(await maxDiff(packedFast[i], packedPlain[i]) < 1e-4, `packed ${what} ${name}`);
+        // …and equal to attention of q, k, v apart (its value, and dq, dk, dv side by side).
+        assert.ok(
+          await maxDiff(packedFast[i], [plain[0], dqkv][i]) < 1e-4,
+          `packed ${what} ${name}`,
+        );
+      }
+      tf.dispose([...fast, ...plain, ...packedFast, ...packedPlain, qkv, dqkv]);
     }
     tf.dispose([q, k, v, dy, maskBias]);
   }

@@ -177,6 +177,15 @@ export const ifElse = (cond: Code, then: Code[], otherwise: Code[]): Code => [
   ...otherwise.flat(),
   0x0b,
 ];
+/** `memory.copy`: `bytes` bytes from `src` in memory `srcMemory` to `dst` in memory `dstMemory`. */
+export const memoryCopy = (
+  dst: Code,
+  src: Code,
+  bytes: Code,
+  dstMemory = 0,
+  srcMemory = 0,
+): Code => [...dst, ...src, ...bytes, 0xfc, 10, dstMemory, srcMemory];
+
 /** `select`: whenTrue if the i32 condition is not 0, else whenFalse (both evaluated). */
 export const select = (whenTrue: Code, whenFalse: Code, condition: Code): Code => [
   ...whenTrue,
@@ -224,13 +233,20 @@ export interface WasmFunction {
 
 /**
  * A module that imports `env.memory` (`memoryType`: limits flag, initial and
- * maximum pages as the binary format writes them) and exports `functions`.
+ * maximum pages as the binary format writes them), then the memories of
+ * `moreMemories` as `env.<name>` (memories 1, 2, … in that order), and
+ * exports `functions`.
  */
-export function assemble(memoryType: Code, functions: WasmFunction[]): Uint8Array<ArrayBuffer> {
+export function assemble(
+  memoryType: Code,
+  functions: WasmFunction[],
+  moreMemories: Record<string, Code> = {},
+): Uint8Array<ArrayBuffer> {
+  const memories = Object.entries({ memory: memoryType, ...moreMemories });
   return new Uint8Array([
     ...[0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00], // "\0asm", version 1
     ...section(1, vec(functions.map((f) => [0x60, ...vec(f.params.map((t) => [t])), 0]))), // one type each: (params) → ()
-    ...section(2, vec([[...name("env"), ...name("memory"), 0x02, ...memoryType]])),
+    ...section(2, vec(memories.map(([n, type]) => [...name("env"), ...name(n), 0x02, ...type]))),
     ...section(3, vec(functions.map((_, i) => uleb(i)))), // function i has type i
     ...section(7, vec(functions.map((f, i) => [...name(f.name), 0x00, ...uleb(i)]))),
     ...section(

@@ -15,17 +15,40 @@ import * as tf from "@tensorflow/tfjs";
 import type { DropoutSpec } from "../../nn/fast_paths.ts";
 import { dropoutMaskBytes } from "./dropout_kernel.ts";
 import { COL_BLOCK, CONTROL_BYTES, Job, MAX_CHUNKS, PACK_SLACK, Slot } from "./gemm_kernel.ts";
-import { copyToShared, runJob, sharedFloats, sharedPool, tensorFromShared } from "./matmul.ts";
+import { growShared, runJob, sharedPool } from "./matmul.ts";
+import { copyToShared, tensorFromShared } from "./shared_copy.ts";
 import type { WasmBackendInternals } from "./heap.ts";
 
 const FORWARD = "SimpleLMAttention";
 const BACKWARD = "SimpleLMAttentionGrad";
 
-/** A kernel's attributes: the head count, and the dropout mask's bytes (B, H, T, T) with keep = 1/(1−p), if any. */
+/**
+ * A kernel's attributes: the head count; whether q, k and v come side by
+ * side in one tensor; the dropout mask's bytes (B, H, T, T) with keep =
+ * 1/(1−p), if any.
+ */
 interface AttentionAttrs {
   nHead: number;
+  packed: boolean;
   mask?: Uint8Array;
   keep?: number;
+}
+
+/** The attributes for a batch of B windows of T, with a fresh dropout mask if asked. */
+function attentionAttrs(
+  B: number,
+  T: number,
+  nHead: number,
+  packed: boolean,
+  weightsDropout?: DropoutSpec,
+): tf.NamedAttrMap {
+  const attrs: AttentionAttrs = { nHead, packed };
+  if (weightsDropout) {
+    const { p, rng } = weightsDropout;
+    attrs.mask = dropoutMaskBytes(rng, B * nHead * T * T, p);
+    attrs.keep = 1 / (1 - p);
+  }
+  return attrs as unknown as tf.NamedAttrMap;
 }
 
 /**
@@ -39,17 +62,8 @@ export function attentionWasm(nHead: number, weightsDropout?: DropoutSpec) {
   return tf.customGrad((q, k, v, save) => {
     const inputs = { q: q as tf.Tensor, k: k as tf.Tensor, v: v as tf.Tensor };
     const [B, T] = inputs.q.shape;
-    const attrs: AttentionAttrs = { nHead };
-    if (weightsDropout) {
-      const { p, rng } = weightsDropout;
-      attrs.mask = dropoutMaskBytes(rng, B * nHead * T * T, p);
-      attrs.keep = 1 / (1 - p);
-    }
-    const [y, weights] = tf.engine().runKernel(
-      FORWARD,
-      inputs,
-      attrs as unknown as tf.NamedAttrMap,
-    ) as tf.Tensor[];
+    const attrs = attentionAttrs(B, T, nHead, false, weightsDropout);
+    const [y, weights] = tf.engine().runKernel(FORWARD, inputs, attrs) as tf.Tensor[];
     (save as tf.GradSaveFunc)([inputs.q, inputs.k, inputs.v, weights]);
     return {
       value: y, // (B, T, C)
@@ -58,7 +72,7 @@ export function attentionWasm(nHead: number, weightsDropout?: DropoutSpec) {
         return tf.engine().runKernel(
           BACKWARD,
           { q: sq, k: sk, v: sv, p: sp, dy: dy as tf.Tensor },
-          attrs as unknown as tf.NamedAttrMap,
+          attrs,
         ) as tf.Tensor[]; // dq, dk, dv (B, T, C)
       },
     };
@@ -66,22 +80,55 @@ export function attentionWasm(nHead: number, weightsDropout?: DropoutSpec) {
 }
 
 /**
- * Runs an attention job over every (batch, head) pair: the `inputs` tensors
- * are copied into the shared memory, and the `outputs`, tensors of the
- * given shapes (P among them in the forward direction), out of it. Each
- * region's address goes to its control-block slot.
+ * {@link attentionWasm} of q, k and v side by side in one tensor, qkv
+ * (B, T, 3C) → (B, T, C): each is copied out of qkv's rows as the job
+ * copies its inputs, and their gradients into one (B, T, 3C), so neither
+ * direction splits or concatenates.
+ */
+export function packedAttentionWasm(nHead: number, weightsDropout?: DropoutSpec) {
+  return tf.customGrad((qkv, save) => {
+    const packed = qkv as tf.Tensor;
+    const [B, T] = packed.shape;
+    const attrs = attentionAttrs(B, T, nHead, true, weightsDropout);
+    const [y, weights] = tf.engine().runKernel(FORWARD, { qkv: packed }, attrs) as tf.Tensor[];
+    (save as tf.GradSaveFunc)([packed, weights]);
+    return {
+      value: y, // (B, T, C)
+      gradFunc: (dy, saved) => {
+        const [sqkv, sp] = saved as tf.Tensor[];
+        return tf.engine().runKernel(
+          BACKWARD,
+          { qkv: sqkv, p: sp, dy: dy as tf.Tensor },
+          attrs,
+        ) as tf.Tensor[]; // [dqkv (B, T, 3C)]
+      },
+    };
+  }) as (qkv: tf.Tensor) => tf.Tensor;
+}
+
+/** An input of a job: its control-block slot, the tensor, and which columns of its rows (all if none). */
+type JobInput = [slot: number, tensor: tf.TensorInfo, columns?: [first: number, count: number]];
+
+/** An output of a job: the slots of its parts (side by side along its last axis) and its shape. */
+type JobOutput = [slots: number[], shape: number[]];
+
+/**
+ * Runs an attention job over every (batch, head) pair: the `inputs` are
+ * copied into the shared memory, and the `outputs`, tensors of the given
+ * shapes (P among them in the forward direction), out of it. Each region's
+ * address goes to its control-block slot.
  */
 function attentionJob(
   wasm: WasmBackendInternals,
   job: number,
   { nHead, mask, keep }: AttentionAttrs,
-  inputs: [slot: number, tensor: tf.TensorInfo][],
-  outputs: [slot: number, shape: number[]][],
+  inputs: JobInput[],
+  outputs: JobOutput[],
 ): tf.TensorInfo[] {
-  const [B, T, C] = inputs[0][1].shape;
+  const [B, T] = inputs[0][1].shape;
+  const C = inputs[0][2]?.[1] ?? inputs[0][1].shape[2];
   const hs = C / nHead;
   const pool = sharedPool();
-  const size = (shape: number[]) => shape.reduce((x, y) => x * y, 1) * 4;
   // Regions one after another, each with room for pack's reads past its end.
   let end = CONTROL_BYTES;
   const region = (bytes: number) => {
@@ -89,8 +136,16 @@ function attentionJob(
     end += Math.ceil((bytes + PACK_SLACK) / 64) * 64;
     return at;
   };
-  const inputAt = inputs.map(([, t]) => region(size(t.shape)));
-  const outputAt = outputs.map(([, shape]) => region(size(shape)));
+  const inputAt = inputs.map(([, t, columns]) =>
+    region(
+      4 * (columns
+        ? tf.util.sizeFromShape(t.shape) / t.shape[2] * columns[1]
+        : tf.util.sizeFromShape(t.shape)),
+    )
+  );
+  const outputAt = outputs.map(([slots, shape]) =>
+    slots.map(() => region(4 * tf.util.sizeFromShape(shape) / slots.length))
+  );
   const panelBytes = Math.ceil(
     (Math.max(Math.ceil(T / COL_BLOCK) * hs, Math.ceil(hs / COL_BLOCK) * T) * COL_BLOCK * 4 +
       PACK_SLACK) / 64,
@@ -98,45 +153,59 @@ function attentionJob(
   const scratchBytes = panelBytes + (2 * T * T + T * hs) * 4;
   const scratch = region(pool.threads * scratchBytes);
   const maskAt = mask ? region(mask.length) : 0;
-  const shared = sharedFloats(pool, end);
+  growShared(pool, end);
 
-  inputs.forEach(([, t], i) => copyToShared(wasm, shared, t, inputAt[i]));
-  if (mask) new Uint8Array(pool.memory.buffer, maskAt, mask.length).set(mask);
-  const { ctrl } = pool;
+  const { memory, ctrl } = pool;
+  inputs.forEach(([, t, columns], i) => copyToShared(wasm, memory, t, inputAt[i], columns));
+  if (mask) new Uint8Array(memory.buffer, maskAt, mask.length).set(mask);
   ctrl[Slot.JOB] = job;
   inputs.forEach(([slot], i) => ctrl[slot] = inputAt[i]);
-  outputs.forEach(([slot], i) => ctrl[slot] = outputAt[i]);
+  outputs.forEach(([slots], i) => slots.forEach((slot, j) => ctrl[slot] = outputAt[i][j]));
   ctrl.set([T, C, nHead, scratch, scratchBytes, panelBytes], Slot.ATT_T);
   ctrl[Slot.ATT_MASK] = maskAt;
   ctrl[Slot.ATT_KEEP] = new Int32Array(Float32Array.of(keep ?? 1).buffer)[0];
   // A job's chunks are counted in 12 bits: whole batches at a time.
   const batches = Math.floor(MAX_CHUNKS / nHead);
+  const slots = [...inputs.map(([slot]) => slot), ...outputs.flatMap(([parts]) => parts)];
   for (let b = 0; b < B; b += batches) {
     const count = Math.min(batches, B - b);
     runJob(pool, count * nHead);
     // The next group's pairs: every address one group further on (the mask's in bytes).
-    for (const [slot] of [...inputs, ...outputs]) {
+    for (const slot of slots) {
       ctrl[slot] += count * (slot === Slot.ATT_P ? nHead * T * T : T * C) * 4;
     }
     if (mask) ctrl[Slot.ATT_MASK] += count * nHead * T * T;
   }
 
-  return outputs.map(([, shape], i) => tensorFromShared(wasm, pool, outputAt[i], shape));
+  return outputs.map(([, shape], i) => {
+    const at = outputAt[i];
+    return tensorFromShared(wasm, memory, at.length === 1 ? at[0] : at, shape);
+  });
+}
+
+/** q, k and v as a job's inputs: three tensors, or the three column blocks of qkv. */
+function qkvInputs(inputs: Record<string, tf.TensorInfo>, packed: boolean): JobInput[] {
+  if (!packed) return [[Slot.ATT_Q, inputs.q], [Slot.ATT_K, inputs.k], [Slot.ATT_V, inputs.v]];
+  const { qkv } = inputs;
+  const C = qkv.shape[2] / 3;
+  return [[Slot.ATT_Q, qkv, [0, C]], [Slot.ATT_K, qkv, [C, C]], [Slot.ATT_V, qkv, [2 * C, C]]];
 }
 
 tf.registerKernel({
   kernelName: FORWARD,
   backendName: "wasm",
   kernelFunc: ({ inputs, attrs, backend }) => {
-    const { q, k, v } = inputs as Record<string, tf.TensorInfo>;
-    const { nHead } = attrs as unknown as AttentionAttrs;
-    const [B, T] = q.shape;
+    const named = inputs as Record<string, tf.TensorInfo>;
+    const { nHead, packed } = attrs as unknown as AttentionAttrs;
+    const qkv = qkvInputs(named, packed);
+    const [B, T] = qkv[0][1].shape;
+    const C = qkv[0][2]?.[1] ?? qkv[0][1].shape[2];
     return attentionJob(
       backend as unknown as WasmBackendInternals,
       Job.ATTENTION,
       attrs as unknown as AttentionAttrs,
-      [[Slot.ATT_Q, q], [Slot.ATT_K, k], [Slot.ATT_V, v]],
-      [[Slot.ATT_Y, q.shape], [Slot.ATT_P, [B, nHead, T, T]]], // y (B, T, C), P (B, H, T, T)
+      qkv,
+      [[[Slot.ATT_Y], [B, T, C]], [[Slot.ATT_P], [B, nHead, T, T]]], // y (B, T, C), P (B, H, T, T)
     );
   },
 });
@@ -145,13 +214,18 @@ tf.registerKernel({
   kernelName: BACKWARD,
   backendName: "wasm",
   kernelFunc: ({ inputs, attrs, backend }) => {
-    const { q, k, v, p, dy } = inputs as Record<string, tf.TensorInfo>;
+    const named = inputs as Record<string, tf.TensorInfo>;
+    const { packed } = attrs as unknown as AttentionAttrs;
+    const { p, dy } = named;
+    const grads: JobOutput[] = packed
+      ? [[[Slot.ATT_DQ, Slot.ATT_DK, Slot.ATT_DV], named.qkv.shape]] // dqkv (B, T, 3C)
+      : [Slot.ATT_DQ, Slot.ATT_DK, Slot.ATT_DV].map((slot) => [[slot], dy.shape]); // dq, dk, dv (B, T, C)
     return attentionJob(
       backend as unknown as WasmBackendInternals,
       Job.ATTENTION_GRAD,
       attrs as unknown as AttentionAttrs,
-      [[Slot.ATT_Q, q], [Slot.ATT_K, k], [Slot.ATT_V, v], [Slot.ATT_P, p], [Slot.ATT_Y, dy]],
-      [[Slot.ATT_DQ, q.shape], [Slot.ATT_DK, q.shape], [Slot.ATT_DV, q.shape]],
+      [...qkvInputs(named, packed), [Slot.ATT_P, p], [Slot.ATT_Y, dy]],
+      grads,
     );
   },
 });

@@ -18,7 +18,8 @@
  */
 import * as tf from "@tensorflow/tfjs";
 import { Worker } from "node:worker_threads";
-import { heapAddress, type WasmBackendInternals } from "./heap.ts";
+import type { WasmBackendInternals } from "./heap.ts";
+import { copyToShared, tensorFromShared } from "./shared_copy.ts";
 import { thinProduct, thinProductFits } from "./thin_product.ts";
 import {
   COL_BLOCK,
@@ -160,43 +161,12 @@ export function sharedPool(): Pool {
   return pool ??= startPool();
 }
 
-/**
- * The shared memory as floats, grown first to at least `bytes`: views made
- * before a growth see only the old size.
- */
-export function sharedFloats(pool: Pool, bytes: number): Float32Array {
+/** Grows the shared memory to at least `bytes` (views made before see only the old size). */
+export function growShared(pool: Pool, bytes: number): void {
   const { memory } = pool;
   if (bytes > memory.buffer.byteLength) {
     memory.grow(Math.ceil((bytes - memory.buffer.byteLength) / 65536));
   }
-  return new Float32Array(memory.buffer);
-}
-
-/** Copies the values of `t` from tfjs's heap to byte `to` of the shared memory. */
-export function copyToShared(
-  wasm: WasmBackendInternals,
-  shared: Float32Array,
-  t: tf.TensorInfo,
-  to: number,
-): void {
-  const count = t.shape.reduce((x, y) => x * y, 1);
-  shared.set(new Float32Array(wasm.wasm.asm.memory.buffer, heapAddress(wasm, t), count), to / 4);
-}
-
-/** A new tensor of `shape` holding the floats at byte `from` of the shared memory. */
-export function tensorFromShared(
-  wasm: WasmBackendInternals,
-  pool: Pool,
-  from: number,
-  shape: number[],
-): tf.TensorInfo {
-  const out = wasm.makeOutput(shape, "float32");
-  const count = shape.reduce((x, y) => x * y, 1);
-  // Viewed after makeOutput, which may have grown tfjs's memory.
-  new Float32Array(wasm.wasm.asm.memory.buffer, heapAddress(wasm, out), count).set(
-    new Float32Array(pool.memory.buffer, from, count),
-  );
-  return out;
 }
 
 /** Floats a packing chunk copies at least: smaller operands are packed by one thread. */
@@ -309,10 +279,11 @@ tf.registerKernel({
     const STAGE_A = BIAS + n * 4;
     const STAGE_B = STAGE_A + (transposeA ? batch * m * k * 4 + PACK_SLACK : 0);
     const end = STAGE_B + batch * k * n * 4 + PACK_SLACK;
-    const shared = sharedFloats(pool, end);
-    if (bias) copyToShared(wasm, shared, bias, BIAS);
-    copyToShared(wasm, shared, a, transposeA ? STAGE_A : A); // stored (k, m) when transposed
-    copyToShared(wasm, shared, b, STAGE_B);
+    const { memory } = pool;
+    growShared(pool, end);
+    if (bias) copyToShared(wasm, memory, bias, BIAS);
+    copyToShared(wasm, memory, a, transposeA ? STAGE_A : A); // stored (k, m) when transposed
+    copyToShared(wasm, memory, b, STAGE_B);
 
     // A few chunks per thread balance the load; a chunk never spans two matrices.
     const chunkRows = ROW_BLOCK *
@@ -346,6 +317,6 @@ tf.registerKernel({
       runJob(pool, matrices * chunksPerMatrix);
     }
 
-    return tensorFromShared(wasm, pool, C, [...lead, m, n]); // (..., m, n)
+    return tensorFromShared(wasm, memory, C, [...lead, m, n]); // (..., m, n)
   },
 });
