@@ -43,7 +43,12 @@ import { readInPlaceOnWasm } from "./wasm/in_place.ts";
 import { layerNormWasm, layerNormWasmFits } from "./wasm/layer_norm_kernel.ts";
 import { linearOutInWasm, linearWasm } from "./wasm/linear.ts";
 import { matMulWasm, sharedPool } from "./wasm/matmul.ts";
-import { embeddingWasm, indexAddWasm, scaleRowsWasm } from "./wasm/rows_kernel.ts";
+import {
+  concatColumnsWasm,
+  embeddingWasm,
+  indexAddWasm,
+  scaleRowsWasm,
+} from "./wasm/rows_kernel.ts";
 import { webgpuFastPaths } from "./webgpu/mod.ts";
 
 let installed = false;
@@ -82,7 +87,7 @@ export function installFastPaths(backend: string): void {
         : cachedAttentionWasm(q, k, v, nHead),
     dropout: dropoutWasmMask,
     bigramLoss: bigramLossHost,
-    concatColumns: concatColumnsHost,
+    concatColumns: concatColumnsWasm,
     topkGates: topkGatesHost,
     chosenGates: chosenGatesHost,
     loadBalancingLoss: loadBalancingLossHost,

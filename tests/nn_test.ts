@@ -148,7 +148,7 @@ for (const backend of ["cpu", "wasm", "webgpu"]) {
     }
     const normed = layerNorm(x, tf.ones([5]), tf.zeros([5]));
 
-    // concatColumns: its host-loop gradient vs tf.concat's SplitV.
+    // concatColumns: its fast route (row copies on WASM, a host loop, a WGSL join) vs tf.concat's.
     const parts = [randomTensor([3, 2], rng), randomTensor([3, 4], rng), randomTensor([3, 1], rng)];
     const catDy = randomTensor([3, 7], rng);
     const [catFast, catPlain] = fastAndPlain(() => {

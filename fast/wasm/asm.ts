@@ -186,6 +186,23 @@ export const memoryCopy = (
   srcMemory = 0,
 ): Code => [...dst, ...src, ...bytes, 0xfc, 10, dstMemory, srcMemory];
 
+/**
+ * The body of `copyRows(dst, src, rows, rowBytes, dstStride, srcStride)`
+ * (six i32 parameters, no other locals): `rows` runs of `rowBytes` bytes
+ * from memory `srcMemory` to memory `dstMemory`, each run's start `srcStride`
+ * (`dstStride`) bytes after the one before.
+ */
+export function copyRowsBody(dstMemory = 0, srcMemory = 0): Code {
+  const [DST, SRC, ROWS, ROW_BYTES, DST_STRIDE, SRC_STRIDE] = [0, 1, 2, 3, 4, 5];
+  return whileNot(
+    eqz(get(ROWS)),
+    memoryCopy(get(DST), get(SRC), get(ROW_BYTES), dstMemory, srcMemory),
+    set(DST, add(get(DST), get(DST_STRIDE))),
+    set(SRC, add(get(SRC), get(SRC_STRIDE))),
+    set(ROWS, sub(get(ROWS), i32(1))),
+  );
+}
+
 /** `select`: whenTrue if the i32 condition is not 0, else whenFalse (both evaluated). */
 export const select = (whenTrue: Code, whenFalse: Code, condition: Code): Code => [
   ...whenTrue,

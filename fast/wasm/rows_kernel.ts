@@ -2,8 +2,9 @@
  * Rows picked, added and scaled by index on WASM, as WebAssembly SIMD loops
  * on tfjs-backend-wasm's heap: `embedding` (table rows by id), whose
  * gradient is the rows' sums by id (a scatter-add); `indexAdd` (that
- * scatter-add), whose gradient is a pick; and `scaleRows` (each row times
- * its own number). The MoE models gather each expert's tokens, weight its
+ * scatter-add), whose gradient is a pick; `scaleRows` (each row times
+ * its own number); and `concatColumns` (2-D parts side by side, as
+ * `memory.copy` row by row), whose gradient cuts the columns apart again. The MoE models gather each expert's tokens, weight its
  * outputs by their gates and scatter them back this way, several times a
  * layer; a JavaScript loop would first copy the whole table out of the heap
  * and its result back in, and tfjs-backend-wasm's `ScatterNd` is ~4× slower.
@@ -17,6 +18,7 @@ import {
   add,
   assemble,
   type Code,
+  copyRowsBody,
   eqz,
   F32,
   f32Add,
@@ -46,6 +48,8 @@ const GATHER = "SimpleLMGatherRows";
 const SCATTER_ADD = "SimpleLMScatterAddRows";
 const SCALE = "SimpleLMScaleRows";
 const SCALE_GRAD = "SimpleLMScaleRowsGrad";
+const CONCAT_COLUMNS = "SimpleLMConcatColumns";
+const SPLIT_COLUMNS = "SimpleLMSplitColumns";
 
 /**
  * Rows of `table` (V, C) picked by int32 `ids` (...) → (..., C), on WASM;
@@ -106,6 +110,23 @@ export const scaleRowsWasm = tf.customGrad((x, scale, save) => {
     },
   };
 }) as (x: tf.Tensor2D, scale: tf.Tensor2D) => tf.Tensor2D;
+
+/**
+ * `tf.concat(parts, 1)` of 2-D parts (rows, cols_i) → (rows, Σ cols_i) on
+ * WASM; its gradient gives each part its columns of the output's.
+ */
+export function concatColumnsWasm(parts: tf.Tensor2D[]): tf.Tensor2D {
+  const widths = parts.map((p) => p.shape[1]);
+  const op = tf.customGrad((...inputs) => ({
+    value: tf.engine().runKernel(
+      CONCAT_COLUMNS,
+      Object.fromEntries(inputs.slice(0, parts.length).map((p, i) => [i, p as tf.Tensor])),
+    ) as tf.Tensor, // (rows, Σ cols_i)
+    gradFunc: (dy) =>
+      tf.engine().runKernel(SPLIT_COLUMNS, { dy: dy as tf.Tensor }, { widths }) as tf.Tensor[], // (rows, cols_i) each
+  }));
+  return op(...parts) as tf.Tensor2D;
+}
 
 const kernels = onHeap(rowsModule);
 
@@ -170,6 +191,39 @@ registerHeapKernel(SCALE_GRAD, ({ inputs: { dy, x, scale }, wasm, at }) => {
   const scaleRowsGrad = kernels().scaleRowsGrad as (...args: number[]) => void;
   scaleRowsGrad(...[dy, x, scale, ...outputs].map(at), M, C);
   return outputs;
+});
+
+/** Copies runs of bytes within the heap: see `copyRowsBody` in `asm.ts`. */
+const copyRows = (...args: number[]) =>
+  (kernels().copyRows as (...args: number[]) => void)(...args);
+
+registerHeapKernel(CONCAT_COLUMNS, ({ inputs, wasm, at }) => {
+  const parts = Object.values(inputs); // in order: "0", "1", …
+  const rows = parts[0].shape[0];
+  const width = parts.reduce((sum, p) => sum + p.shape[1], 0);
+  const out = wasm.makeOutput([rows, width], "float32"); // (rows, Σ cols_i)
+  let first = 0; // the part's first column
+  for (const part of parts) {
+    const cols = part.shape[1];
+    if (rows * cols > 0) {
+      copyRows(at(out) + first * 4, at(part), rows, cols * 4, width * 4, cols * 4);
+    }
+    first += cols;
+  }
+  return out;
+});
+
+registerHeapKernel(SPLIT_COLUMNS, ({ inputs: { dy }, attrs, wasm, at }) => {
+  const [rows, width] = dy.shape;
+  let first = 0; // the part's first column
+  return (attrs.widths as number[]).map((cols) => {
+    const part = wasm.makeOutput([rows, cols], "float32"); // (rows, cols)
+    if (rows * cols > 0) {
+      copyRows(at(part), at(dy) + first * 4, rows, cols * 4, cols * 4, width * 4);
+    }
+    first += cols;
+    return part;
+  });
 });
 
 /**
@@ -292,5 +346,6 @@ function rowsModule(): Uint8Array<ArrayBuffer> {
       locals: [[6, I32]],
       body: scatterAdd,
     },
+    { name: "copyRows", params: new Array(6).fill(I32), locals: [], body: copyRowsBody() },
   ]);
 }

@@ -15,7 +15,7 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { add, assemble, eqz, get, I32, i32, memoryCopy, set, sub, uleb, whileNot } from "./asm.ts";
+import { assemble, copyRowsBody, I32, uleb } from "./asm.ts";
 import { heapAddress, type WasmBackendInternals } from "./heap.ts";
 
 /** `copyRows(dst, src, rows, rowBytes, dstStride, srcStride)`: rows of `rowBytes` bytes, each row's start `stride` bytes after the last. */
@@ -29,21 +29,12 @@ interface Bridge {
 
 /** The module: `copyRows` from the heap to the shared memory, and back. */
 function bridgeModule(): Uint8Array<ArrayBuffer> {
-  const [DST, SRC, ROWS, ROW_BYTES, DST_STRIDE, SRC_STRIDE] = [0, 1, 2, 3, 4, 5]; // parameters
-  const copyRows = (dstMemory: number, srcMemory: number) =>
-    whileNot(
-      eqz(get(ROWS)),
-      memoryCopy(get(DST), get(SRC), get(ROW_BYTES), dstMemory, srcMemory),
-      set(DST, add(get(DST), get(DST_STRIDE))),
-      set(SRC, add(get(SRC), get(SRC_STRIDE))),
-      set(ROWS, sub(get(ROWS), i32(1))),
-    );
   const params = new Array(6).fill(I32);
   return assemble(
     [0x00, ...uleb(0)], // tfjs's memory: not shared
     [
-      { name: "toShared", params, locals: [], body: copyRows(1, 0) },
-      { name: "fromShared", params, locals: [], body: copyRows(0, 1) },
+      { name: "toShared", params, locals: [], body: copyRowsBody(1, 0) },
+      { name: "fromShared", params, locals: [], body: copyRowsBody(0, 1) },
     ],
     { shared: [0x03, ...uleb(0), ...uleb(65536)] }, // ours: shared, any size
   );
