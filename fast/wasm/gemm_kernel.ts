@@ -140,6 +140,26 @@ export const Job = { PRODUCT: 0, ATTENTION: 1, ATTENTION_GRAD: 2 } as const;
 /** Bytes reserved for the control block; operands start after it. */
 export const CONTROL_BYTES = 256;
 
+/**
+ * How long (ms) a thread spins, waiting for the next job or for the other
+ * threads' last chunks, before it sleeps in `Atomics.wait`: waking from it
+ * takes tens of µs on our machines, and a training step's jobs come back
+ * to back, a fraction of a millisecond apart.
+ */
+export const SPIN_MS = 1;
+
+/**
+ * Waits until `done(ctrl[slot])` (a count reached, a ticket changed):
+ * spinning for up to SPIN_MS, then sleeping until the slot is notified.
+ */
+export function waitUntil(ctrl: Int32Array, slot: number, done: (value: number) => boolean): void {
+  const until = performance.now() + SPIN_MS;
+  for (let spins = 0, value; !done(value = Atomics.load(ctrl, slot)); spins++) {
+    // The clock is read every 64 spins: reading it costs more than a load.
+    if ((spins & 63) === 0 && performance.now() > until) Atomics.wait(ctrl, slot, value, 100);
+  }
+}
+
 /** Chunk counts and indices live in 12 bits of the ticket. */
 export const MAX_CHUNKS = 0xfff;
 
@@ -254,10 +274,8 @@ function runProductOrPackChunk(ctrl: Int32Array, kernels: Kernels, chunk: number
     const b = chunk - aPacks;
     runPackChunk(ctrl, kernels.pack, Slot.PACK_B, Slot.B, Slot.B_BATCH, COL_BLOCK, Slot.N, b);
   } else {
-    // Another thread's last panels: spin a little, then sleep (it may have lost its core).
-    for (let spins = 0, done; (done = Atomics.load(ctrl, Slot.PACKED)) < packs; spins++) {
-      if (spins > 1000) Atomics.wait(ctrl, Slot.PACKED, done, 1);
-    }
+    // Another thread's last panels.
+    waitUntil(ctrl, Slot.PACKED, (packed) => packed >= packs);
     runProductChunk(ctrl, kernels.gemm, chunk - packs);
     return;
   }

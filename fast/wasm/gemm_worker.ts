@@ -14,6 +14,7 @@ import {
   kernelsOf,
   runChunks,
   Slot,
+  waitUntil,
 } from "./gemm_kernel.ts";
 
 const { memory, thread } = workerData as { memory: WebAssembly.Memory; thread: number };
@@ -22,7 +23,7 @@ const ctrl = new Int32Array(memory.buffer, 0, CONTROL_BYTES / 4);
 while (!Atomics.load(ctrl, Slot.STOP)) {
   runChunks(ctrl, kernels, thread);
   const ticket = Atomics.load(ctrl, Slot.TICKET);
-  if (allClaimed(ticket)) Atomics.wait(ctrl, Slot.TICKET, ticket);
+  if (allClaimed(ticket)) waitUntil(ctrl, Slot.TICKET, (now) => now !== ticket); // the next job
 }
 Atomics.add(ctrl, Slot.STOPPED, 1);
 Atomics.notify(ctrl, Slot.STOPPED);

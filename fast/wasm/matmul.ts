@@ -36,6 +36,7 @@ import {
   ROW_BLOCK,
   runChunks,
   Slot,
+  waitUntil,
 } from "./gemm_kernel.ts";
 
 /**
@@ -201,9 +202,7 @@ export function runJob(pool: Pool, chunks: number): void {
   Atomics.store(ctrl, Slot.TICKET, openTicket(++pool.seq, chunks));
   Atomics.notify(ctrl, Slot.TICKET);
   runChunks(ctrl, pool.kernels, 0);
-  for (let done; (done = Atomics.load(ctrl, Slot.DONE)) < chunks;) {
-    Atomics.wait(ctrl, Slot.DONE, done, 100); // a helper is finishing a chunk
-  }
+  waitUntil(ctrl, Slot.DONE, (done) => done >= chunks); // a helper is finishing a chunk
 }
 
 /**
