@@ -68,7 +68,7 @@ export function installFastPaths(backend: string): void {
   installed = true;
   registerFastPaths("wasm", {
     matMul: matMulWasm,
-    linear: onRows(linearWasm),
+    linear: linearWasm,
     linearOutIn: linearOutInWasm,
     embedding: embeddingWasm,
     indexAdd: indexAddWasm,
@@ -113,19 +113,6 @@ function eachParameter(
 ): FastPaths["adamwUpdate"] {
   return (updates, step) => {
     for (const tensors of updates) update(tensors, step);
-  };
-}
-
-/** A linear layer on rows, x (N, in), as one on the last axis: x (..., in) → (..., out). */
-function onRows(
-  linear: (x: tf.Tensor2D, w: tf.Tensor2D, b?: tf.Tensor1D, activation?: "relu") => tf.Tensor2D,
-): FastPaths["linear"] {
-  return (x, w, b, activation) => {
-    // Rows as they are: a reshape is a kernel (and, taped, a saved copy) even when it changes nothing.
-    if (x.rank === 2) return linear(x as tf.Tensor2D, w, b, activation); // (N, out)
-    const [inFeatures, outFeatures] = w.shape;
-    const y = linear(x.reshape([-1, inFeatures]) as tf.Tensor2D, w, b, activation); // (N, out)
-    return y.reshape([...x.shape.slice(0, -1), outFeatures]); // (..., out)
   };
 }
 

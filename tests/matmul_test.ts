@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import * as tf from "@tensorflow/tfjs";
 import { startBackend } from "../run/start.ts";
 import { gemmAlonePeak, multiplyAddPeak } from "../fast/wasm/gemm_kernel.ts";
-import { matMulAddBias, matMulWasm } from "../fast/wasm/matmul.ts";
+import { linearProduct, matMulWasm } from "../fast/wasm/matmul.ts";
 import { THIN_ROWS } from "../fast/wasm/thin_product.ts";
 import { Rng } from "../lib/rng.ts";
 
@@ -75,31 +75,51 @@ Deno.test("matMulWasm: our threaded SIMD kernel matches tf.matMul, values and gr
   }
 });
 
-Deno.test("matMulAddBias: thin products start from the bias too, values and gradients", async () => {
+Deno.test("linearProduct: x's leading axes read as rows, with and without a bias (thin products too), values and gradients", async () => {
   await startBackend("wasm");
   const rng = new Rng(6);
   const random = (shape: number[]) => tf.tensor(rng.normals(size(shape), 1), shape);
-  for (const [m, k, n] of [[1, 384, 65], [5, 7, 6], [THIN_ROWS + 1, 7, 6]]) {
-    const [x, w, b, dy] = [random([m, k]), random([k, n]), random([n]), random([m, n])];
-    const run = (f: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor) =>
-      tf.tidy(() => {
-        const { value, grads } = tf.valueAndGrads((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) =>
-          f(x, w, b).mul(dy).sum()
-        )([x, w, b]);
-        return [f(x, w, b), value, ...grads];
-      });
-    const ours = run(matMulAddBias);
-    const theirs = run((x, w, b) => tf.matMul(x, w).add(b));
-    for (let i = 0; i < ours.length; i++) {
-      const [p, q] = [await ours[i].data(), await theirs[i].data()];
-      let worst = 0;
-      for (let j = 0; j < p.length; j++) worst = Math.max(worst, Math.abs(p[j] - q[j]));
-      assert.ok(
-        worst < 1e-4,
-        `(${m}, ${k}) @ (${k}, ${n}) + bias: output ${i} differs by ${worst}`,
+  const cases = [[[1, 384], 65], [[5, 7], 6], [[THIN_ROWS + 1, 7], 6], [[3, 4, 7], 6], [
+    [2, 64, 16],
+    40,
+  ]];
+  for (const [lead, n] of cases as [number[], number][]) {
+    const k = lead.at(-1)!;
+    const [x, w, b, dy] = [
+      random(lead),
+      random([k, n]),
+      random([n]),
+      random([...lead.slice(0, -1), n]),
+    ];
+    for (const withBias of [true, false]) {
+      const run = (f: (x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) => tf.Tensor) =>
+        tf.tidy(() => {
+          const { value, grads } = tf.valueAndGrads((x: tf.Tensor, w: tf.Tensor, b: tf.Tensor) =>
+            f(x, w, b).mul(dy).sum()
+          )([x, w, b]);
+          return [f(x, w, b), value, ...grads];
+        });
+      const ours = run((x, w, b) =>
+        withBias
+          ? linearProduct(x, w as tf.Tensor2D, b as tf.Tensor1D)
+          : linearProduct(x, w as tf.Tensor2D).add(b)
       );
+      const theirs = run((x, w, b) =>
+        tf.matMul(x.reshape([-1, k]), w).add(b).reshape([...lead.slice(0, -1), n])
+      );
+      for (let i = 0; i < ours.length; i++) {
+        assert.deepEqual(ours[i].shape, theirs[i].shape, `[${lead}] output ${i}'s shape`);
+        const [p, q] = [await ours[i].data(), await theirs[i].data()];
+        let worst = 0;
+        for (let j = 0; j < p.length; j++) worst = Math.max(worst, Math.abs(p[j] - q[j]));
+        assert.ok(
+          worst < 1e-4,
+          `[${lead}] @ (${k}, ${n})${withBias ? " + bias" : ""}: output ${i} differs by ${worst}`,
+        );
+      }
+      tf.dispose([...ours, ...theirs]);
     }
-    tf.dispose([x, w, b, dy, ...ours, ...theirs]);
+    tf.dispose([x, w, b, dy]);
   }
 });
 

@@ -4,18 +4,22 @@
  * @module
  */
 import * as tf from "@tensorflow/tfjs";
-import { matMulAddBias, matMulWasm } from "./matmul.ts";
+import { linearProduct, matMulWasm } from "./matmul.ts";
 import { reluWasm } from "./relu_kernel.ts";
 
-/** `nn.Linear` (+ ReLU, differentiated by one kernel): one product whose sums start from the bias. x (N, in), w (in, out) → (N, out). */
+/**
+ * `nn.Linear` (+ ReLU, differentiated by one kernel): one product whose
+ * sums start from the bias. x (..., in), w (in, out) → (..., out), x's
+ * leading axes read as rows where they are.
+ */
 export function linearWasm(
-  x: tf.Tensor2D,
+  x: tf.Tensor,
   w: tf.Tensor2D,
   b?: tf.Tensor1D,
   activation?: "relu",
-): tf.Tensor2D {
-  const y = (b ? matMulAddBias(x, w, b) : matMulWasm(x, w)) as tf.Tensor2D; // (N, out)
-  return activation === "relu" ? reluWasm(y) as tf.Tensor2D : y;
+): tf.Tensor {
+  const y = linearProduct(x, w, b); // (..., out)
+  return activation === "relu" ? reluWasm(y) : y;
 }
 
 /**

@@ -91,37 +91,65 @@ function wasmMatMul(
 }
 
 /**
- * The column sums of d (N, out) → (out), a bias's gradient, as the product
- * (1, N) @ (N, out): tfjs-wasm's sum over rows transposes d first.
+ * `op(a) @ op(b)` with every operand's leading axes read as rows, in place
+ * (a reshape is a kernel, and under the tape a saved copy): a (..., k) or
+ * (k, ...)ᵀ-like (rows, m) when transposed, b likewise → (..., n) when a
+ * is not transposed, else (m, n). No gradient: for gradients.
  */
-export function columnSums(d: tf.Tensor): tf.Tensor {
-  return matMulWasm(tf.ones([1, d.shape[0]]), d).reshape([-1]); // (1, N) @ (N, out) -> (out)
+function rowsProduct(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean) {
+  return tf.engine().runKernel(KERNEL, { a, b }, {
+    transposeA,
+    transposeB,
+    rows: true,
+  }) as tf.Tensor;
 }
 
 /**
- * `x @ w + bias` on WASM: x (N, in), w (in, out), bias (out) → (N, out), one
- * product whose sums start from the bias, and its gradient:
+ * `x @ w (+ bias)` on WASM: x (..., in) (its leading axes read as rows, in
+ * place), w (in, out), bias (out) → (..., out), one product whose sums
+ * start from the bias (if any), and its gradient:
  *
- *   dx = dy wᵀ    dw = xᵀ dy    dbias = column sums of dy
+ *   dx = dy wᵀ    dw = xᵀ dy    dbias = column sums of dy = 1ᵀ dy
  *
  * Call only with the fast paths on, on WASM.
  */
-export const matMulAddBias = tf.customGrad((x, w, bias, save) => {
-  const [xt, wt] = [x as tf.Tensor, w as tf.Tensor];
-  (save as tf.GradSaveFunc)([xt, wt]);
+export function linearProduct(x: tf.Tensor, w: tf.Tensor2D, bias?: tf.Tensor1D): tf.Tensor {
+  return bias ? productAddBias(x, w, bias) : product(x, w);
+}
+
+/** The gradients of x and w in {@link linearProduct}. */
+function linearGrads(d: tf.Tensor, xs: tf.Tensor, ws: tf.Tensor): tf.Tensor[] {
+  return [
+    rowsProduct(d, ws, false, true), // (..., out) @ (out, in) -> (..., in)
+    rowsProduct(xs, d, true, false), // (in, N) @ (N, out) -> (in, out)
+  ];
+}
+
+const product = tf.customGrad((x, w, save) => {
+  const inputs = { a: x as tf.Tensor, b: w as tf.Tensor };
+  (save as tf.GradSaveFunc)([inputs.a, inputs.b]);
   return {
-    value: tf.engine().runKernel(KERNEL, { a: xt, b: wt, bias: bias as tf.Tensor }, {
+    value: rowsProduct(inputs.a, inputs.b, false, false), // (..., out)
+    gradFunc: (dy, saved) => linearGrads(dy as tf.Tensor, saved[0], saved[1]),
+  };
+}) as (x: tf.Tensor, w: tf.Tensor) => tf.Tensor;
+
+const productAddBias = tf.customGrad((x, w, bias, save) => {
+  const inputs = { a: x as tf.Tensor, b: w as tf.Tensor, bias: bias as tf.Tensor };
+  (save as tf.GradSaveFunc)([inputs.a, inputs.b]);
+  const rows = tf.util.sizeFromShape(inputs.a.shape) / inputs.a.shape[inputs.a.rank - 1];
+  return {
+    value: tf.engine().runKernel(KERNEL, inputs, {
       transposeA: false,
       transposeB: false,
-    }) as tf.Tensor, // (N, out)
+      rows: true,
+    }) as tf.Tensor, // (..., out)
     gradFunc: (dy, saved) => {
-      const [xs, ws] = saved as [tf.Tensor, tf.Tensor];
-      const d = dy as tf.Tensor; // (N, out)
-      return [
-        matMulWasm(d, ws, false, true), // (N, out) @ (out, in) -> (N, in)
-        matMulWasm(xs, d, true, false), // (in, N) @ (N, out) -> (in, out)
-        columnSums(d), // (out)
-      ];
+      const d = dy as tf.Tensor; // (..., out)
+      const ones = tf.ones([1, rows]);
+      const dBias = rowsProduct(ones, d, false, false); // (1, N) @ (N, out) -> (1, out)
+      ones.dispose();
+      return [...linearGrads(d, saved[0], saved[1]), dBias.reshape([-1])];
     },
   };
 }) as (x: tf.Tensor, w: tf.Tensor, bias: tf.Tensor) => tf.Tensor;
@@ -243,11 +271,18 @@ tf.registerKernel({
   backendName: "wasm",
   kernelFunc: ({ inputs, attrs, backend }) => {
     const wasm = backend as unknown as WasmBackendInternals; // the "wasm" backend: this kernel's
-    const { a, b, bias } = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
-    const { transposeA, transposeB } = attrs as unknown as {
+    const given = inputs as { a: tf.TensorInfo; b: tf.TensorInfo; bias?: tf.TensorInfo };
+    const { transposeA, transposeB, rows } = attrs as unknown as {
       transposeA: boolean;
       transposeB: boolean;
+      rows?: boolean;
     };
+    // With `rows`, each operand as 2-D, all its axes but the last as rows: the same values.
+    const asRows = (t: tf.TensorInfo) =>
+      rows
+        ? { ...t, shape: [tf.util.sizeFromShape(t.shape) / t.shape.at(-1)!, t.shape.at(-1)!] }
+        : t;
+    const [a, b, bias] = [asRows(given.a), asRows(given.b), given.bias];
     const lead = a.shape.slice(0, -2);
     const [m, k] = transposeA ? a.shape.slice(-2).reverse() : a.shape.slice(-2);
     const [kb, n] = transposeB ? b.shape.slice(-2).reverse() : b.shape.slice(-2);
@@ -260,8 +295,10 @@ tf.registerKernel({
       );
     }
     const batch = lead.reduce((x, y) => x * y, 1);
+    // (..., m, n); with `rows`, a's leading axes kept when they are its rows.
+    const outShape = rows && !transposeA ? [...given.a.shape.slice(0, -1), n] : [...lead, m, n];
     if (thinProductFits(batch, m, n, transposeA, transposeB, Boolean(bias))) {
-      return thinProduct(wasm, a, b, bias, transposeB, [...lead, m, n]); // (..., m, n)
+      return thinProduct(wasm, a, b, bias, transposeB, outShape);
     }
     const pool = sharedPool();
     // Per matrix: A as it is, or packed in panels of ROW_BLOCK rows when
@@ -316,6 +353,6 @@ tf.registerKernel({
       runJob(pool, matrices * chunksPerMatrix);
     }
 
-    return tensorFromShared(wasm, memory, C, [...lead, m, n]); // (..., m, n)
+    return tensorFromShared(wasm, memory, C, outShape);
   },
 });
