@@ -91,10 +91,10 @@ function wasmMatMul(
 }
 
 /**
- * `op(a) @ op(b)` with every operand's leading axes read as rows, in place
- * (a reshape is a kernel, and under the tape a saved copy): a (..., k) or
- * (k, ...)ᵀ-like (rows, m) when transposed, b likewise → (..., n) when a
- * is not transposed, else (m, n). No gradient: for gradients.
+ * `op(a) @ op(b)` with each operand read as 2-D where it is, all its axes
+ * but the last as rows (a reshape is a kernel, and under the tape a saved
+ * copy): a (..., k) @ (k, n) → (..., n); transposed, a (..., m) is read as
+ * (rows, m) and gives (m, n). No gradient: the gradients' own products.
  */
 function rowsProduct(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean) {
   return tf.engine().runKernel(KERNEL, { a, b }, {
