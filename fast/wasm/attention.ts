@@ -109,6 +109,9 @@ export function packedAttentionWasm(nHead: number, weightsDropout?: DropoutSpec)
 /** An input of a job: its control-block slot, the tensor, and which columns of its rows (all if none). */
 type JobInput = [slot: number, tensor: tf.TensorInfo, columns?: [first: number, count: number]];
 
+/** The width of a job input's rows as the kernel reads them (C): its columns, or its last axis. */
+const inputWidth = ([, t, columns]: JobInput) => columns?.[1] ?? t.shape[2];
+
 /** An output of a job: the slots of its parts (side by side along its last axis) and its shape. */
 type JobOutput = [slots: number[], shape: number[]];
 
@@ -126,7 +129,7 @@ function attentionJob(
   outputs: JobOutput[],
 ): tf.TensorInfo[] {
   const [B, T] = inputs[0][1].shape;
-  const C = inputs[0][2]?.[1] ?? inputs[0][1].shape[2];
+  const C = inputWidth(inputs[0]);
   const hs = C / nHead;
   const pool = sharedPool();
   // Regions one after another, each with room for pack's reads past its end.
@@ -136,13 +139,10 @@ function attentionJob(
     end += Math.ceil((bytes + PACK_SLACK) / 64) * 64;
     return at;
   };
-  const inputAt = inputs.map(([, t, columns]) =>
-    region(
-      4 * (columns
-        ? tf.util.sizeFromShape(t.shape) / t.shape[2] * columns[1]
-        : tf.util.sizeFromShape(t.shape)),
-    )
-  );
+  const inputAt = inputs.map((input) => {
+    const t = input[1];
+    return region(4 * tf.util.sizeFromShape(t.shape) / t.shape[2] * inputWidth(input)); // its rows, C wide
+  });
   const outputAt = outputs.map(([slots, shape]) =>
     slots.map(() => region(4 * tf.util.sizeFromShape(shape) / slots.length))
   );
@@ -199,7 +199,7 @@ tf.registerKernel({
     const { nHead, packed } = attrs as unknown as AttentionAttrs;
     const qkv = qkvInputs(named, packed);
     const [B, T] = qkv[0][1].shape;
-    const C = qkv[0][2]?.[1] ?? qkv[0][1].shape[2];
+    const C = inputWidth(qkv[0]);
     return attentionJob(
       backend as unknown as WasmBackendInternals,
       Job.ATTENTION,

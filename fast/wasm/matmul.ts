@@ -94,14 +94,18 @@ function wasmMatMul(
  * `op(a) @ op(b)` with each operand read as 2-D where it is, all its axes
  * but the last as rows (a reshape is a kernel, and under the tape a saved
  * copy): a (..., k) @ (k, n) → (..., n); transposed, a (..., m) is read as
- * (rows, m) and gives (m, n). No gradient: the gradients' own products.
+ * (rows, m) and gives (m, n); `bias` (n), if given, added to every row.
+ * No gradient of its own: {@link linearProduct} gives it one.
  */
-function rowsProduct(a: tf.Tensor, b: tf.Tensor, transposeA: boolean, transposeB: boolean) {
-  return tf.engine().runKernel(KERNEL, { a, b }, {
-    transposeA,
-    transposeB,
-    rows: true,
-  }) as tf.Tensor;
+function rowsProduct(
+  a: tf.Tensor,
+  b: tf.Tensor,
+  transposeA: boolean,
+  transposeB: boolean,
+  bias?: tf.Tensor,
+): tf.Tensor {
+  const inputs: tf.NamedTensorMap = bias ? { a, b, bias } : { a, b };
+  return tf.engine().runKernel(KERNEL, inputs, { transposeA, transposeB, rows: true }) as tf.Tensor;
 }
 
 /**
@@ -139,11 +143,7 @@ const productAddBias = tf.customGrad((x, w, bias, save) => {
   (save as tf.GradSaveFunc)([inputs.a, inputs.b]);
   const rows = tf.util.sizeFromShape(inputs.a.shape) / inputs.a.shape[inputs.a.rank - 1];
   return {
-    value: tf.engine().runKernel(KERNEL, inputs, {
-      transposeA: false,
-      transposeB: false,
-      rows: true,
-    }) as tf.Tensor, // (..., out)
+    value: rowsProduct(inputs.a, inputs.b, false, false, inputs.bias), // (..., out)
     gradFunc: (dy, saved) => {
       const d = dy as tf.Tensor; // (..., out)
       const ones = tf.ones([1, rows]);
